@@ -1,0 +1,36 @@
+"""gslice: cut smaller models out of Gemma 3n checkpoints (MatFormer slicing), streaming.
+
+    import gslice
+    report = gslice.slice_model("gemma-3n-E4B-it", "out/", layers_to_skip=range(20, 25), ffn_dims=8192)
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    DiskFullError,
+    GsliceError,
+    InternalError,
+    OutputExistsError,
+    SourceError,
+    SpecError,
+    WriteError,
+)
+from .slicing import SlicePlan, SliceReport, prepare_slice, slice_model  # noqa: E402
+from .spec import SliceSpec, load_spec_file  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "slice_model",
+    "prepare_slice",
+    "SlicePlan",
+    "SliceReport",
+    "SliceSpec",
+    "load_spec_file",
+    "GsliceError",
+    "SpecError",
+    "SourceError",
+    "OutputExistsError",
+    "DiskFullError",
+    "WriteError",
+    "InternalError",
+]

@@ -1,0 +1,236 @@
+"""Typed access to the Rust engine (``gslice._core``).
+
+The engine knows safetensors files and plans; it knows nothing about Gemma. A plan lists, for
+each output folder, the tensors to write (each = a source tensor + one operation) and the extra
+files (config, tokenizer, model card) to place beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from . import _core
+from .errors import (
+    DiskFullError,
+    GsliceError,
+    InternalError,
+    OutputExistsError,
+    SourceError,
+    WriteError,
+)
+
+DEFAULT_MAX_SHARD_SIZE = 5_000_000_000
+
+# Bytes per element of the safetensors dtypes the engine accepts.
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "F64": 8, "I64": 8, "U64": 8,
+}
+
+_ERRORS: dict[str, type[GsliceError]] = {
+    "format": SourceError,
+    "plan": SourceError,
+    "exists": OutputExistsError,
+    "disk_full": DiskFullError,
+    "io": WriteError,
+    "internal": InternalError,
+}
+
+
+def _raise(err: _core.EngineError) -> None:
+    kind, message = err.args
+    if kind == "cancelled":
+        raise KeyboardInterrupt from None
+    if kind == "exists":
+        message += " (pass overwrite=True / --overwrite to replace it)"
+    raise _ERRORS.get(kind, InternalError)(message) from None
+
+
+# -- operations ---------------------------------------------------------------------------
+
+Op = dict
+
+
+def copy() -> Op:
+    return {"kind": "copy"}
+
+
+def keep_rows(n: int) -> Op:
+    """Keep rows [0, n) of the first dimension."""
+    return {"kind": "rows", "ranges": [[0, n]]}
+
+
+def keep_cols(n: int) -> Op:
+    """Keep columns [0, n) of the last dimension."""
+    return {"kind": "cols", "ranges": [[0, n]]}
+
+
+def keep_row_blocks(block: int, indices: Iterable[int]) -> Op:
+    """Keep rows [i*block, (i+1)*block) for each i, in the given order."""
+    return {"kind": "rows", "ranges": _block_ranges(block, indices)}
+
+
+def keep_col_blocks(block: int, indices: Iterable[int]) -> Op:
+    """Keep columns [i*block, (i+1)*block) for each i, in the given order."""
+    return {"kind": "cols", "ranges": _block_ranges(block, indices)}
+
+
+def output_shape(shape: Sequence[int], op: Op) -> tuple[int, ...]:
+    """The shape an operation produces (the engine computes the same before writing)."""
+    out = list(shape)
+    if op["kind"] != "copy":
+        axis = 0 if op["kind"] == "rows" else len(out) - 1
+        out[axis] = sum(e - b for b, e in op["ranges"])
+    return tuple(out)
+
+
+def _block_ranges(block: int, indices: Iterable[int]) -> list[list[int]]:
+    # Adjacent blocks merge into one range: fewer, longer copies for the engine.
+    ranges: list[list[int]] = []
+    for i in indices:
+        b, e = i * block, (i + 1) * block
+        if ranges and ranges[-1][1] == b:
+            ranges[-1][1] = e
+        else:
+            ranges.append([b, e])
+    return ranges
+
+
+# -- plans --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    source: str
+    op: Op = field(default_factory=copy)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "source": self.source, "op": self.op}
+
+
+@dataclass
+class OutputPlan:
+    dir: Path
+    tensors: list[TensorPlan]
+    text_files: dict[str, str] = field(default_factory=dict)
+    copied_files: dict[str, Path] = field(default_factory=dict)
+    overwrite: bool = False
+
+    def to_json(self) -> dict:
+        files = [{"name": n, "text": t} for n, t in self.text_files.items()]
+        files += [{"name": n, "copy_from": str(p)} for n, p in self.copied_files.items()]
+        return {
+            "dir": str(self.dir),
+            "overwrite": self.overwrite,
+            "tensors": [t.to_json() for t in self.tensors],
+            "files": files,
+        }
+
+
+# -- inspecting checkpoints ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    shard: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    root: Path
+    shards: tuple[Path, ...]
+    tensors: dict[str, TensorInfo]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def inspect(path: str | os.PathLike) -> CheckpointInfo:
+    """Opens a checkpoint, validates every shard header and the index, and lists its tensors."""
+    try:
+        raw = json.loads(_core.inspect(str(path)))
+    except _core.EngineError as e:
+        _raise(e)
+    tensors = {
+        t["name"]: TensorInfo(t["name"], t["dtype"], tuple(t["shape"]), t["shard"], t["nbytes"])
+        for t in raw["tensors"]
+    }
+    return CheckpointInfo(Path(raw["root"]), tuple(Path(s["path"]) for s in raw["shards"]), tensors)
+
+
+# -- executing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    name: str
+    bytes: int
+    tensors: int
+
+
+@dataclass(frozen=True)
+class OutputReport:
+    dir: Path
+    shards: tuple[ShardReport, ...]
+    tensors: int
+    tensor_bytes: int
+    file_bytes: int
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    outputs: tuple[OutputReport, ...]
+    bytes_written: int
+    bytes_kernel_copied: int
+    bytes_gathered: int
+    distinct_tensors: int
+    shard_files_written: int
+    seconds: float
+    threads: int
+
+
+def execute(
+    source: str | os.PathLike,
+    outputs: Sequence[OutputPlan],
+    *,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    dedupe: bool = True,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EngineReport:
+    """Writes every output atomically: each folder appears complete or not at all."""
+    plan = {
+        "source": str(source),
+        "outputs": [o.to_json() for o in outputs],
+        "max_shard_size": max_shard_size,
+        "dedupe": dedupe,
+        "threads": threads,
+        "metadata": {"format": "pt"},
+    }
+    try:
+        raw = json.loads(_core.execute(json.dumps(plan), progress))
+    except _core.EngineError as e:
+        _raise(e)
+    outs = tuple(
+        OutputReport(
+            Path(o["dir"]),
+            tuple(ShardReport(**s) for s in o["shards"]),
+            o["tensors"],
+            o["tensor_bytes"],
+            o["file_bytes"],
+        )
+        for o in raw.pop("outputs")
+    )
+    return EngineReport(outputs=outs, **raw)

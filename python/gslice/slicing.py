@@ -1,0 +1,171 @@
+"""Slicing a Gemma 3n checkpoint: plan (validate everything, write nothing), then execute."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, engine, gemma3n
+from .engine import CheckpointInfo, TensorPlan
+from .gemma3n import Architecture, ParamCounts, Resolved
+from .sources import Source, resolve_source
+from .spec import SliceSpec
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """A validated slice: every output tensor, its operation and shape, and the new config."""
+
+    source: Source
+    config: dict
+    arch: Architecture
+    resolved: Resolved
+    checkpoint: CheckpointInfo
+    tensors: tuple[TensorPlan, ...]
+    new_config: dict
+
+    @property
+    def spec(self) -> SliceSpec:
+        return self.resolved.spec
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        src = self.checkpoint.tensors
+        return {t.name: engine.output_shape(src[t.source].shape, t.op) for t in self.tensors}
+
+    def output_bytes(self) -> int:
+        src = self.checkpoint.tensors
+        return sum(
+            math.prod(engine.output_shape(src[t.source].shape, t.op)) * engine.DTYPE_SIZES[src[t.source].dtype]
+            for t in self.tensors
+        )
+
+    def params(self) -> ParamCounts:
+        return gemma3n.count_params(self.output_shapes(), gemma3n.output_prefix(self.arch, self.spec))
+
+    def source_params(self) -> ParamCounts:
+        shapes = {n: t.shape for n, t in self.checkpoint.tensors.items()}
+        return gemma3n.count_params(shapes, self.arch.prefix)
+
+
+def prepare_slice(src: str | os.PathLike | Source, spec: SliceSpec) -> SlicePlan:
+    """Checks the spec against the source's config and tensors. Raises before any write."""
+    source = src if isinstance(src, Source) else resolve_source(src)
+    config = gemma3n.read_config(source.path)
+    arch = gemma3n.architecture(config, str(source.path / "config.json"))
+    resolved = gemma3n.resolve(arch, spec)
+    ck = engine.inspect(source.path)
+    gemma3n.check_source(arch, ck, resolved)
+    tensors = tuple(gemma3n.plan_tensors(arch, ck, resolved))
+    new_config = gemma3n.rewrite_config(config, arch, resolved)
+    return SlicePlan(source, config, arch, resolved, ck, tensors, new_config)
+
+
+@dataclass(frozen=True)
+class SliceReport:
+    """What a slice wrote, for people (``gslice slice``'s table) and machines (``--json``)."""
+
+    source: str
+    output: str
+    spec: dict
+    source_layers: int
+    layers: int
+    ffn_dims: list[int]
+    num_kv_shared_layers: int
+    audio_blocks: int | None
+    params: dict
+    source_params: dict
+    tensors: int
+    shards: list[str]
+    tensor_bytes: int
+    bytes_written: int
+    bytes_kernel_copied: int
+    seconds: float
+    tool: str = field(default=f"gslice {__version__}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def slice_model(
+    src: str | os.PathLike | Source,
+    out: str | os.PathLike,
+    *,
+    spec: SliceSpec | None = None,
+    layers_to_skip=None,
+    ffn_dims=None,
+    audio_layers_to_skip=None,
+    drop_vision: bool = False,
+    drop_audio: bool = False,
+    text_only: bool = False,
+    overwrite: bool = False,
+    max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SliceReport:
+    """Slices ``src`` into ``out``. Give either a ``spec`` or its fields as keywords."""
+    if spec is None:
+        spec = SliceSpec.build(
+            layers_to_skip=layers_to_skip,
+            ffn_dims=ffn_dims,
+            audio_layers_to_skip=audio_layers_to_skip,
+            drop_vision=drop_vision,
+            drop_audio=drop_audio,
+            text_only=text_only,
+        )
+    plan = prepare_slice(src, spec)
+    return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
+
+
+def write_slice(
+    plan: SlicePlan,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SliceReport:
+    from .modelcard import model_card
+
+    out_path = Path(out).expanduser().absolute()
+    started = time.perf_counter()
+    output = engine.OutputPlan(
+        dir=out_path,
+        tensors=list(plan.tensors),
+        text_files={
+            "config.json": json.dumps(plan.new_config, indent=2) + "\n",
+            "README.md": model_card(plan),
+        },
+        copied_files=gemma3n.files_to_copy(plan.source.path, plan.spec),
+        overwrite=overwrite,
+    )
+    result = engine.execute(
+        plan.source.path, [output], max_shard_size=max_shard_size, threads=threads, progress=progress
+    )
+    written = result.outputs[0]
+    return SliceReport(
+        source=plan.source.label,
+        output=str(out_path),
+        spec=plan.spec.to_json(),
+        source_layers=plan.arch.num_layers,
+        layers=len(plan.resolved.kept),
+        ffn_dims=list(plan.resolved.widths),
+        num_kv_shared_layers=gemma3n.text_config(plan.new_config)["num_kv_shared_layers"],
+        audio_blocks=len(plan.resolved.audio_kept) if plan.resolved.audio_kept and not plan.spec.drop_audio else None,
+        params=asdict(plan.params()),
+        source_params=asdict(plan.source_params()),
+        tensors=written.tensors,
+        shards=[s.name for s in written.shards],
+        tensor_bytes=written.tensor_bytes,
+        bytes_written=result.bytes_written,
+        bytes_kernel_copied=result.bytes_kernel_copied,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,237 @@
+//! Where every byte goes, decided before anything is written. Identical output tensors
+//! (same name, source and operation) are written once: tensors are grouped by the exact set of
+//! outputs that contain them, each group becomes one or more physical shard files ("pieces"),
+//! and every output folder links the pieces it needs under its own shard names.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::plan::{Op, Resolved};
+
+pub struct Piece {
+    /// Indices into `Layout::tensors`, in file order.
+    pub tensors: Vec<usize>,
+    /// Absolute file offset of each tensor's data.
+    pub offsets: Vec<u64>,
+    /// Length prefix + JSON header, padded to 8 bytes.
+    pub header: Vec<u8>,
+    pub size: u64,
+}
+
+pub struct OutputLayout {
+    /// (file name in the output folder, piece index)
+    pub shards: Vec<(String, usize)>,
+    pub weight_map: BTreeMap<String, String>,
+    /// Sum of tensor bytes, as the index's `total_size` counts it.
+    pub total_size: u64,
+}
+
+pub struct Layout {
+    pub tensors: Vec<Resolved>,
+    pub pieces: Vec<Piece>,
+    pub outputs: Vec<OutputLayout>,
+}
+
+type Key = (String, String, Op);
+
+/// `per_output[o]` is output o's tensors in plan order. With `dedupe` off every output gets
+/// its own pieces.
+pub fn build(
+    per_output: Vec<Vec<Resolved>>,
+    max_shard_size: u64,
+    dedupe: bool,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Layout> {
+    let (tensors, members, order) = unique_tensors(per_output, dedupe)?;
+    let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<Vec<usize>, usize> = HashMap::new();
+    for &uid in &order {
+        let set = &members[uid];
+        let g = *group_of.entry(set.clone()).or_insert_with(|| {
+            groups.push((set.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(uid);
+    }
+    let n_outputs = members.iter().flatten().max().map_or(0, |m| m + 1);
+    let mut pieces = Vec::new();
+    let mut pieces_of_output: Vec<Vec<usize>> = vec![Vec::new(); n_outputs];
+    for (set, uids) in &groups {
+        for chunk in split_by_size(uids, &tensors, max_shard_size) {
+            let piece = make_piece(chunk, &tensors, metadata)?;
+            for &o in set {
+                pieces_of_output[o].push(pieces.len());
+            }
+            pieces.push(piece);
+        }
+    }
+    let outputs = pieces_of_output
+        .into_iter()
+        .map(|ps| output_layout(&ps, &pieces, &tensors))
+        .collect();
+    Ok(Layout { tensors, pieces, outputs })
+}
+
+/// Returns the distinct tensors, for each the sorted outputs that hold it, and the order in
+/// which they were first met.
+#[allow(clippy::type_complexity)]
+fn unique_tensors(per_output: Vec<Vec<Resolved>>, dedupe: bool) -> Result<(Vec<Resolved>, Vec<Vec<usize>>, Vec<usize>)> {
+    let mut tensors: Vec<Resolved> = Vec::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    let mut order = Vec::new();
+    let mut by_key: HashMap<(Key, usize), usize> = HashMap::new();
+    for (o, list) in per_output.into_iter().enumerate() {
+        if list.is_empty() {
+            return Err(Error::Plan(format!("output #{o} has no tensors")));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in list {
+            if !names.insert(t.name.clone()) {
+                return Err(Error::Plan(format!("output #{o} lists tensor {} twice", t.name)));
+            }
+            let key = ((t.name.clone(), t.src.name.clone(), t.op.clone()), if dedupe { 0 } else { o });
+            let uid = *by_key.entry(key).or_insert_with(|| {
+                tensors.push(t);
+                members.push(Vec::new());
+                order.push(tensors.len() - 1);
+                tensors.len() - 1
+            });
+            members[uid].push(o);
+        }
+    }
+    Ok((tensors, members, order))
+}
+
+fn split_by_size<'a>(uids: &'a [usize], tensors: &[Resolved], max: u64) -> Vec<&'a [usize]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0u64);
+    for (i, &u) in uids.iter().enumerate() {
+        let n = tensors[u].nbytes;
+        if i > start && size + n > max {
+            out.push(&uids[start..i]);
+            start = i;
+            size = 0;
+        }
+        size += n;
+    }
+    if start < uids.len() {
+        out.push(&uids[start..]);
+    }
+    out
+}
+
+fn make_piece(uids: &[usize], tensors: &[Resolved], metadata: &BTreeMap<String, String>) -> Result<Piece> {
+    let mut map = Map::new();
+    if !metadata.is_empty() {
+        map.insert("__metadata__".into(), json!(metadata));
+    }
+    let mut rel = 0u64;
+    let mut rel_offsets = Vec::with_capacity(uids.len());
+    for &u in uids {
+        let t = &tensors[u];
+        map.insert(
+            t.name.clone(),
+            json!({"dtype": t.dtype.name(), "shape": t.shape, "data_offsets": [rel, rel + t.nbytes]}),
+        );
+        rel_offsets.push(rel);
+        rel += t.nbytes;
+    }
+    let mut text = serde_json::to_vec(&Value::Object(map)).map_err(|e| Error::Internal(e.to_string()))?;
+    // Pad so the data section starts 8-byte aligned, as the reference writer does.
+    while (8 + text.len()) % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut header = (text.len() as u64).to_le_bytes().to_vec();
+    header.extend_from_slice(&text);
+    let data_start = header.len() as u64;
+    Ok(Piece {
+        tensors: uids.to_vec(),
+        offsets: rel_offsets.iter().map(|r| data_start + r).collect(),
+        size: data_start + rel,
+        header,
+    })
+}
+
+fn output_layout(pieces_idx: &[usize], pieces: &[Piece], tensors: &[Resolved]) -> OutputLayout {
+    let n = pieces_idx.len();
+    let mut shards = Vec::with_capacity(n);
+    let mut weight_map = BTreeMap::new();
+    let mut total_size = 0;
+    for (k, &p) in pieces_idx.iter().enumerate() {
+        let name = shard_name(k, n);
+        for &u in &pieces[p].tensors {
+            weight_map.insert(tensors[u].name.clone(), name.clone());
+            total_size += tensors[u].nbytes;
+        }
+        shards.push((name, p));
+    }
+    OutputLayout { shards, weight_map, total_size }
+}
+
+pub fn shard_name(k: usize, n: usize) -> String {
+    if n == 1 {
+        crate::checkpoint::SINGLE_NAME.to_string()
+    } else {
+        format!("model-{:05}-of-{:05}.safetensors", k + 1, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::Dtype;
+    use crate::header::TensorInfo;
+
+    fn t(name: &str, src: &str, nbytes: u64) -> Resolved {
+        Resolved {
+            name: name.into(),
+            shard: 0,
+            src: TensorInfo { name: src.into(), dtype: Dtype::U8, shape: vec![nbytes], start: 0, len: nbytes },
+            op: Op::Copy,
+            dtype: Dtype::U8,
+            shape: vec![nbytes],
+            nbytes,
+        }
+    }
+
+    #[test]
+    fn splits_by_size_and_names_shards() {
+        let l = build(vec![vec![t("a", "a", 6), t("b", "b", 6), t("c", "c", 3)]], 10, true, &BTreeMap::new()).unwrap();
+        assert_eq!(l.pieces.len(), 2);
+        assert_eq!(l.pieces[0].tensors, [0]);
+        assert_eq!(l.pieces[1].tensors, [1, 2]);
+        let o = &l.outputs[0];
+        assert_eq!(o.shards[1].0, "model-00002-of-00002.safetensors");
+        assert_eq!(o.weight_map["c"], "model-00002-of-00002.safetensors");
+        assert_eq!(o.total_size, 15);
+        assert_eq!(l.pieces[1].header.len() % 8, 0);
+    }
+
+    #[test]
+    fn shares_tensors_common_to_outputs() {
+        let a = vec![t("e", "e", 4), t("x", "x", 2)];
+        let b = vec![t("e", "e", 4), t("y", "y", 2)];
+        let l = build(vec![a.clone(), b.clone()], 100, true, &BTreeMap::new()).unwrap();
+        // groups: {0,1}: e ; {0}: x ; {1}: y
+        assert_eq!(l.pieces.len(), 3);
+        assert_eq!(l.outputs[0].shards.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(l.outputs[1].shards.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 2]);
+        let l = build(vec![a, b], 100, false, &BTreeMap::new()).unwrap();
+        assert_eq!(l.pieces.len(), 2);
+        assert_eq!(l.outputs[1].shards[0].0, "model.safetensors");
+    }
+
+    #[test]
+    fn same_source_under_another_name_is_not_shared() {
+        let l = build(vec![vec![t("l.20", "l.25", 4)], vec![t("l.25", "l.25", 4)]], 100, true, &BTreeMap::new()).unwrap();
+        assert_eq!(l.pieces.len(), 2);
+    }
+
+    #[test]
+    fn refuses_duplicate_names_and_empty_outputs() {
+        assert!(build(vec![vec![t("a", "a", 1), t("a", "b", 1)]], 10, true, &BTreeMap::new()).is_err());
+        assert!(build(vec![vec![]], 10, true, &BTreeMap::new()).is_err());
+    }
+}

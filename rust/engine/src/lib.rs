@@ -1,0 +1,16 @@
+//! gslice-engine: reads safetensors checkpoints through memory maps and writes new ones
+//! according to a plan of per-tensor operations. It knows the file format, not any model.
+
+pub mod checkpoint;
+pub mod dtype;
+pub mod error;
+pub mod execute;
+pub mod header;
+pub mod io;
+pub mod layout;
+pub mod plan;
+
+pub use checkpoint::Checkpoint;
+pub use error::{Error, Result};
+pub use execute::{execute, Progress, Report};
+pub use plan::Plan;

@@ -1,0 +1,196 @@
+//! End-to-end engine tests on small hand-made checkpoints: every operation's bytes, sharding,
+//! de-duplicated outputs, atomic output and strict index checks.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use gslice_engine::{execute, Checkpoint, Error, Plan, Progress};
+use serde_json::json;
+
+/// Writes a safetensors file of U8 tensors; tensor `i` of shape [r, c] holds bytes
+/// `seed + k` for k in 0..r*c so every byte position is distinguishable.
+fn write_st(path: &Path, tensors: &[(&str, [u64; 2], u8)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, [r, c], seed) in tensors {
+        let n = (r * c) as usize;
+        header.insert(
+            name.to_string(),
+            json!({"dtype": "U8", "shape": [r, c], "data_offsets": [data.len(), data.len() + n]}),
+        );
+        data.extend((0..n).map(|k| seed.wrapping_add(k as u8)));
+    }
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(data);
+    fs::write(path, out).unwrap();
+}
+
+fn sharded_source(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    fs::create_dir(&src).unwrap();
+    write_st(&src.join("a.safetensors"), &[("w", [4, 6], 0), ("v", [3, 2], 100)]);
+    write_st(&src.join("b.safetensors"), &[("e", [5, 8], 50)]);
+    let index = json!({"metadata": {}, "weight_map": {"w": "a.safetensors", "v": "a.safetensors", "e": "b.safetensors"}});
+    fs::write(src.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    src
+}
+
+fn run(plan: serde_json::Value) -> Result<gslice_engine::Report, Error> {
+    let plan: Plan = serde_json::from_value(plan).unwrap();
+    execute(&plan, &Progress::default(), &AtomicBool::new(false))
+}
+
+fn tensor_bytes(dir: &Path, name: &str) -> (Vec<u64>, Vec<u8>) {
+    let ck = Checkpoint::open(dir).unwrap();
+    let (s, t) = ck.get(name).unwrap();
+    let map = &ck.shards[s].map;
+    (t.shape.clone(), map[t.start as usize..(t.start + t.len) as usize].to_vec())
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn every_operation_writes_the_expected_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let out = tmp.path().join("out");
+    let report = run(json!({
+        "source": src, "max_shard_size": 40, "metadata": {"format": "pt"},
+        "outputs": [{"dir": out, "tensors": [
+            {"name": "copy", "source": "w"},
+            {"name": "rows", "source": "w", "op": {"kind": "rows", "ranges": [[0, 2]]}},
+            {"name": "row_blocks", "source": "e", "op": {"kind": "rows", "ranges": [[0, 1], [3, 5]]}},
+            {"name": "cols", "source": "w", "op": {"kind": "cols", "ranges": [[0, 3]]}},
+            {"name": "col_blocks", "source": "e", "op": {"kind": "cols", "ranges": [[2, 4], [6, 8]]}}
+        ], "files": [{"name": "config.json", "text": "{}"}]}]
+    }))
+    .unwrap();
+
+    let w: Vec<u8> = (0..24).collect();
+    let e: Vec<u8> = (0..40).map(|k| 50 + k).collect();
+    assert_eq!(tensor_bytes(&out, "copy"), (vec![4, 6], w.clone()));
+    assert_eq!(tensor_bytes(&out, "rows"), (vec![2, 6], w[..12].to_vec()));
+    let rb: Vec<u8> = [&e[0..8], &e[24..40]].concat();
+    assert_eq!(tensor_bytes(&out, "row_blocks"), (vec![3, 8], rb));
+    let cols: Vec<u8> = (0..4).flat_map(|r| w[r * 6..r * 6 + 3].to_vec()).collect();
+    assert_eq!(tensor_bytes(&out, "cols"), (vec![4, 3], cols));
+    let cb: Vec<u8> = (0..5).flat_map(|r| [&e[r * 8 + 2..r * 8 + 4], &e[r * 8 + 6..r * 8 + 8]].concat()).collect();
+    assert_eq!(tensor_bytes(&out, "col_blocks"), (vec![5, 4], cb));
+
+    // 40-byte shards force a split; the index must describe it.
+    let n = report.outputs[0].shards.len();
+    assert!(n > 1);
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    assert_eq!(index["metadata"]["total_size"], 24 + 12 + 24 + 12 + 20);
+    assert_eq!(index["weight_map"]["col_blocks"], format!("model-{n:05}-of-{n:05}.safetensors"));
+    assert_eq!(fs::read_to_string(out.join("config.json")).unwrap(), "{}");
+    assert_eq!(Checkpoint::open(&out).unwrap().shards[0].header.metadata["format"], "pt");
+    assert!(leftovers(tmp.path()).is_empty());
+}
+
+#[test]
+fn shared_tensors_are_written_once_and_hard_linked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let report = run(json!({
+        "source": src,
+        "outputs": [
+            {"dir": a, "tensors": [{"name": "e", "source": "e"}, {"name": "w", "source": "w"}]},
+            {"dir": b, "tensors": [{"name": "e", "source": "e"}, {"name": "v", "source": "v"}]}
+        ]
+    }))
+    .unwrap();
+    assert_eq!(report.distinct_tensors, 3);
+    let ino = |p: PathBuf| fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(a.join("model-00001-of-00002.safetensors")), ino(b.join("model-00001-of-00002.safetensors")));
+    assert_ne!(ino(a.join("model-00002-of-00002.safetensors")), ino(b.join("model-00002-of-00002.safetensors")));
+    assert_eq!(tensor_bytes(&b, "v").1, vec![100, 101, 102, 103, 104, 105]);
+}
+
+#[test]
+fn existing_output_is_refused_unless_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("old.txt"), "x").unwrap();
+    let plan = |overwrite: bool| json!({"source": src, "outputs": [{"dir": out, "overwrite": overwrite, "tensors": [{"name": "v", "source": "v"}]}]});
+    assert!(matches!(run(plan(false)), Err(Error::Exists(_))));
+    assert!(out.join("old.txt").exists());
+    run(plan(true)).unwrap();
+    assert!(!out.join("old.txt").exists());
+    assert!(out.join("model.safetensors").exists());
+    assert!(leftovers(tmp.path()).is_empty());
+}
+
+#[test]
+fn a_failing_plan_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let out = tmp.path().join("out");
+    let err = run(json!({"source": src, "outputs": [{"dir": out, "tensors": [
+        {"name": "v", "source": "v"}, {"name": "x", "source": "missing"}]}]}))
+    .unwrap_err();
+    assert_eq!(err.to_string(), "tensor missing (for output x) is not in the source");
+    let err = run(json!({"source": src, "outputs": [{"dir": out, "tensors": [
+        {"name": "v", "source": "v"}],
+        "files": [{"name": "t.json", "copy_from": tmp.path().join("nope.json")}]}]}))
+    .unwrap_err();
+    assert!(err.to_string().starts_with("cannot read"), "{err}");
+    assert!(!out.exists());
+    assert!(leftovers(tmp.path()).is_empty());
+}
+
+#[test]
+fn replacing_the_source_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let err = run(json!({"source": src, "outputs": [{"dir": src, "overwrite": true, "tensors": [{"name": "v", "source": "v"}]}]}))
+        .unwrap_err();
+    assert!(err.to_string().contains("holds the source checkpoint"), "{err}");
+}
+
+#[test]
+fn the_index_must_agree_with_the_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let index = src.join("model.safetensors.index.json");
+    let with_map = |m: serde_json::Value| fs::write(&index, json!({"weight_map": m}).to_string()).unwrap();
+    let open_err = || Checkpoint::open(&src).err().unwrap().to_string();
+
+    with_map(json!({"w": "a.safetensors", "v": "a.safetensors", "e": "c.safetensors"}));
+    assert!(open_err().ends_with("names shard c.safetensors, which does not exist"));
+    with_map(json!({"w": "a.safetensors", "v": "a.safetensors", "e": "a.safetensors", "zz": "b.safetensors"}));
+    assert!(open_err().ends_with("maps tensor e to a.safetensors, but it is stored in b.safetensors"));
+    with_map(json!({"w": "a.safetensors", "e": "b.safetensors"}));
+    assert!(open_err().ends_with("holds tensor v, which the index does not list"));
+    with_map(json!({"w": "a.safetensors", "v": "a.safetensors", "e": "b.safetensors", "q": "b.safetensors"}));
+    assert!(open_err().ends_with("maps tensor q to b.safetensors, which does not contain it"));
+
+    write_st(&src.join("b.safetensors"), &[("e", [5, 8], 50), ("w", [1, 1], 0)]);
+    with_map(json!({"w": "a.safetensors", "v": "a.safetensors", "e": "b.safetensors"}));
+    assert!(open_err().contains("tensor w is also stored in"));
+}
+
+#[test]
+fn a_truncated_shard_names_the_file_and_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let b = src.join("b.safetensors");
+    let bytes = fs::read(&b).unwrap();
+    fs::write(&b, &bytes[..bytes.len() - 3]).unwrap();
+    let err = Checkpoint::open(&src).err().unwrap().to_string();
+    assert!(err.starts_with(&b.display().to_string()), "{err}");
+    assert!(err.contains("tensor e: data_offsets end 40 lies past the end of the data section (37 bytes)"), "{err}");
+}

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny Gemma 3n checkpoints with the published layout, written once per
+session, and a CLI runner that returns exit code, stdout and stderr separately."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gslice.cli import main
+from gslice.testing import E2B_LIKE, E4B_LIKE, TinyGemma3n, write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def e4b(tmp_path_factory) -> Path:
+    """Tiny E4B-shaped checkpoint (35 layers, 15 KV-sharing), 2 shards, BF16. Read-only."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("src") / "e4b", E4B_LIKE, shards=2)
+
+
+@pytest.fixture(scope="session")
+def e2b(tmp_path_factory) -> Path:
+    """Tiny E2B-shaped checkpoint (30 layers, 10 KV-sharing), single file."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("src") / "e2b", E2B_LIKE, shards=1)
+
+
+@pytest.fixture
+def e4b_copy(e4b, tmp_path) -> Path:
+    """A private copy of the E4B checkpoint that a test may damage."""
+    return Path(shutil.copytree(e4b, tmp_path / "damaged"))
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    def make(model: TinyGemma3n, name: str = "custom", shards: int = 2) -> Path:
+        return write_tiny_checkpoint(tmp_path / name, model, shards=shards)
+
+    return make
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        r = runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+        return Result(r.exit_code, r.stdout, r.stderr)
+
+    return run
+
+
+def hidden_leftovers(parent: Path) -> list[str]:
+    """gslice's temporary folders (.gslice-*, .<name>.gslice-partial-*) left in ``parent``."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") and "gslice" in p.name)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
