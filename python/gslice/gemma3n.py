@@ -328,12 +328,12 @@ def _check_audio(arch: Architecture, spec: SliceSpec) -> tuple[int, ...] | None:
     return kept
 
 
-def audio_ffn_refusal(width: int, arch: Architecture | None = None) -> SpecError:
-    """Why a narrower audio FFN is refused (transformers has no config field for it)."""
-    hidden = arch.audio_hidden if arch and arch.audio_hidden else 1536
+def audio_ffn_refusal(width: int) -> SpecError:
+    """Why a narrower audio FFN is refused: transformers has no config field for its width."""
     return SpecError(
         f"audio FFN width {width}: not expressible: transformers builds every Conformer FFN as "
-        f"4 x hidden_size = {4 * hidden} with no config field, so a narrower one loads nowhere"
+        "4 x hidden_size (6144 in Gemma 3n's 1536-wide encoder) with no config field for it, "
+        "so a narrower one loads nowhere"
     )
 
 

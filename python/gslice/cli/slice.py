@@ -1,0 +1,87 @@
+"""`gslice slice`: cut a checkpoint by layers to skip and FFN widths."""
+
+from __future__ import annotations
+
+import click
+
+from .. import gemma3n
+from ..errors import SpecError
+from ..progress import ByteProgress
+from ..slicing import SliceReport, prepare_slice, write_slice
+from ..sources import resolve_source
+from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list
+from ..units import fmt_bytes, fmt_params, parse_size
+from . import main
+from .common import compact_ranges, friendly_errors, run_lengths, table
+
+
+def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False) -> SliceSpec:
+    if spec_file and (layers_to_skip or ffn_dims):
+        raise SpecError("give either --spec or --layers-to-skip/--ffn-dims, not both")
+    if spec_file:
+        base = load_spec_file(spec_file)
+    else:
+        base = SliceSpec(
+            layers_to_skip=parse_index_list(layers_to_skip or "", "--layers-to-skip"),
+            ffn_dims=parse_ffn_dims(ffn_dims) if ffn_dims else None,
+        )
+    return SliceSpec(
+        layers_to_skip=base.layers_to_skip,
+        ffn_dims=base.ffn_dims,
+        audio_layers_to_skip=base.audio_layers_to_skip
+        or parse_index_list(audio_layers_to_skip or "", "--audio-layers-to-skip"),
+        drop_vision=base.drop_vision or drop_vision or text_only,
+        drop_audio=base.drop_audio or drop_audio or text_only,
+    )
+
+
+@main.command("slice")
+@click.argument("src")
+@click.option("-o", "--output", "out", required=True, help="Output folder (must not exist unless --overwrite).")
+@click.option("--layers-to-skip", default="", help="Decoder layers to drop: '20,21,22' or '20-24'.")
+@click.option("--ffn-dims", default=None, help="FFN width for every kept layer ('8192'), or one per kept layer.")
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False), help="JSON file with layers_to_skip / ffn_dims.")
+@click.option("--audio-layers-to-skip", default="", help="Audio Conformer blocks to drop, e.g. '8-11'.")
+@click.option("--audio-ffn-dim", type=int, default=None, help="Refused: the audio FFN width is fixed at 4 x hidden size.")
+@click.option("--drop-vision", is_flag=True, help="Remove the vision tower and its embedder.")
+@click.option("--drop-audio", is_flag=True, help="Remove the audio tower and its embedder.")
+@click.option("--text-only", is_flag=True, help="Remove both towers; the output loads as Gemma3nForCausalLM.")
+@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
+@friendly_errors
+def slice_cmd(src, out, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio, text_only, overwrite, max_shard_size, threads, as_json, quiet):
+    """Slice SRC (a Gemma 3n checkpoint folder) into OUT."""
+    if audio_ffn_dim is not None:
+        raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
+    spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only)
+    shard_size = parse_size(max_shard_size, "--max-shard-size")
+    plan = prepare_slice(resolve_source(src), spec)
+    with ByteProgress("writing", enabled=not (quiet or as_json)) as bar:
+        report = write_slice(plan, out, overwrite=overwrite, max_shard_size=shard_size, threads=threads, progress=bar)
+    if as_json:
+        click.echo(report.to_json())
+    elif not quiet:
+        click.echo(render_report(report))
+
+
+def render_report(r: SliceReport, extra_rows=()) -> str:
+    p, sp = r.params, r.source_params
+    skipped = r.spec["layers_to_skip"]
+    rows = [
+        ("source", r.source),
+        ("output", r.output),
+        ("layers", f"{r.layers} of {r.source_layers}" + (f" (skipped {compact_ranges(skipped)})" if skipped else "")),
+        ("FFN widths", run_lengths(r.ffn_dims)),
+        ("KV sharing", f"last {r.num_kv_shared_layers} layers reuse earlier keys/values"),
+        ("parameters", f"effective {fmt_params(p['effective'])} (was {fmt_params(sp['effective'])}), "
+                       f"text {fmt_params(p['text'])}, total {fmt_params(p['total'])}"),
+        ("tensors", f"{r.tensors:,} in {len(r.shards)} shard{'s' if len(r.shards) != 1 else ''}"),
+        ("written", f"{fmt_bytes(r.bytes_written)} in {r.seconds:.1f} s "
+                    f"({fmt_bytes(r.bytes_written / max(r.seconds, 1e-9))}/s, {fmt_bytes(r.bytes_kernel_copied)} copied in-kernel)"),
+    ]
+    if r.audio_blocks is not None:
+        rows.insert(5, ("audio blocks", str(r.audio_blocks)))
+    return table(rows + list(extra_rows))
