@@ -17,6 +17,10 @@ from .errors import (  # noqa: E402
 )
 from .slicing import SlicePlan, SliceReport, prepare_slice, slice_model  # noqa: E402
 from .spec import SliceSpec, load_spec_file  # noqa: E402
+from .catalogue import Preset, presets  # noqa: E402
+from .proposals import ProposalVerdict, proposals  # noqa: E402
+from .accounting import Footprint, SizePlan, plan  # noqa: E402
+from .recommendation import Recommendation, recommend  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -26,6 +30,15 @@ __all__ = [
     "SliceReport",
     "SliceSpec",
     "load_spec_file",
+    "presets",
+    "Preset",
+    "proposals",
+    "ProposalVerdict",
+    "plan",
+    "SizePlan",
+    "Footprint",
+    "recommend",
+    "Recommendation",
     "GsliceError",
     "SpecError",
     "SourceError",

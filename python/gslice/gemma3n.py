@@ -18,15 +18,18 @@ Gemma 3n implementation and the published checkpoints (see DESIGN.md):
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from dataclasses import dataclass
+from importlib import resources
+from types import MappingProxyType
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from . import engine
 from .engine import CheckpointInfo, TensorPlan
-from .errors import SourceError, SpecError
+from .errors import InternalError, SourceError, SpecError
 from .spec import SliceSpec
 
 MULTIMODAL_TYPE = "gemma3n"
@@ -235,97 +238,128 @@ class Resolved:
     widths: tuple[int, ...]
     audio_kept: tuple[int, ...] | None
 
-    @property
+    @functools.cached_property
     def new_index(self) -> dict[int, int]:
         return {old: new for new, old in enumerate(self.kept)}
 
 
 def resolve(arch: Architecture, spec: SliceSpec) -> Resolved:
     """Checks every rule; raises SpecError naming the first value that breaks one."""
-    skip = _check_indices(spec.layers_to_skip, arch.num_layers, "layers_to_skip", "layers")
+    problems = spec_problems(arch, spec)
+    if problems:
+        raise SpecError(problems[0])
+    skip = set(spec.layers_to_skip)
+    kept = tuple(i for i in range(arch.num_layers) if i not in skip)
+    widths = _resolved_widths(kept, spec.ffn_dims, arch)
+    return Resolved(spec, kept, widths, _audio_kept(arch, spec))
+
+
+def spec_problems(arch: Architecture, spec: SliceSpec) -> list[str]:
+    """Every rule the spec breaks, one message per rule (its first offending value), in the
+    order :func:`resolve` checks them. Empty when the spec is valid."""
+    problems: list[str] = []
+    skip, index_problem = _index_problem(spec.layers_to_skip, arch.num_layers, "layers_to_skip", "layers")
+    if index_problem:
+        problems.append(index_problem)
     kept = tuple(i for i in range(arch.num_layers) if i not in skip)
     if not kept:
-        raise SpecError(f"layers_to_skip: all {arch.num_layers} layers are skipped; keep at least one")
-    _check_kv_producers(arch, kept, skip)
-    widths = _check_widths(arch, kept, spec.ffn_dims)
-    return Resolved(spec, kept, widths, _check_audio(arch, spec))
+        problems.append(f"layers_to_skip: all {arch.num_layers} layers are skipped; keep at least one")
+    else:
+        problems += _kv_producer_problems(arch, kept, skip)
+        problems += _width_problems(arch, kept, spec.ffn_dims)
+    problems += _audio_problems(arch, spec)
+    return problems
 
 
-def _check_indices(values: Sequence[int], n: int, what: str, noun: str) -> set[int]:
+def _index_problem(values: Sequence[int], n: int, what: str, noun: str) -> tuple[set[int], str | None]:
+    """The in-range distinct indices, and the first out-of-range or repeated one."""
     seen: set[int] = set()
+    problem = None
     for v in values:
         if not 0 <= v < n:
-            raise SpecError(f"{what}: {v} is out of range: the source has {n} {noun} (0-{n - 1})")
-        if v in seen:
-            raise SpecError(f"{what}: {v} is listed twice")
-        seen.add(v)
-    return seen
+            problem = problem or f"{what}: {v} is out of range: the source has {n} {noun} (0-{n - 1})"
+        elif v in seen:
+            problem = problem or f"{what}: {v} is listed twice"
+        else:
+            seen.add(v)
+    return seen, problem
 
 
-def _check_kv_producers(arch: Architecture, kept: tuple[int, ...], skip: set[int]) -> None:
+def _kv_producer_problems(arch: Architecture, kept: tuple[int, ...], skip: set[int]) -> list[str]:
+    problems = []
     kept_before = [i for i in kept if i < arch.first_shared]
+    region = f"layers {arch.first_shared}-{arch.num_layers - 1}"
     for kind, producer in sorted(arch.producers.items(), key=lambda kv: kv[1]):
         users = arch.sharing_layers(kind, kept)
         if not users or producer not in skip:
             continue
-        region = f"layers {arch.first_shared}-{arch.num_layers - 1}"
         if not any(arch.layer_types[i] == kind for i in kept_before):
-            raise SpecError(
+            problems.append(
                 f"layers_to_skip: no {kind} layer before the KV-sharing region ({region}) is kept, "
                 f"so the kept {kind} layers {_join(users)} would have no KV producer"
             )
-        raise SpecError(
-            f"layers_to_skip: layer {producer} is the KV producer of the {kind} layers {_join(users)} "
-            f"({region} reuse earlier keys/values, num_kv_shared_layers={arch.num_kv_shared}); "
-            "it cannot be skipped while they are kept"
-        )
+        else:
+            problems.append(
+                f"layers_to_skip: layer {producer} is the KV producer of the {kind} layers {_join(users)} "
+                f"({region} reuse earlier keys/values, num_kv_shared_layers={arch.num_kv_shared}); "
+                "it cannot be skipped while they are kept"
+            )
+    return problems
 
 
-def _check_widths(arch: Architecture, kept: tuple[int, ...], ffn_dims) -> tuple[int, ...]:
+def _width_problems(arch: Architecture, kept: tuple[int, ...], ffn_dims) -> list[str]:
+    if ffn_dims is None:
+        return []
+    if not isinstance(ffn_dims, int) and len(ffn_dims) != len(kept):
+        return [
+            f"ffn_dims: {len(ffn_dims)} widths given for {len(kept)} kept layers "
+            f"({arch.num_layers} source layers, {arch.num_layers - len(kept)} skipped)"
+        ]
+    widths = _resolved_widths(kept, ffn_dims, arch)
+    label = (lambda k: "ffn_dims") if isinstance(ffn_dims, int) else (lambda k: f"ffn_dims[{k}]")
+    for k, (layer, w) in enumerate(zip(kept, widths)):
+        if w <= 0:
+            return [f"{label(k)} = {w} must be a positive integer"]
+        if w > arch.ffn_widths[layer]:
+            return [f"{label(k)} = {w} exceeds the source FFN width {arch.ffn_widths[layer]} of layer {layer}"]
+    return []
+
+
+def _resolved_widths(kept: tuple[int, ...], ffn_dims, arch: Architecture) -> tuple[int, ...]:
     if ffn_dims is None:
         return tuple(arch.ffn_widths[i] for i in kept)
     if isinstance(ffn_dims, int):
-        widths = [ffn_dims] * len(kept)
-        label = lambda k: "ffn_dims"  # noqa: E731 - one value names itself
-    else:
-        if len(ffn_dims) != len(kept):
-            raise SpecError(
-                f"ffn_dims: {len(ffn_dims)} widths given for {len(kept)} kept layers "
-                f"({arch.num_layers} source layers, {arch.num_layers - len(kept)} skipped)"
-            )
-        widths = list(ffn_dims)
-        label = lambda k: f"ffn_dims[{k}]"  # noqa: E731
-    for k, (layer, w) in enumerate(zip(kept, widths)):
-        if w <= 0:
-            raise SpecError(f"{label(k)} = {w} must be a positive integer")
-        if w > arch.ffn_widths[layer]:
-            raise SpecError(
-                f"{label(k)} = {w} exceeds the source FFN width {arch.ffn_widths[layer]} of layer {layer}"
-            )
-    return tuple(widths)
+        return (ffn_dims,) * len(kept)
+    return tuple(ffn_dims)
 
 
-def _check_audio(arch: Architecture, spec: SliceSpec) -> tuple[int, ...] | None:
+def _audio_problems(arch: Architecture, spec: SliceSpec) -> list[str]:
     if spec.drop_audio and spec.audio_layers_to_skip:
-        raise SpecError("audio_layers_to_skip: the audio tower is being dropped, so there is nothing to slice")
+        return ["audio_layers_to_skip: the audio tower is being dropped, so there is nothing to slice"]
     if not arch.has_audio:
-        if spec.audio_layers_to_skip:
-            raise SpecError("audio_layers_to_skip: the source has no audio tower")
-        return None
+        return ["audio_layers_to_skip: the source has no audio tower"] if spec.audio_layers_to_skip else []
     n = arch.audio_blocks
     for v in spec.audio_layers_to_skip:
         if v >= n:
-            raise SpecError(
+            return [
                 f"audio_layers_to_skip: {v} is out of range: the source's audio encoder has {n} "
                 f"Conformer blocks (0-{n - 1}). Proposals assuming 16 blocks with a 4096-wide FFN "
                 f"describe a different encoder: Gemma 3n's has {n} blocks with FFN width "
                 f"{4 * (arch.audio_hidden or 1536)} (4 x hidden size)"
-            )
-    skip = _check_indices(spec.audio_layers_to_skip, n, "audio_layers_to_skip", "audio Conformer blocks")
-    kept = tuple(i for i in range(n) if i not in skip)
-    if not kept:
-        raise SpecError(f"audio_layers_to_skip: all {n} audio blocks are skipped; use --drop-audio instead")
-    return kept
+            ]
+    skip, problem = _index_problem(spec.audio_layers_to_skip, n, "audio_layers_to_skip", "audio Conformer blocks")
+    if problem:
+        return [problem]
+    if len(skip) == n:
+        return [f"audio_layers_to_skip: all {n} audio blocks are skipped; use --drop-audio instead"]
+    return []
+
+
+def _audio_kept(arch: Architecture, spec: SliceSpec) -> tuple[int, ...] | None:
+    if not arch.has_audio:
+        return None
+    skip = set(spec.audio_layers_to_skip)
+    return tuple(i for i in range(arch.audio_blocks) if i not in skip)
 
 
 def audio_ffn_refusal(width: int) -> SpecError:
@@ -518,3 +552,347 @@ def output_prefix(arch: Architecture, spec: SliceSpec) -> str:
 
 def is_trained_width(width: int) -> bool:
     return width in TRAINED_FFN_WIDTHS
+
+
+# -- tensor shapes from config.json alone -------------------------------------------------
+
+LAYOUT_FILE = "gemma-3n-E4B.tensors.json"  # every tensor of the published E4B checkpoints
+E4B_CONFIG_FILE = "gemma-3n-E4B.config.json"  # E4B's config.json (the fields gslice reads)
+
+# A template name with its repeated index replaced: layers.{i}, conformer.{b}, projections.{k}.
+_TEMPLATE_INDEX = (
+    (re.compile(r"layers\.\d+\."), "layers.{i}."),
+    (re.compile(r"conformer\.\d+\."), "conformer.{b}."),
+    (re.compile(r"projections\.\d+\."), "projections.{k}."),
+)
+
+
+def _data_text(name: str) -> str:
+    return resources.files(__package__).joinpath("data", name).read_text()
+
+
+@functools.cache
+def _layout() -> dict[str, tuple[int, ...]]:
+    raw = json.loads(_data_text(LAYOUT_FILE))
+    return {n: tuple(t["shape"]) for n, t in raw["tensors"].items()}
+
+
+def published_layout() -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the published E4B checkpoints (package data)."""
+    return dict(_layout())
+
+
+def e4b_config() -> dict:
+    """config.json of google/gemma-3n-E4B (package data: every field gslice reads, with the
+    published values; its shapes reproduce :func:`published_layout` exactly)."""
+    return json.loads(_data_text(E4B_CONFIG_FILE))
+
+
+@functools.cache
+def e4b_architecture() -> Architecture:
+    return architecture(e4b_config(), E4B_CONFIG_FILE)
+
+
+@functools.cache
+def e4b_shapes() -> Mapping[str, tuple[int, ...]]:
+    """E4B's tensor shapes from its config (equal to :func:`published_layout`), read-only."""
+    return MappingProxyType(shapes_from_config(e4b_config(), E4B_CONFIG_FILE))
+
+
+def _template_names() -> list[str]:
+    """The published layout's distinct names, each repeated index replaced by a placeholder."""
+    seen: dict[str, None] = {}
+    for name in _layout():
+        if name.startswith(VISION_TOWER_PREFIX):
+            continue
+        for pattern, placeholder in _TEMPLATE_INDEX:
+            name = pattern.sub(placeholder, name)
+        seen[name] = None
+    return list(seen)
+
+
+VISION_TOWER_PREFIX = "model.vision_tower."
+VISION_TOWER_ARCHITECTURE = "mobilenetv5_300m_enc"
+
+
+def shapes_from_config(config: dict, where: str = "config.json") -> dict[str, tuple[int, ...]]:
+    """The tensors a checkpoint with this config holds, without its weights: the published E4B
+    layout's names, repeated for the config's layer/block counts, with every dimension
+    recomputed from config fields (the k/v projections of KV-sharing layers included, as the
+    published checkpoints store them). The vision tower is a fixed timm MobileNet-V5 whose
+    shapes no config field describes: it is copied from the E4B layout."""
+    arch = architecture(config, where)
+    dims = _Dims.read(config, arch, where)
+    rules = _shape_rules(dims)
+    out: dict[str, tuple[int, ...]] = {}
+    for template in _template_names():
+        if template not in rules:
+            raise InternalError(f"no shape rule for the published tensor {template}")
+        rule = rules[template]
+        if rule is None:  # a tower the config does not have
+            continue
+        for name, layer in _instances(template, arch, dims):
+            out[_rename(name, arch)] = rule(layer) if callable(rule) else rule
+    if arch.has_vision:
+        if dims.vision_architecture != VISION_TOWER_ARCHITECTURE:
+            raise SourceError(
+                f"{where}: vision_config.architecture is {dims.vision_architecture!r}; gslice knows the shapes "
+                f"of {VISION_TOWER_ARCHITECTURE!r} only (give the checkpoint folder instead of its config)"
+            )
+        out.update({n: s for n, s in _layout().items() if n.startswith(VISION_TOWER_PREFIX)})
+    return out
+
+
+def _rename(name: str, arch: Architecture) -> str:
+    lm = PREFIXES[MULTIMODAL_TYPE]
+    return arch.prefix + name[len(lm):] if name.startswith(lm) else name
+
+
+def _instances(template: str, arch: Architecture, dims: "_Dims") -> list[tuple[str, int | None]]:
+    """(name, decoder layer or None) for every instance of a template name."""
+    if "{i}" in template:
+        return [(template.replace("{i}", str(i)), i) for i in range(arch.num_layers)]
+    if "{b}" in template:
+        return [(template.replace("{b}", str(b)), None) for b in range(arch.audio_blocks or 0)]
+    if "{k}" in template:  # altup projections: one per extra altup input
+        return [(template.replace("{k}", str(k)), None) for k in range(dims.altup - 1)]
+    return [(template, None)]
+
+
+@dataclass(frozen=True)
+class _Dims:
+    """The config fields tensor shapes depend on (missing fields take transformers' defaults)."""
+
+    H: int
+    P: int
+    L: int
+    vocab: int
+    vocab_per_layer: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    laurel: int
+    altup: int
+    widths: tuple[int, ...]
+    audio: dict | None
+    vision: dict | None
+    vision_architecture: str | None
+
+    @classmethod
+    def read(cls, config: dict, arch: Architecture, where: str) -> "_Dims":
+        text = text_config(config)
+        field = lambda key, default: _config_int({key: text.get(key, default)}, key, where)  # noqa: E731
+        audio = config.get("audio_config") if arch.has_audio else None
+        vision = config.get("vision_config") if arch.has_vision else None
+        return cls(
+            H=arch.hidden_size,
+            P=arch.ple_dim,
+            L=arch.num_layers,
+            vocab=field("vocab_size", 262_400),
+            vocab_per_layer=field("vocab_size_per_layer_input", 262_144),
+            heads=field("num_attention_heads", 8),
+            kv_heads=field("num_key_value_heads", 2),
+            head_dim=field("head_dim", 256),
+            laurel=field("laurel_rank", 64),
+            altup=field("altup_num_inputs", 4),
+            widths=arch.ffn_widths,
+            audio=_audio_dims(audio, where) if audio is not None else None,
+            vision=_vision_dims(vision, where) if vision is not None else None,
+            vision_architecture=vision.get("architecture", VISION_TOWER_ARCHITECTURE) if vision else None,
+        )
+
+
+def _audio_dims(audio: dict, where: str) -> dict:
+    field = lambda key, default: _config_int({key: audio.get(key, default)}, key, where)  # noqa: E731
+    A = field("hidden_size", 1536)
+    heads = field("conf_num_attention_heads", 8)
+    channels = audio.get("sscp_conv_channel_size", [128, 32])
+    kernels = audio.get("sscp_conv_kernel_size", [[3, 3], [3, 3]])
+    strides = audio.get("sscp_conv_stride_size", [[2, 2], [2, 2]])
+    freq = field("input_feat_size", 128)
+    for i in range(2):  # transformers pads the frequency axis by 1 on each side
+        freq = (freq + 2 - kernels[i][1]) // strides[i][1] + 1
+    return {
+        "A": A,
+        "head": A // heads,
+        "conv": field("conf_conv_kernel_size", 5),
+        "c0": channels[0],
+        "c1": channels[1],
+        "k0": tuple(kernels[0]),
+        "k1": tuple(kernels[1]),
+        "proj_in": channels[1] * freq,
+        "vocab": field("vocab_size", 128),
+    }
+
+
+def _vision_dims(vision: dict, where: str) -> dict:
+    field = lambda key, default: _config_int({key: vision.get(key, default)}, key, where)  # noqa: E731
+    return {"V": field("hidden_size", 2048), "vocab": field("vocab_size", 128)}
+
+
+def _shape_rules(d: _Dims) -> dict[str, object]:
+    """Template name -> shape (a tuple, or for decoder-layer tensors a function of the layer),
+    or None for the tensors of a tower the config lacks."""
+    lm, layer = "model.language_model.", "model.language_model.layers.{i}."
+    H, P, hd = d.H, d.P, d.head_dim
+    q, kv = d.heads * hd, d.kv_heads * hd
+    rules: dict[str, object] = {
+        lm + "embed_tokens.weight": (d.vocab, H),
+        lm + "embed_tokens_per_layer.weight": (d.vocab_per_layer, d.L * P),
+        lm + "per_layer_model_projection.weight": (d.L * P, H),
+        lm + "per_layer_projection_norm.weight": (P,),
+        lm + "norm.weight": (H,),
+        lm + "altup_projections.{k}.weight": (H, H),
+        lm + "altup_unembed_projections.{k}.weight": (H, H),
+    }
+    per_layer = {
+        "altup.correct_output_scale": (H,),
+        "altup.correction_coefs.weight": (d.altup, d.altup),
+        "altup.modality_router.weight": (d.altup, H),
+        "altup.prediction_coefs.weight": (d.altup * d.altup, d.altup),
+        "altup.router_norm.weight": (H,),
+        "input_layernorm.weight": (H,),
+        "laurel.linear_left.weight": (d.laurel, H),
+        "laurel.linear_right.weight": (H, d.laurel),
+        "laurel.post_laurel_norm.weight": (H,),
+        "per_layer_input_gate.weight": (P, H),
+        "per_layer_projection.weight": (H, P),
+        "post_attention_layernorm.weight": (H,),
+        "post_feedforward_layernorm.weight": (H,),
+        "post_per_layer_input_norm.weight": (H,),
+        "pre_feedforward_layernorm.weight": (H,),
+        "self_attn.q_proj.weight": (q, H),
+        "self_attn.o_proj.weight": (H, q),
+        "self_attn.k_proj.weight": (kv, H),
+        "self_attn.v_proj.weight": (kv, H),
+        "self_attn.q_norm.weight": (hd,),
+        "self_attn.k_norm.weight": (hd,),
+    }
+    for suffix, shape in per_layer.items():
+        rules[layer + suffix] = lambda i, shape=shape: shape
+    rules[layer + "mlp.gate_proj.weight"] = lambda i: (d.widths[i], H)
+    rules[layer + "mlp.up_proj.weight"] = lambda i: (d.widths[i], H)
+    rules[layer + "mlp.down_proj.weight"] = lambda i: (H, d.widths[i])
+    rules.update(_audio_rules(d))
+    rules.update(_vision_embedder_rules(d))
+    return rules
+
+
+def _audio_rules(d: _Dims) -> dict[str, object]:
+    a = d.audio
+    names = {
+        "model.audio_tower.subsample_conv_projection.conv_0.conv.weight": lambda: (a["c0"], 1, *a["k0"]),
+        "model.audio_tower.subsample_conv_projection.conv_0.norm.weight": lambda: (a["c0"],),
+        "model.audio_tower.subsample_conv_projection.conv_1.conv.weight": lambda: (a["c1"], a["c0"], *a["k1"]),
+        "model.audio_tower.subsample_conv_projection.conv_1.norm.weight": lambda: (a["c1"],),
+        "model.audio_tower.subsample_conv_projection.input_proj_linear.weight": lambda: (a["A"], a["proj_in"]),
+        "model.embed_audio.embedding.weight": lambda: (a["vocab"], a["A"]),
+        "model.embed_audio.embedding_projection.weight": lambda: (d.H, a["A"]),
+        "model.embed_audio.hard_embedding_norm.weight": lambda: (a["A"],),
+        "model.embed_audio.soft_embedding_norm.weight": lambda: (a["A"],),
+    }
+    block = "model.audio_tower.conformer.{b}."
+    square = lambda: (a["A"], a["A"])  # noqa: E731
+    vector = lambda: (a["A"],)  # noqa: E731
+    names.update({
+        block + "attention.attn.k_proj.weight": square,
+        block + "attention.attn.q_proj.weight": square,
+        block + "attention.attn.v_proj.weight": square,
+        block + "attention.attn.relative_position_embedding.pos_proj.weight": square,
+        block + "attention.attn.per_dim_scale": lambda: (a["head"],),
+        block + "attention.post.weight": square,
+        block + "attention.post_norm.weight": vector,
+        block + "attention.pre_attn_norm.weight": vector,
+        block + "lconv1d.conv_norm.weight": vector,
+        block + "lconv1d.depthwise_conv1d.weight": lambda: (a["A"], 1, a["conv"]),
+        block + "lconv1d.linear_end.weight": square,
+        block + "lconv1d.linear_start.weight": lambda: (2 * a["A"], a["A"]),
+        block + "lconv1d.pre_layer_norm.weight": vector,
+        block + "norm.weight": vector,
+    })
+    for ffw in ("ffw_layer_start", "ffw_layer_end"):  # width fixed at 4 x hidden in transformers
+        names[f"{block}{ffw}.ffw_layer_1.weight"] = lambda: (4 * a["A"], a["A"])
+        names[f"{block}{ffw}.ffw_layer_2.weight"] = lambda: (a["A"], 4 * a["A"])
+        names[f"{block}{ffw}.pre_layer_norm.weight"] = vector
+        names[f"{block}{ffw}.post_layer_norm.weight"] = vector
+    return {n: (f() if a is not None else None) for n, f in names.items()}
+
+
+def _vision_embedder_rules(d: _Dims) -> dict[str, object]:
+    v = d.vision
+    names = {
+        "model.embed_vision.embedding.weight": lambda: (v["vocab"], v["V"]),
+        "model.embed_vision.embedding_projection.weight": lambda: (d.H, v["V"]),
+        "model.embed_vision.hard_embedding_norm.weight": lambda: (v["V"],),
+        "model.embed_vision.soft_embedding_norm.weight": lambda: (v["V"],),
+    }
+    return {n: (f() if v is not None else None) for n, f in names.items()}
+
+
+def output_shapes(arch: Architecture, shapes: Mapping[str, Sequence[int]], res: Resolved) -> dict[str, tuple[int, ...]]:
+    """The output tensor shapes of a slice, by the same mapping :func:`plan_tensors` uses."""
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in shapes.items():
+        tp = _map_tensor(name, arch, res)
+        if tp is not None:
+            out[tp.name] = engine.output_shape(shape, tp.op)
+    return out
+
+
+# -- what a runtime holds in memory, and what quantization touches ------------------------
+
+# The 2-D linear weights of the text decoder that int8/int4 quantize (compressed-tensors
+# pack-quantized). Embeddings, norms, the tiny altup coefficient/router matrices, convolutions
+# and both towers stay BF16; a weight whose input width is not a multiple of the group size
+# (laurel.linear_right, 64 wide in E4B, with groups of 128) stays BF16 too.
+QUANTIZED_LAYER_LINEARS = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    *MLP_ROWS,
+    MLP_COLS,
+    "laurel.linear_left.weight",
+    "laurel.linear_right.weight",
+    "per_layer_input_gate.weight",
+    "per_layer_projection.weight",
+)
+_QUANTIZED_MODEL_LINEAR = re.compile(r"^(altup_projections\.\d+|altup_unembed_projections\.\d+|per_layer_model_projection)\.weight$")
+
+
+def is_quantized_linear(name: str, shape: Sequence[int], prefix: str, group_size: int) -> bool:
+    """Whether int8/int4 quantization packs this tensor (see QUANTIZED_LAYER_LINEARS)."""
+    if len(shape) != 2 or shape[1] % group_size or not name.startswith(prefix):
+        return False
+    rest = name[len(prefix):]
+    if m := _LAYER.match(rest):
+        return m.group(2) in QUANTIZED_LAYER_LINEARS
+    return bool(_QUANTIZED_MODEL_LINEAR.match(rest))
+
+
+def ple_table_name(prefix: str) -> str:
+    return prefix + PLE_TABLE
+
+
+def loaded_by_transformers(name: str, text: dict, prefix: str) -> bool:
+    """False for the k/v projections and k_norm stored for KV-sharing layers: transformers
+    builds no module for them and drops them on load."""
+    if not name.startswith(prefix):
+        return True
+    m = _LAYER.match(name[len(prefix):])
+    if not m or m.group(2) not in KV_TENSORS:
+        return True
+    return int(m.group(1)) < text["num_hidden_layers"] - text.get("num_kv_shared_layers", 0)
+
+
+def kv_cache_bytes(text: dict, context: int, bytes_per_value: int = 2) -> int:
+    """K and V cache of one sequence of ``context`` tokens: each layer before the KV-sharing
+    region stores num_key_value_heads x head_dim values for K and for V per token, sliding
+    layers at most sliding_window tokens; KV-sharing layers store nothing."""
+    L = text["num_hidden_layers"]
+    first_shared = L - text.get("num_kv_shared_layers", 0)
+    per_token = 2 * text.get("num_key_value_heads", 2) * text.get("head_dim", 256) * bytes_per_value
+    window = text.get("sliding_window", 512)
+    layer_types = text.get("layer_types") or _default_layer_types(L)
+    tokens = sum(min(context, window) if layer_types[i] == "sliding_attention" else context for i in range(first_shared))
+    return tokens * per_token

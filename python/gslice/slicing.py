@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, engine, gemma3n
+from . import __version__, accounting, engine, gemma3n
+from .catalogue import spec_with_preset
 from .engine import CheckpointInfo, TensorPlan
 from .gemma3n import Architecture, ParamCounts, Resolved
 from .sources import Source, resolve_source
@@ -28,6 +29,7 @@ class SlicePlan:
     checkpoint: CheckpointInfo
     tensors: tuple[TensorPlan, ...]
     new_config: dict
+    preset: str | None = None  # the preset id the spec came from
 
     @property
     def spec(self) -> SliceSpec:
@@ -52,17 +54,19 @@ class SlicePlan:
         return gemma3n.count_params(shapes, self.arch.prefix)
 
 
-def prepare_slice(src: str | os.PathLike | Source, spec: SliceSpec) -> SlicePlan:
-    """Checks the spec against the source's config and tensors. Raises before any write."""
+def prepare_slice(src: str | os.PathLike | Source, spec: SliceSpec | None = None, *, preset: str | None = None) -> SlicePlan:
+    """Checks the spec (or the preset, with the spec's tower options) against the source's
+    config and tensors. Raises before any write."""
     source = src if isinstance(src, Source) else resolve_source(src)
     config = gemma3n.read_config(source.path)
     arch = gemma3n.architecture(config, str(source.path / "config.json"))
+    spec, found = spec_with_preset(arch, spec, preset)
     resolved = gemma3n.resolve(arch, spec)
     ck = engine.inspect(source.path)
     gemma3n.check_source(arch, ck, resolved)
     tensors = tuple(gemma3n.plan_tensors(arch, ck, resolved))
     new_config = gemma3n.rewrite_config(config, arch, resolved)
-    return SlicePlan(source, config, arch, resolved, ck, tensors, new_config)
+    return SlicePlan(source, config, arch, resolved, ck, tensors, new_config, found.id if found else None)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class SliceReport:
     bytes_kernel_copied: int
     seconds: float
     tool: str = field(default=f"gslice {__version__}")
+    preset: str | None = None
+    size: dict | None = None  # accounting.SizePlan.to_dict(): parameters, disk and RAM per scheme
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +105,7 @@ def slice_model(
     out: str | os.PathLike,
     *,
     spec: SliceSpec | None = None,
+    preset: str | None = None,
     layers_to_skip=None,
     ffn_dims=None,
     audio_layers_to_skip=None,
@@ -110,7 +117,8 @@ def slice_model(
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SliceReport:
-    """Slices ``src`` into ``out``. Give either a ``spec`` or its fields as keywords."""
+    """Slices ``src`` into ``out``. Give a ``spec``, or its fields as keywords, or a ``preset``
+    id or name (with the tower keywords)."""
     if spec is None:
         spec = SliceSpec.build(
             layers_to_skip=layers_to_skip,
@@ -120,7 +128,7 @@ def slice_model(
             drop_audio=drop_audio,
             text_only=text_only,
         )
-    plan = prepare_slice(src, spec)
+    plan = prepare_slice(src, spec, preset=preset)
     return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
 
 
@@ -168,4 +176,14 @@ def write_slice(
         bytes_written=result.bytes_written,
         bytes_kernel_copied=result.bytes_kernel_copied,
         seconds=time.perf_counter() - started,
+        preset=plan.preset,
+        size=size_plan_of(plan).to_dict(),
+    )
+
+
+def size_plan_of(plan: SlicePlan, context: int | None = None) -> accounting.SizePlan:
+    """Parameters, disk and RAM figures of a prepared slice (see :mod:`gslice.accounting`)."""
+    return accounting.size_plan(
+        plan.source.label, plan.preset, plan.arch, plan.resolved, plan.output_shapes(), plan.new_config,
+        context or accounting.DEFAULT_CONTEXT,
     )

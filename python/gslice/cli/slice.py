@@ -15,7 +15,10 @@ from . import main
 from .common import compact_ranges, friendly_errors, run_lengths, table
 
 
-def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False) -> SliceSpec:
+def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False, preset=None) -> SliceSpec:
+    """The spec from command-line options; with --preset, only its tower options."""
+    if preset and (spec_file or layers_to_skip or ffn_dims):
+        raise SpecError("give either --preset or --layers-to-skip/--ffn-dims/--spec, not both")
     if spec_file and (layers_to_skip or ffn_dims):
         raise SpecError("give either --spec or --layers-to-skip/--ffn-dims, not both")
     if spec_file:
@@ -38,6 +41,7 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 @main.command("slice")
 @click.argument("src")
 @click.option("-o", "--output", "out", required=True, help="Output folder (must not exist unless --overwrite).")
+@click.option("--preset", default=None, help="A preset id or name (see `gslice presets`); exact match.")
 @click.option("--layers-to-skip", default="", help="Decoder layers to drop: '20,21,22' or '20-24'.")
 @click.option("--ffn-dims", default=None, help="FFN width for every kept layer ('8192'), or one per kept layer.")
 @click.option("--spec", "spec_file", type=click.Path(dir_okay=False), help="JSON file with layers_to_skip / ffn_dims.")
@@ -52,13 +56,13 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
-def slice_cmd(src, out, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio, text_only, overwrite, max_shard_size, threads, as_json, quiet):
-    """Slice SRC (a Gemma 3n checkpoint folder) into OUT."""
+def slice_cmd(src, out, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio, text_only, overwrite, max_shard_size, threads, as_json, quiet):
+    """Slice SRC (a Gemma 3n checkpoint folder) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
-    spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only)
+    spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, preset)
     shard_size = parse_size(max_shard_size, "--max-shard-size")
-    plan = prepare_slice(resolve_source(src), spec)
+    plan = prepare_slice(resolve_source(src), spec, preset=preset)
     with ByteProgress("writing", enabled=not (quiet or as_json)) as bar:
         report = write_slice(plan, out, overwrite=overwrite, max_shard_size=shard_size, threads=threads, progress=bar)
     if as_json:
@@ -84,4 +88,17 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
     ]
     if r.audio_blocks is not None:
         rows.insert(5, ("audio blocks", str(r.audio_blocks)))
+    if r.preset:
+        rows.insert(2, ("preset", r.preset))
+    if r.size:
+        rows += size_summary_rows(r.size)
     return table(rows + list(extra_rows))
+
+
+def size_summary_rows(size: dict) -> list[tuple[str, str]]:
+    """Disk and RAM per storage scheme (the figures of `gslice plan`)."""
+    rows = []
+    for scheme, f in size["footprints"].items():
+        rows.append((f"as {scheme}", f"disk {fmt_bytes(f['disk_bytes'])}; RAM at {size['context']} tokens "
+                                           f"{fmt_bytes(f['ram_bytes'])} ({fmt_bytes(f['ram_ple_on_disk_bytes'])} with the PLE table on disk)"))
+    return rows

@@ -1,0 +1,65 @@
+"""The size/quality trade-off as a picture (matplotlib, optional extra ``gslice[plot]``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from .catalogue import GOOGLE, Preset
+from .errors import GsliceError
+
+
+def plot_presets(catalogue: Sequence[Preset], path: str | os.PathLike) -> None:
+    """Effective parameters (computed) against published MMLU for Google's configurations;
+    gslice's presets as markers at their size on a separate "quality unmeasured" row."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GsliceError("--plot needs matplotlib: pip install 'gslice[plot]'") from None
+
+    official = [p for p in catalogue if p.origin == GOOGLE and p.published_mmlu is not None]
+    ours = [p for p in catalogue if p.origin != GOOGLE]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [4, 1]}, constrained_layout=True
+    )
+    for kind, marker in (("layer", "o"), ("block", "s"), ("", "D")):
+        pts = [p for p in official if _granularity(p) == kind]
+        if pts:
+            top.scatter([p.params.effective / 1e9 for p in pts], [p.published_mmlu for p in pts], marker=marker,
+                        label={"layer": "Google, layer-level", "block": "Google, block-level", "": "Google, E4B / E2B"}[kind])
+    placed: list[tuple[float, float, bool, int]] = []
+    for p in sorted(official, key=lambda p: p.params.effective):
+        # layer-level labels above-left, the others below-right (some points coincide); a label
+        # close to an earlier one on the same side moves further out
+        x, y, above = p.params.effective / 1e9, p.published_mmlu, _granularity(p) == "layer"
+        near = [lvl for px, py, side, lvl in placed if side == above and abs(px - x) < 0.3 and abs(py - y) < 0.5]
+        level = max(near) + 1 if near else 0
+        placed.append((x, y, above, level))
+        dy = (5 + 10 * level) if above else -(10 + 10 * level)
+        offset = (6, -3) if not _granularity(p) else (-4 if above else 4, dy)
+        top.annotate(p.id.removeprefix("google-"), (x, y), textcoords="offset points", xytext=offset,
+                     ha="right" if above else "left", fontsize=7)
+    top.margins(x=0.08, y=0.08)
+    top.set_ylim(top=max(p.published_mmlu for p in official) + 2)
+    top.set_ylabel("MMLU, pre-trained (%, published)")
+    top.set_title("Gemma 3n slices: effective parameters (computed from shapes) vs published MMLU")
+    top.grid(alpha=0.3)
+    top.legend(loc="lower right", fontsize=8)
+    for p in ours:
+        x = p.params.effective / 1e9
+        bottom.axvline(x, color="tab:red" if not p.trained_widths else "tab:green", alpha=0.5)
+        bottom.annotate(p.id.removeprefix("gslice-"), (x, 0.5), rotation=90, fontsize=7, ha="right", va="center")
+    bottom.set_yticks([])
+    bottom.set_ylabel("gslice\npresets", rotation=0, ha="right", va="center")
+    bottom.set_title("quality unmeasured (green: trained widths 8192/16384 only; red: other widths)", fontsize=8)
+    bottom.set_xlabel("effective parameters (billions)")
+    fig.savefig(os.fspath(path), dpi=120)
+    plt.close(fig)
+
+
+def _granularity(p: Preset) -> str:
+    name = p.name.lower()
+    return "layer" if "layer-level" in name else "block" if "block-level" in name else ""
