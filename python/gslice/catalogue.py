@@ -66,6 +66,11 @@ class Preset:
         return len(self.ffn_dims)
 
     @property
+    def slug(self) -> str:
+        """The folder name `gslice bulk` writes this preset to."""
+        return self.id
+
+    @property
     def trained_widths(self) -> bool:
         return all(gemma3n.is_trained_width(w) for w in self.ffn_dims)
 

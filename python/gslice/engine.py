@@ -115,6 +115,15 @@ class TensorPlan:
         return {"name": self.name, "source": self.source, "op": self.op}
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """A file the engine writes last into the output's temporary folder: ``fields`` plus
+    ``"files": {name: {"size": n, "sha256": hex}}`` for every other file of the folder."""
+
+    name: str
+    fields: dict
+
+
 @dataclass
 class OutputPlan:
     dir: Path
@@ -122,16 +131,20 @@ class OutputPlan:
     text_files: dict[str, str] = field(default_factory=dict)
     copied_files: dict[str, Path] = field(default_factory=dict)
     overwrite: bool = False
+    manifest: Manifest | None = None
 
     def to_json(self) -> dict:
         files = [{"name": n, "text": t} for n, t in self.text_files.items()]
         files += [{"name": n, "copy_from": str(p)} for n, p in self.copied_files.items()]
-        return {
+        out = {
             "dir": str(self.dir),
             "overwrite": self.overwrite,
             "tensors": [t.to_json() for t in self.tensors],
             "files": files,
         }
+        if self.manifest is not None:
+            out["manifest"] = {"name": self.manifest.name, "fields": self.manifest.fields}
+        return out
 
 
 # -- inspecting checkpoints ---------------------------------------------------------------
@@ -178,15 +191,26 @@ class ShardReport:
     name: str
     bytes: int
     tensors: int
+    piece: int  # the physical file behind the shard; outputs sharing it share one inode
+    shared_by: int  # how many outputs of the run link this piece
+
+
+@dataclass(frozen=True)
+class FileReport:
+    name: str
+    bytes: int
+    sha256: str | None  # None in a dry run, or when the output has no manifest
 
 
 @dataclass(frozen=True)
 class OutputReport:
     dir: Path
     shards: tuple[ShardReport, ...]
+    files: tuple[FileReport, ...]
     tensors: int
     tensor_bytes: int
     file_bytes: int
+    seconds: float  # time from the previous output's completion (or the start) to this one's
 
 
 @dataclass(frozen=True)
@@ -195,10 +219,12 @@ class EngineReport:
     bytes_written: int
     bytes_kernel_copied: int
     bytes_gathered: int
+    bytes_hashed: int
     distinct_tensors: int
     shard_files_written: int
     seconds: float
     threads: int
+    dry_run: bool
 
 
 def execute(
@@ -209,8 +235,11 @@ def execute(
     dedupe: bool = True,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    dry_run: bool = False,
 ) -> EngineReport:
-    """Writes every output atomically: each folder appears complete or not at all."""
+    """Writes every output atomically: each folder appears complete (manifest included) or not
+    at all. Outputs are completed one after the other, so an interrupted run keeps the earlier
+    ones. ``dry_run`` lays everything out and reports the files without creating any."""
     plan = {
         "source": str(source),
         "outputs": [o.to_json() for o in outputs],
@@ -218,6 +247,7 @@ def execute(
         "dedupe": dedupe,
         "threads": threads,
         "metadata": {"format": "pt"},
+        "dry_run": dry_run,
     }
     try:
         raw = json.loads(_core.execute(json.dumps(plan), progress))
@@ -225,12 +255,58 @@ def execute(
         _raise(e)
     outs = tuple(
         OutputReport(
-            Path(o["dir"]),
-            tuple(ShardReport(**s) for s in o["shards"]),
-            o["tensors"],
-            o["tensor_bytes"],
-            o["file_bytes"],
+            dir=Path(o["dir"]),
+            shards=tuple(ShardReport(**s) for s in o["shards"]),
+            files=tuple(FileReport(**f) for f in o["files"]),
+            tensors=o["tensors"],
+            tensor_bytes=o["tensor_bytes"],
+            file_bytes=o["file_bytes"],
+            seconds=o["seconds"],
         )
         for o in raw.pop("outputs")
     )
     return EngineReport(outputs=outs, **raw)
+
+
+# -- checking -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    tensor: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    tensors: int
+    bytes_compared: int
+    mismatches: tuple[Mismatch, ...]
+
+
+def compare(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    tensors: Sequence[TensorPlan],
+    *,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CompareReport:
+    """Compares every tensor of the checkpoint at ``output`` with what its plan takes from
+    ``source``, byte for byte; also reports tensors missing from, or extra in, the output."""
+    plan = {"source": str(source), "output": str(output), "tensors": [t.to_json() for t in tensors], "threads": threads}
+    try:
+        raw = json.loads(_core.compare(json.dumps(plan), progress))
+    except _core.EngineError as e:
+        _raise(e)
+    return CompareReport(raw["tensors"], raw["bytes_compared"], tuple(Mismatch(**m) for m in raw["mismatches"]))
+
+
+def sha256_files(
+    paths: Sequence[str | os.PathLike], progress: Callable[[int, int], None] | None = None
+) -> list[str]:
+    """Hex SHA-256 of each file, hashed in parallel without holding the GIL."""
+    try:
+        return _core.sha256_files([str(p) for p in paths], progress)
+    except _core.EngineError as e:
+        _raise(e)

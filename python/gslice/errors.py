@@ -34,3 +34,7 @@ class InternalError(GsliceError):
     """A bug in gslice. The message says so; please report it."""
 
     exit_code = 1
+
+
+class HubError(GsliceError):
+    """The Hugging Face Hub refused or could not serve a request (access, name, network)."""

@@ -88,6 +88,10 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+# What slicing reads from a Hub repo: the weights, their index, the config and the files copied
+# beside the weights. Top-level files only (HUB_IGNORE): copies in sub-folders are not needed.
+HUB_PATTERNS = ("*.safetensors", "model.safetensors.index.json", "config.json", *TOKENIZER_FILES, *PROCESSOR_FILES)
+HUB_IGNORE = ("*/*",)
 FLOAT_DTYPES = ("BF16", "F16", "F32")
 
 
@@ -238,7 +242,7 @@ class Resolved:
     widths: tuple[int, ...]
     audio_kept: tuple[int, ...] | None
 
-    @functools.cached_property
+    @functools.cached_property  # asked once per tensor while planning
     def new_index(self) -> dict[int, int]:
         return {old: new for new, old in enumerate(self.kept)}
 

@@ -1,5 +1,7 @@
-"""A bytes-written progress bar fed by the engine's progress callback. It draws only on an
-interactive terminal, and erases itself when the run fails so the error line stands alone."""
+"""A bytes progress bar fed by the engine's progress callback. It draws only on an
+interactive terminal, and erases itself when the run fails so the error line stands alone.
+One bar may follow several engine calls in a row (hashing, then comparing): each call counts
+from zero, so a call's counts are added to those of the calls before it."""
 
 from __future__ import annotations
 
@@ -12,12 +14,20 @@ class ByteProgress:
     def __init__(self, desc: str, enabled: bool = True):
         self._desc, self._enabled = desc, enabled and sys.stderr.isatty()
         self._bar: tqdm | None = None
+        self._before = (0, 0)  # (done, total) of the finished calls
+        self._call = (0, 0)  # the latest counts of the current call
 
     def __call__(self, done: int, total: int) -> None:
+        if done < self._call[0] or total != self._call[1]:  # another call started
+            self._before = (self._before[0] + self._call[0], self._before[1] + self._call[1])
+        self._call = (done, total)
+        done, total = self._before[0] + done, self._before[1] + total
         if not self._enabled or total == 0:
             return
         if self._bar is None:  # created once the size is known, so it never shows 0 B
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=self._desc)
+        if self._bar.total != total:
+            self._bar.total = total
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:

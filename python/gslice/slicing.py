@@ -54,10 +54,17 @@ class SlicePlan:
         return gemma3n.count_params(shapes, self.arch.prefix)
 
 
-def prepare_slice(src: str | os.PathLike | Source, spec: SliceSpec | None = None, *, preset: str | None = None) -> SlicePlan:
+def prepare_slice(
+    src: str | os.PathLike | Source,
+    spec: SliceSpec | None = None,
+    *,
+    preset: str | None = None,
+    revision: str | None = None,
+) -> SlicePlan:
     """Checks the spec (or the preset, with the spec's tower options) against the source's
-    config and tensors. Raises before any write."""
-    source = src if isinstance(src, Source) else resolve_source(src)
+    config and tensors. Raises before any write. ``src`` may be a folder or a Hub repo id
+    (fetched into the Hugging Face cache)."""
+    source = src if isinstance(src, Source) else resolve_source(src, revision)
     config = gemma3n.read_config(source.path)
     arch = gemma3n.architecture(config, str(source.path / "config.json"))
     spec, found = spec_with_preset(arch, spec, preset)
@@ -89,6 +96,8 @@ class SliceReport:
     bytes_written: int
     bytes_kernel_copied: int
     seconds: float
+    files: list[dict] = field(default_factory=list)  # every file of the output: name, bytes, sha256
+    dry_run: bool = False
     tool: str = field(default=f"gslice {__version__}")
     preset: str | None = None
     size: dict | None = None  # accounting.SizePlan.to_dict(): parameters, disk and RAM per scheme
@@ -116,9 +125,10 @@ def slice_model(
     max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    revision: str | None = None,
 ) -> SliceReport:
-    """Slices ``src`` into ``out``. Give a ``spec``, or its fields as keywords, or a ``preset``
-    id or name (with the tower keywords)."""
+    """Slices ``src`` (a folder or a Hub repo id) into ``out``. Give a ``spec``, or its fields
+    as keywords, or a ``preset`` id or name (with the tower keywords)."""
     if spec is None:
         spec = SliceSpec.build(
             layers_to_skip=layers_to_skip,
@@ -128,8 +138,35 @@ def slice_model(
             drop_audio=drop_audio,
             text_only=text_only,
         )
-    plan = prepare_slice(src, spec, preset=preset)
+    plan = prepare_slice(src, spec, preset=preset, revision=revision)
     return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
+
+
+def output_plan(
+    plan: SlicePlan,
+    out: str | os.PathLike,
+    *,
+    source_record: dict,
+    overwrite: bool = False,
+    max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
+    preset: dict | None = None,
+) -> engine.OutputPlan:
+    """The engine's view of one output folder: tensors, config, model card, copied files and
+    the manifest (``source_record`` from :func:`gslice.manifest.source_record`)."""
+    from .manifest import manifest
+    from .modelcard import model_card
+
+    return engine.OutputPlan(
+        dir=Path(out).expanduser().absolute(),
+        tensors=list(plan.tensors),
+        text_files={
+            "config.json": json.dumps(plan.new_config, indent=2) + "\n",
+            "README.md": model_card(plan, title=preset["name"] if preset else None),
+        },
+        copied_files=gemma3n.files_to_copy(plan.source.path, plan.spec),
+        overwrite=overwrite,
+        manifest=manifest(plan, source_record, preset, max_shard_size),
+    )
 
 
 def write_slice(
@@ -140,28 +177,26 @@ def write_slice(
     max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    dry_run: bool = False,
+    hash_source: bool = False,
 ) -> SliceReport:
-    from .modelcard import model_card
+    """Writes the slice (with its manifest) atomically; ``dry_run`` reports the files without
+    writing. ``hash_source`` records the SHA-256 of every source shard (a full read)."""
+    from .manifest import source_record
 
-    out_path = Path(out).expanduser().absolute()
     started = time.perf_counter()
-    output = engine.OutputPlan(
-        dir=out_path,
-        tensors=list(plan.tensors),
-        text_files={
-            "config.json": json.dumps(plan.new_config, indent=2) + "\n",
-            "README.md": model_card(plan),
-        },
-        copied_files=gemma3n.files_to_copy(plan.source.path, plan.spec),
-        overwrite=overwrite,
-    )
+    record = source_record(plan.source, plan.checkpoint.shards, hash_source=hash_source and not dry_run)
+    output = output_plan(plan, out, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size)
     result = engine.execute(
-        plan.source.path, [output], max_shard_size=max_shard_size, threads=threads, progress=progress
+        plan.source.path, [output], max_shard_size=max_shard_size, threads=threads, progress=progress, dry_run=dry_run
     )
-    written = result.outputs[0]
+    return slice_report(plan, result, result.outputs[0], time.perf_counter() - started)
+
+
+def slice_report(plan: SlicePlan, result: engine.EngineReport, written: engine.OutputReport, seconds: float) -> SliceReport:
     return SliceReport(
         source=plan.source.label,
-        output=str(out_path),
+        output=str(written.dir),
         spec=plan.spec.to_json(),
         source_layers=plan.arch.num_layers,
         layers=len(plan.resolved.kept),
@@ -175,7 +210,9 @@ def write_slice(
         tensor_bytes=written.tensor_bytes,
         bytes_written=result.bytes_written,
         bytes_kernel_copied=result.bytes_kernel_copied,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
+        files=[asdict(f) for f in written.files],
+        dry_run=result.dry_run,
         preset=plan.preset,
         size=size_plan_of(plan).to_dict(),
     )

@@ -18,7 +18,9 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except GsliceError as e:
-            click.echo(f"error: {e}", err=True)
+            # Some errors list several problems (bulk planning): one line each.
+            for line in str(e).splitlines() or [""]:
+                click.echo(f"error: {line}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was left behind", err=True)
@@ -59,3 +61,14 @@ def compact_ranges(xs) -> str:
         parts.append(f"{xs[i]}-{xs[j]}" if j > i else str(xs[i]))
         i = j + 1
     return ",".join(parts)
+
+
+def file_listing(files, header: str) -> str:
+    """A header line, then one line per file with its size, then the total."""
+    from ..units import fmt_bytes
+
+    width = max((len(f["name"]) for f in files), default=0)
+    lines = [header] + [f"  {f['name']:<{width}}  {fmt_bytes(f['bytes']):>10}" for f in files]
+    total = sum(f["bytes"] for f in files)
+    lines.append(f"  {len(files)} files, {fmt_bytes(total)}")
+    return "\n".join(lines)

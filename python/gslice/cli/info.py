@@ -15,11 +15,12 @@ from .common import compact_ranges, friendly_errors, run_lengths, table
 
 @main.command("info")
 @click.argument("src")
+@click.option("--revision", default=None, help="Branch, tag or commit of a Hub source (default: main).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @friendly_errors
-def info_cmd(src, as_json):
-    """Describe a Gemma 3n checkpoint: layers, widths, KV sharing, towers, sizes."""
-    info = describe(resolve_source(src))
+def info_cmd(src, revision, as_json):
+    """Describe a Gemma 3n checkpoint (folder or Hub repo id): layers, widths, KV sharing, towers, sizes."""
+    info = describe(resolve_source(src, revision))
     click.echo(json.dumps(info, indent=2) if as_json else render_info(info))
 
 

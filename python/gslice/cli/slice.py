@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
-from .. import gemma3n
+from .. import gemma3n, hub
 from ..errors import SpecError
 from ..progress import ByteProgress
 from ..slicing import SliceReport, prepare_slice, write_slice
@@ -12,7 +15,7 @@ from ..sources import resolve_source
 from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list
 from ..units import fmt_bytes, fmt_params, parse_size
 from . import main
-from .common import compact_ranges, friendly_errors, run_lengths, table
+from .common import compact_ranges, file_listing, friendly_errors, run_lengths, table
 
 
 def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False, preset=None) -> SliceSpec:
@@ -41,6 +44,7 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 @main.command("slice")
 @click.argument("src")
 @click.option("-o", "--output", "out", required=True, help="Output folder (must not exist unless --overwrite).")
+@click.option("--revision", default=None, help="Branch, tag or commit of a Hub source (default: main).")
 @click.option("--preset", default=None, help="A preset id or name (see `gslice presets`); exact match.")
 @click.option("--layers-to-skip", default="", help="Decoder layers to drop: '20,21,22' or '20-24'.")
 @click.option("--ffn-dims", default=None, help="FFN width for every kept layer ('8192'), or one per kept layer.")
@@ -53,22 +57,54 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default: all cores).")
+@click.option("--push-to-hub", "push_repo", default=None, metavar="REPO", help="Upload the output to this Hub model repo (created if needed).")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repo as private.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the files (and upload) that would be made; write nothing.")
+@click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifest (reads the whole source).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
-def slice_cmd(src, out, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio, text_only, overwrite, max_shard_size, threads, as_json, quiet):
-    """Slice SRC (a Gemma 3n checkpoint folder) into OUT, by --preset or by layers and widths."""
+def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio,
+              text_only, overwrite, max_shard_size, threads, push_repo, private, dry_run, hash_source, as_json, quiet):
+    """Slice SRC (a checkpoint folder or a Hub repo id) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
     spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, preset)
     shard_size = parse_size(max_shard_size, "--max-shard-size")
-    plan = prepare_slice(resolve_source(src), spec, preset=preset)
-    with ByteProgress("writing", enabled=not (quiet or as_json)) as bar:
-        report = write_slice(plan, out, overwrite=overwrite, max_shard_size=shard_size, threads=threads, progress=bar)
+    if push_repo:
+        hub.check_repo_id(push_repo)
+    plan = prepare_slice(resolve_source(src, revision), spec, preset=preset)
+    if push_repo and not dry_run:
+        hub.create_repo(push_repo, private=private)  # fails in seconds on a missing login, before the slice
+    with ByteProgress("writing", enabled=not (quiet or as_json or dry_run)) as bar:
+        report = write_slice(plan, out, overwrite=overwrite, max_shard_size=shard_size, threads=threads, progress=bar,
+                             dry_run=dry_run, hash_source=hash_source)
+    pushed = None
+    if push_repo and not dry_run:
+        pushed = hub.upload_folder(Path(report.output), push_repo, commit_message=f"Upload a Gemma 3n slice of {plan.source.label} made with gslice")
     if as_json:
-        click.echo(report.to_json())
+        d = report.to_dict()
+        if push_repo:
+            d["hub"] = {"repo": push_repo, "private": private, "url": pushed, "uploaded": pushed is not None}
+        click.echo(json.dumps(d, indent=2))
+    elif dry_run:
+        click.echo(render_dry_run(report, push_repo, private))
     elif not quiet:
-        click.echo(render_report(report))
+        extra = [("uploaded", pushed)] if pushed else []
+        click.echo(render_report(report, extra))
+
+
+def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
+    p = r.params
+    head = [
+        ("source", r.source),
+        ("layers", f"{r.layers} of {r.source_layers}"),
+        ("parameters", f"effective {fmt_params(p['effective'])}, total {fmt_params(p['total'])}"),
+    ]
+    where = f"dry run: would write {r.output}"
+    if repo:
+        where += f" and upload it to {hub.repo_url(repo)}" + (" (private)" if private else "")
+    return table(head) + "\n" + file_listing(r.files, where + ":")
 
 
 def render_report(r: SliceReport, extra_rows=()) -> str:

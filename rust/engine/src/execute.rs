@@ -1,7 +1,10 @@
-//! Running a plan: open and validate the source, lay out every output, reserve and fill the
-//! shard files in parallel, then assemble each output folder in a hidden temporary directory
-//! and rename it into place. Any failure removes everything this run created.
+//! Running a plan: open and validate the source, lay out every output, reserve the shard
+//! files, then produce the outputs one after the other: write (in parallel) the pieces the next
+//! output needs that are not written yet, flush and hash them, assemble that output in a hidden
+//! temporary folder (its manifest written last) and rename it into place. An interrupted run
+//! therefore leaves whole outputs or none; any failure removes the staging and partial folders.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -10,18 +13,15 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::checkpoint::{Checkpoint, INDEX_NAME};
 use crate::error::{Error, Result};
+use crate::hash::{sha256_bytes, sha256_file};
 use crate::io::{self, Moved};
+use crate::items::{col_segments, push_items, src_row_bytes, Item};
 use crate::layout::{self, Layout, OutputLayout};
-use crate::plan::{resolve, FileSpec, Op, OutputSpec, Plan, Resolved};
-
-/// Contiguous copies are split into pieces of this size so that big tensors spread over threads.
-const CONTIG_ITEM: u64 = 64 << 20;
-/// Strided work items cover about this many source bytes.
-const STRIDED_ITEM: u64 = 16 << 20;
+use crate::plan::{resolve, FileSpec, ManifestSpec, OutputSpec, Plan};
 
 /// Shared with the caller, who polls it to draw a progress bar.
 #[derive(Default)]
@@ -35,28 +35,45 @@ pub struct ShardReport {
     pub name: String,
     pub bytes: u64,
     pub tensors: usize,
+    /// The physical file (piece) behind this shard, and how many outputs of the run link it.
+    pub piece: usize,
+    pub shared_by: usize,
+}
+
+/// Every file of an output folder. `sha256` is absent in a dry run.
+#[derive(Serialize, Debug)]
+pub struct FileReport {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
 pub struct OutputReport {
     pub dir: PathBuf,
     pub shards: Vec<ShardReport>,
+    pub files: Vec<FileReport>,
     pub tensors: usize,
     pub tensor_bytes: u64,
     pub file_bytes: u64,
+    /// Time from the previous output's completion (or the start of the run) to this one's.
+    pub seconds: f64,
 }
 
 #[derive(Serialize, Debug)]
 pub struct Report {
     pub outputs: Vec<OutputReport>,
     /// Bytes of shard files this run wrote (headers included), each shared piece counted once.
+    /// In a dry run: what it would write.
     pub bytes_written: u64,
     pub bytes_kernel_copied: u64,
     pub bytes_gathered: u64,
+    pub bytes_hashed: u64,
     pub distinct_tensors: usize,
     pub shard_files_written: usize,
     pub seconds: f64,
     pub threads: usize,
+    pub dry_run: bool,
 }
 
 pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<Report> {
@@ -76,6 +93,11 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
         check_file_names(spec, ol)?;
     }
     let threads = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let pieces_total: u64 = layout.pieces.iter().map(|p| p.size).sum();
+    if plan.dry_run {
+        let outputs = plan.outputs.iter().zip(&layout.outputs).map(|(s, ol)| describe_output(s, ol, &layout)).collect::<Result<_>>()?;
+        return Ok(report(outputs, &layout, Moved::default(), 0, start, threads, true));
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -87,37 +109,65 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     fs::create_dir(&staging).map_err(|e| Error::io(&staging, "create", e))?;
     cleanup.0.push(staging.clone());
 
-    let total: u64 = layout.pieces.iter().map(|p| p.size).sum();
-    progress.total.store(total, Ordering::Relaxed);
+    let hashing = plan.outputs.iter().any(|o| o.manifest.is_some());
+    progress.total.store(if hashing { 2 * pieces_total } else { pieces_total }, Ordering::Relaxed);
+    // Every piece is reserved up front, so a full disk fails before any output is written.
     let files = create_pieces(&layout, &staging, progress).map_err(|e| match e {
-        Error::Io { err, .. } if err.raw_os_error() == Some(libc::ENOSPC) => Error::NoSpace { dir: staging_parent.clone(), need: total },
+        Error::Io { err, .. } if err.raw_os_error() == Some(libc::ENOSPC) => Error::NoSpace { dir: staging_parent.clone(), need: pieces_total },
         e => e,
     })?;
-    let moved = pool.install(|| write_tensors(&layout, &ck, &files, progress, cancel))?;
-    pool.install(|| {
-        files.par_iter().enumerate().try_for_each(|(i, f)| f.sync_all().map_err(|e| Error::io(&piece_path(&staging, i), "flush", e)))
-    })?;
-    drop(files);
 
+    let mut done = vec![false; layout.pieces.len()];
+    let mut hashes: Vec<Option<String>> = vec![None; layout.pieces.len()];
+    let mut moved = Moved::default();
+    let mut hashed = 0;
     let mut outputs = Vec::with_capacity(plan.outputs.len());
+    let mut since = start;
     for (spec, ol) in plan.outputs.iter().zip(&layout.outputs) {
+        let fresh: Vec<usize> = ol.shards.iter().map(|s| s.1).filter(|&p| !done[p]).collect();
+        moved.add(pool.install(|| write_pieces(&fresh, &layout, &ck, &files, progress, cancel))?);
+        pool.install(|| {
+            fresh.par_iter().try_for_each(|&p| files[p].sync_all().map_err(|e| Error::io(&piece_path(&staging, p), "flush", e)))
+        })?;
+        if hashing {
+            let digests = pool.install(|| {
+                fresh.par_iter().map(|&p| sha256_file(&piece_path(&staging, p), &progress.done, cancel)).collect::<Result<Vec<_>>>()
+            })?;
+            for (&p, h) in fresh.iter().zip(digests) {
+                hashed += layout.pieces[p].size;
+                hashes[p] = Some(h);
+            }
+        }
+        for &p in &fresh {
+            done[p] = true;
+        }
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        outputs.push(assemble_output(spec, ol, &layout, &staging, &mut cleanup)?);
+        let mut out = assemble_output(spec, ol, &layout, &staging, &hashes, &mut cleanup)?;
+        out.seconds = since.elapsed().as_secs_f64();
+        since = Instant::now();
+        outputs.push(out);
     }
+    drop(files);
     let _ = fs::remove_dir_all(&staging);
     cleanup.0.clear();
-    Ok(Report {
+    Ok(report(outputs, &layout, moved, hashed, start, threads, false))
+}
+
+fn report(outputs: Vec<OutputReport>, layout: &Layout, moved: Moved, hashed: u64, start: Instant, threads: usize, dry_run: bool) -> Report {
+    Report {
         outputs,
-        bytes_written: total,
+        bytes_written: layout.pieces.iter().map(|p| p.size).sum(),
         bytes_kernel_copied: moved.kernel,
         bytes_gathered: moved.buffered,
+        bytes_hashed: hashed,
         distinct_tensors: layout.tensors.len(),
         shard_files_written: layout.pieces.len(),
         seconds: start.elapsed().as_secs_f64(),
         threads,
-    })
+        dry_run,
+    }
 }
 
 /// Refuses outputs that exist (unless allowed), repeat each other, or would replace the source.
@@ -151,14 +201,17 @@ fn preflight(plan: &Plan, ck: &Checkpoint) -> Result<()> {
 fn check_file_names(spec: &OutputSpec, ol: &OutputLayout) -> Result<()> {
     let mut names: std::collections::HashSet<&str> = ol.shards.iter().map(|s| s.0.as_str()).collect();
     names.insert(INDEX_NAME);
-    for f in &spec.files {
-        let n = f.name();
+    let extra = spec.files.iter().map(|f| f.name()).chain(spec.manifest.as_ref().map(|m| m.name.as_str()));
+    for n in extra {
         if n.is_empty() || n.contains('/') || n == "." || n == ".." {
             return Err(Error::Plan(format!("extra file name {n:?} is not a plain file name")));
         }
         if !names.insert(n) {
             return Err(Error::Plan(format!("extra file {n} would overwrite another file of {}", spec.dir.display())));
         }
+    }
+    if spec.manifest.as_ref().is_some_and(|m| m.fields.contains_key("files")) {
+        return Err(Error::Plan("manifest fields must not contain \"files\": the engine writes it".into()));
     }
     Ok(())
 }
@@ -188,66 +241,15 @@ fn piece_path(staging: &Path, i: usize) -> PathBuf {
     staging.join(format!("piece-{i:05}.safetensors"))
 }
 
-/// One unit of parallel work: a contiguous byte range, or a band of rows whose columns are
-/// gathered.
-enum Item {
-    Contig { piece: usize, t: usize, src_off: u64, dst_off: u64, len: u64 },
-    Rows { piece: usize, t: usize, rows: (u64, u64), dst_off: u64 },
-}
-
-fn work_items(layout: &Layout) -> Vec<Item> {
+/// Fills the data sections of `pieces` (headers are already written).
+fn write_pieces(pieces: &[usize], layout: &Layout, ck: &Checkpoint, files: &[File], progress: &Progress, cancel: &AtomicBool) -> Result<Moved> {
     let mut items = Vec::new();
-    for (p, piece) in layout.pieces.iter().enumerate() {
+    for &p in pieces {
+        let piece = &layout.pieces[p];
         for (&t, &dst) in piece.tensors.iter().zip(&piece.offsets) {
             push_items(&mut items, p, t, &layout.tensors[t], dst);
         }
     }
-    items
-}
-
-fn push_items(items: &mut Vec<Item>, piece: usize, t: usize, r: &Resolved, mut dst: u64) {
-    let contig = |items: &mut Vec<Item>, src_off: u64, len: u64, dst: u64| {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(CONTIG_ITEM);
-            items.push(Item::Contig { piece, t, src_off: src_off + done, dst_off: dst + done, len: n });
-            done += n;
-        }
-    };
-    match &r.op {
-        Op::Copy => contig(items, r.src.start, r.src.len, dst),
-        Op::Rows { ranges } => {
-            let row = row_bytes(r);
-            for &(b, e) in ranges {
-                contig(items, r.src.start + b * row, (e - b) * row, dst);
-                dst += (e - b) * row;
-            }
-        }
-        Op::Cols { .. } => {
-            let src_row = *r.src.shape.last().expect("cols ops have 2+ dims") * r.dtype.size();
-            let out_row = *r.shape.last().expect("same rank") * r.dtype.size();
-            let rows: u64 = r.shape[..r.shape.len() - 1].iter().product();
-            if src_row == 0 || out_row == 0 {
-                return;
-            }
-            let band = (STRIDED_ITEM / src_row).max(1);
-            let mut r0 = 0;
-            while r0 < rows {
-                let r1 = (r0 + band).min(rows);
-                items.push(Item::Rows { piece, t, rows: (r0, r1), dst_off: dst + r0 * out_row });
-                r0 = r1;
-            }
-        }
-    }
-}
-
-fn row_bytes(r: &Resolved) -> u64 {
-    let rows = r.src.shape[0];
-    if rows == 0 { 0 } else { r.src.len / rows }
-}
-
-fn write_tensors(layout: &Layout, ck: &Checkpoint, files: &[File], progress: &Progress, cancel: &AtomicBool) -> Result<Moved> {
-    let items = work_items(layout);
     items
         .par_iter()
         .map(|item| {
@@ -267,25 +269,19 @@ fn write_tensors(layout: &Layout, ck: &Checkpoint, files: &[File], progress: &Pr
 /// Returns how the bytes moved and how many output bytes were produced.
 fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File]) -> Result<(Moved, u64)> {
     match *item {
-        Item::Contig { piece, t, src_off, dst_off, len } => {
+        Item::Contig { file, t, src_off, dst_off, len } => {
             let shard = &ck.shards[layout.tensors[t].shard];
-            let moved = io::copy_range(&shard.file, &shard.map, src_off, &files[piece], dst_off, len)
+            let moved = io::copy_range(&shard.file, &shard.map, src_off, &files[file], dst_off, len)
                 .map_err(|e| write_error(layout, t, e))?;
             Ok((moved, len))
         }
-        Item::Rows { piece, t, rows: (r0, r1), dst_off } => {
+        Item::Rows { file, t, rows, dst_off } => {
             let r = &layout.tensors[t];
             let shard = &ck.shards[r.shard];
-            let Op::Cols { ranges } = &r.op else { unreachable!("row bands are made for cols ops") };
-            let es = r.dtype.size();
-            let src_row = r.src.shape.last().copied().unwrap_or(0) * es;
-            let base = r.src.start;
-            let segments = (r0..r1).flat_map(|row| {
-                ranges.iter().map(move |&(b, e)| (base + row * src_row + b * es, (e - b) * es))
-            });
-            let moved = io::gather(&shard.file, &shard.map, segments, &files[piece], dst_off)
+            let moved = io::gather(&shard.file, &shard.map, col_segments(r, rows), &files[file], dst_off)
                 .map_err(|e| write_error(layout, t, e))?;
-            io::release(&shard.map, base + r0 * src_row, (r1 - r0) * src_row);
+            let src_row = src_row_bytes(r);
+            io::release(&shard.map, r.src.start + rows.0 * src_row, (rows.1 - rows.0) * src_row);
             Ok((moved, moved.kernel + moved.buffered))
         }
     }
@@ -299,45 +295,121 @@ fn write_error(layout: &Layout, t: usize, e: std::io::Error) -> Error {
     }
 }
 
-fn assemble_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout, staging: &Path, cleanup: &mut Cleanup) -> Result<OutputReport> {
+fn shard_reports(ol: &OutputLayout, layout: &Layout) -> Vec<ShardReport> {
+    ol.shards
+        .iter()
+        .map(|(file, p)| ShardReport {
+            name: file.clone(),
+            bytes: layout.pieces[*p].size,
+            tensors: layout.pieces[*p].tensors.len(),
+            piece: *p,
+            shared_by: layout.outputs.iter().filter(|o| o.shards.iter().any(|s| s.1 == *p)).count(),
+        })
+        .collect()
+}
+
+fn index_text(ol: &OutputLayout) -> Result<Option<String>> {
+    if ol.shards.len() < 2 {
+        return Ok(None);
+    }
+    let index = json!({"metadata": {"total_size": ol.total_size}, "weight_map": ol.weight_map});
+    Ok(Some(serde_json::to_string_pretty(&index).map_err(|e| Error::Internal(e.to_string()))? + "\n"))
+}
+
+/// The manifest: the caller's fields plus the size and hash of every other file.
+fn manifest_text(m: &ManifestSpec, files: &[FileReport]) -> Result<String> {
+    let mut listed = BTreeMap::new();
+    for f in files {
+        // A dry run has no hashes yet; a placeholder of the same length keeps the size exact.
+        let sha = f.sha256.clone().unwrap_or_else(|| "0".repeat(64));
+        listed.insert(f.name.clone(), json!({"size": f.bytes, "sha256": sha}));
+    }
+    let mut fields = m.fields.clone();
+    fields.insert("files".into(), json!(listed));
+    Ok(serde_json::to_string_pretty(&Value::Object(fields)).map_err(|e| Error::Internal(e.to_string()))? + "\n")
+}
+
+fn finish_report(spec: &OutputSpec, ol: &OutputLayout, shards: Vec<ShardReport>, files: Vec<FileReport>) -> OutputReport {
+    OutputReport {
+        dir: spec.dir.clone(),
+        tensors: ol.weight_map.len(),
+        tensor_bytes: ol.total_size,
+        file_bytes: shards.iter().map(|s| s.bytes).sum(),
+        shards,
+        files,
+        seconds: 0.0,
+    }
+}
+
+/// What a dry run reports: every file the output would hold, with its size.
+fn describe_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout) -> Result<OutputReport> {
+    let shards = shard_reports(ol, layout);
+    let mut files: Vec<FileReport> = shards.iter().map(|s| FileReport { name: s.name.clone(), bytes: s.bytes, sha256: None }).collect();
+    if let Some(text) = index_text(ol)? {
+        files.push(FileReport { name: INDEX_NAME.into(), bytes: text.len() as u64, sha256: None });
+    }
+    for f in &spec.files {
+        let bytes = match f {
+            FileSpec::Text { text, .. } => text.len() as u64,
+            FileSpec::Copy { copy_from, .. } => fs::metadata(copy_from).map_err(|e| Error::io(copy_from, "stat", e))?.len(),
+        };
+        files.push(FileReport { name: f.name().into(), bytes, sha256: None });
+    }
+    if let Some(m) = &spec.manifest {
+        let bytes = manifest_text(m, &files)?.len() as u64;
+        files.push(FileReport { name: m.name.clone(), bytes, sha256: None });
+    }
+    Ok(finish_report(spec, ol, shards, files))
+}
+
+fn assemble_output(
+    spec: &OutputSpec,
+    ol: &OutputLayout,
+    layout: &Layout,
+    staging: &Path,
+    hashes: &[Option<String>],
+    cleanup: &mut Cleanup,
+) -> Result<OutputReport> {
     let parent = parent_dir(&spec.dir)?;
     let name = spec.dir.file_name().expect("checked in preflight").to_string_lossy().into_owned();
     let tmp = unique_path(&parent, &format!(".{name}.gslice-partial"));
     fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     cleanup.0.push(tmp.clone());
 
-    let mut shards = Vec::with_capacity(ol.shards.len());
-    for (file, p) in &ol.shards {
-        link_or_copy(&piece_path(staging, *p), &tmp.join(file))?;
-        let piece = &layout.pieces[*p];
-        shards.push(ShardReport { name: file.clone(), bytes: piece.size, tensors: piece.tensors.len() });
+    let shards = shard_reports(ol, layout);
+    let mut files = Vec::new();
+    for s in &shards {
+        link_or_copy(&piece_path(staging, s.piece), &tmp.join(&s.name))?;
+        files.push(FileReport { name: s.name.clone(), bytes: s.bytes, sha256: hashes[s.piece].clone() });
     }
-    if ol.shards.len() > 1 {
-        let index = json!({"metadata": {"total_size": ol.total_size}, "weight_map": ol.weight_map});
-        let text = serde_json::to_string_pretty(&index).map_err(|e| Error::Internal(e.to_string()))? + "\n";
-        write_synced(&tmp.join(INDEX_NAME), text.as_bytes())?;
+    let hashing = spec.manifest.is_some();
+    let put = |files: &mut Vec<FileReport>, name: &str, bytes: &[u8]| -> Result<()> {
+        write_synced(&tmp.join(name), bytes)?;
+        let sha256 = hashing.then(|| sha256_bytes(bytes));
+        files.push(FileReport { name: name.into(), bytes: bytes.len() as u64, sha256 });
+        Ok(())
+    };
+    if let Some(text) = index_text(ol)? {
+        put(&mut files, INDEX_NAME, text.as_bytes())?;
     }
     for f in &spec.files {
-        let dest = tmp.join(f.name());
         match f {
-            FileSpec::Text { text, .. } => write_synced(&dest, text.as_bytes())?,
+            FileSpec::Text { text, .. } => put(&mut files, f.name(), text.as_bytes())?,
             FileSpec::Copy { copy_from, .. } => {
                 let bytes = fs::read(copy_from).map_err(|e| Error::io(copy_from, "read", e))?;
-                write_synced(&dest, &bytes)?;
+                put(&mut files, f.name(), &bytes)?;
             }
         }
+    }
+    if let Some(m) = &spec.manifest {
+        // Written last, once every other file is in place and hashed.
+        let text = manifest_text(m, &files)?;
+        put(&mut files, &m.name, text.as_bytes())?;
     }
     sync_dir(&tmp)?;
     commit(&tmp, &spec.dir, spec.overwrite)?;
     cleanup.0.retain(|p| p != &tmp);
-    let file_bytes = shards.iter().map(|s| s.bytes).sum();
-    Ok(OutputReport {
-        dir: spec.dir.clone(),
-        tensors: ol.weight_map.len(),
-        tensor_bytes: ol.total_size,
-        file_bytes,
-        shards,
-    })
+    Ok(finish_report(spec, ol, shards, files))
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<()> {

@@ -2,15 +2,19 @@
 //! according to a plan of per-tensor operations. It knows the file format, not any model.
 
 pub mod checkpoint;
+pub mod compare;
 pub mod dtype;
 pub mod error;
 pub mod execute;
+pub mod hash;
 pub mod header;
 pub mod io;
+pub mod items;
 pub mod layout;
 pub mod plan;
 
 pub use checkpoint::Checkpoint;
+pub use compare::{compare, Mismatch};
 pub use error::{Error, Result};
 pub use execute::{execute, Progress, Report};
 pub use plan::Plan;

@@ -30,6 +30,9 @@ pub struct Plan {
     /// several outputs and a shared file has one header.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Lay everything out and report it, but create nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 fn default_max_shard_size() -> u64 {
@@ -49,6 +52,20 @@ pub struct OutputSpec {
     pub tensors: Vec<TensorSpec>,
     #[serde(default)]
     pub files: Vec<FileSpec>,
+    /// A JSON file listing the size and SHA-256 of every other file of the folder, written
+    /// last inside the temporary folder so the output never appears without it.
+    #[serde(default)]
+    pub manifest: Option<ManifestSpec>,
+}
+
+/// `fields` are the caller's (what the output is, where it came from); the engine adds
+/// `"files": {name: {"size": n, "sha256": hex}}`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSpec {
+    pub name: String,
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize, Debug, Clone)]

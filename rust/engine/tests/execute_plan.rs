@@ -194,3 +194,128 @@ fn a_truncated_shard_names_the_file_and_tensor() {
     assert!(err.starts_with(&b.display().to_string()), "{err}");
     assert!(err.contains("tensor e: data_offsets end 40 lies past the end of the data section (37 bytes)"), "{err}");
 }
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(fs::read(path).unwrap()))
+}
+
+#[test]
+fn the_manifest_lists_every_other_file_with_its_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    fs::write(src.join("tok.json"), "tokens").unwrap();
+    let out = tmp.path().join("out");
+    let report = run(json!({
+        "source": src, "max_shard_size": 40,
+        "outputs": [{"dir": out, "tensors": [{"name": "w", "source": "w"}, {"name": "e", "source": "e"}],
+            "files": [{"name": "config.json", "text": "{}"}, {"name": "tok.json", "copy_from": src.join("tok.json")}],
+            "manifest": {"name": "manifest.json", "fields": {"tool": "test", "spec": {"k": [1, 2]}}}}]
+    }))
+    .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["tool"], "test");
+    assert_eq!(m["spec"]["k"], json!([1, 2]));
+    let listed: Vec<&String> = m["files"].as_object().unwrap().keys().collect();
+    let mut on_disk: Vec<String> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    on_disk.retain(|n| n != "manifest.json");
+    on_disk.sort();
+    assert_eq!(listed, on_disk.iter().collect::<Vec<_>>());
+    for name in &on_disk {
+        let p = out.join(name);
+        assert_eq!(m["files"][name]["sha256"], sha256_hex(&p), "{name}");
+        assert_eq!(m["files"][name]["size"], fs::metadata(&p).unwrap().len(), "{name}");
+    }
+    let shard_bytes: u64 = report.outputs[0].shards.iter().map(|s| s.bytes).sum();
+    assert_eq!(report.bytes_hashed, shard_bytes);
+    let manifest = report.outputs[0].files.iter().find(|f| f.name == "manifest.json").unwrap();
+    assert_eq!(manifest.sha256.as_deref(), Some(sha256_hex(&out.join("manifest.json")).as_str()));
+    assert!(leftovers(tmp.path()).is_empty());
+}
+
+#[test]
+fn a_dry_run_reports_the_files_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let plan = |dir: PathBuf, dry: bool| json!({
+        "source": src, "max_shard_size": 40, "dry_run": dry,
+        "outputs": [{"dir": dir, "tensors": [{"name": "w", "source": "w"}, {"name": "e", "source": "e"}],
+            "files": [{"name": "config.json", "text": "{}"}],
+            "manifest": {"name": "manifest.json", "fields": {"tool": "test"}}}]
+    });
+    let dry = run(plan(tmp.path().join("sub/out"), true)).unwrap();
+    assert!(!tmp.path().join("sub").exists());
+    assert!(dry.dry_run && dry.bytes_hashed == 0);
+    let real = run(plan(tmp.path().join("sub/out"), false)).unwrap();
+    let sizes = |r: &gslice_engine::Report| r.outputs[0].files.iter().map(|f| (f.name.clone(), f.bytes)).collect::<Vec<_>>();
+    assert_eq!(sizes(&dry), sizes(&real));
+    assert_eq!(dry.bytes_written, real.bytes_written);
+    for f in &real.outputs[0].files {
+        assert_eq!(fs::metadata(tmp.path().join("sub/out").join(&f.name)).unwrap().len(), f.bytes);
+    }
+}
+
+#[test]
+fn outputs_report_which_pieces_they_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let report = run(json!({
+        "source": src,
+        "outputs": [
+            {"dir": tmp.path().join("a"), "tensors": [{"name": "e", "source": "e"}, {"name": "w", "source": "w"}]},
+            {"dir": tmp.path().join("b"), "tensors": [{"name": "e", "source": "e"}, {"name": "v", "source": "v"}]},
+            {"dir": tmp.path().join("c"), "tensors": [{"name": "e", "source": "e"}]}
+        ]
+    }))
+    .unwrap();
+    let shared: Vec<Vec<(usize, usize)>> = report.outputs.iter().map(|o| o.shards.iter().map(|s| (s.piece, s.shared_by)).collect()).collect();
+    assert_eq!(shared, vec![vec![(0, 3), (1, 1)], vec![(0, 3), (2, 1)], vec![(0, 3)]]);
+}
+
+fn compare_plan(src: &Path, out: &Path, tensors: serde_json::Value) -> Vec<(String, String)> {
+    let plan: gslice_engine::compare::ComparePlan = serde_json::from_value(json!({"source": src, "output": out, "tensors": tensors})).unwrap();
+    let r = gslice_engine::compare(&plan, &Progress::default(), &AtomicBool::new(false)).unwrap();
+    r.mismatches.into_iter().map(|m| (m.tensor, m.problem)).collect()
+}
+
+#[test]
+fn compare_finds_changed_bytes_and_missing_or_unexpected_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let out = tmp.path().join("out");
+    let tensors = json!([
+        {"name": "w", "source": "w"},
+        {"name": "cb", "source": "e", "op": {"kind": "cols", "ranges": [[2, 4], [6, 8]]}},
+        {"name": "rb", "source": "e", "op": {"kind": "rows", "ranges": [[0, 1], [3, 5]]}}
+    ]);
+    run(json!({"source": src, "outputs": [{"dir": out, "tensors": tensors}]})).unwrap();
+    assert_eq!(compare_plan(&src, &out, tensors.clone()), vec![]);
+
+    // Flip byte 5 of tensor cb (row 1, its second column block).
+    let ck = Checkpoint::open(&out).unwrap();
+    let (_, t) = ck.get("cb").unwrap();
+    let at = (t.start + 5) as usize;
+    drop(ck);
+    let file = out.join("model.safetensors");
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[at] ^= 0xff;
+    fs::write(&file, bytes).unwrap();
+    assert_eq!(
+        compare_plan(&src, &out, tensors.clone()),
+        vec![("cb".into(), "bytes differ from the source's slice (first difference at byte 5 of the tensor)".into())]
+    );
+
+    let fewer = json!([{"name": "w", "source": "w"}, {"name": "rb", "source": "e", "op": {"kind": "rows", "ranges": [[0, 1], [3, 5]]}},
+                       {"name": "zz", "source": "v"}]);
+    assert_eq!(
+        compare_plan(&src, &out, fewer),
+        vec![
+            ("cb".into(), "is not produced by the spec (unexpected tensor)".into()),
+            ("zz".into(), "missing from the output".into()),
+        ]
+    );
+    let wrong_shape = json!([{"name": "w", "source": "w", "op": {"kind": "rows", "ranges": [[0, 2]]}}, {"name": "cb", "source": "e"}, {"name": "rb", "source": "e"}]);
+    let m = compare_plan(&src, &out, wrong_shape);
+    assert_eq!(m[0], ("cb".into(), "is U8 [5, 4], expected U8 [5, 8]".into()));
+    assert_eq!(m[2], ("w".into(), "is U8 [4, 6], expected U8 [2, 6]".into()));
+}

@@ -5,9 +5,13 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
+use gslice_engine::compare::{compare as run_compare, ComparePlan};
+use gslice_engine::hash::sha256_file;
 use gslice_engine::{execute as run_plan, Checkpoint, Error, Plan, Progress};
+use rayon::prelude::*;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -64,6 +68,43 @@ fn describe(path: &std::path::Path) -> Result<String, Error> {
 fn execute(py: Python<'_>, plan_json: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
     let plan: Plan = serde_json::from_str(plan_json)
         .map_err(|e| to_py(Error::Plan(format!("invalid plan: {e}"))))?;
+    with_progress(py, progress, |state, cancel| run_plan(&plan, state, cancel).and_then(to_json))
+}
+
+/// Compares an output checkpoint with what a plan (JSON: source, output, tensors) derives
+/// from the source; returns the mismatches. Progress and cancellation as for `execute`.
+#[pyfunction]
+#[pyo3(signature = (plan_json, progress=None))]
+fn compare(py: Python<'_>, plan_json: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
+    let plan: ComparePlan = serde_json::from_str(plan_json)
+        .map_err(|e| to_py(Error::Plan(format!("invalid comparison plan: {e}"))))?;
+    with_progress(py, progress, |state, cancel| run_compare(&plan, state, cancel).and_then(to_json))
+}
+
+/// SHA-256 (hex) of each file, hashed in parallel. Progress and cancellation as for `execute`.
+#[pyfunction]
+#[pyo3(signature = (paths, progress=None))]
+fn sha256_files(py: Python<'_>, paths: Vec<PathBuf>, progress: Option<Py<PyAny>>) -> PyResult<Vec<String>> {
+    let text = with_progress(py, progress, |state, cancel| {
+        let total = paths.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+        state.total.store(total, Ordering::Relaxed);
+        let digests = paths.par_iter().map(|p| sha256_file(p, &state.done, cancel)).collect::<Result<Vec<_>, _>>()?;
+        to_json(digests)
+    })?;
+    serde_json::from_str(&text).map_err(|e| to_py(Error::Internal(e.to_string())))
+}
+
+fn to_json(value: impl serde::Serialize) -> Result<String, Error> {
+    serde_json::to_string(&value).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Runs `work` on a worker thread without the GIL while this thread polls the progress
+/// callback and Ctrl-C; either one failing sets the cancel flag and its error is returned.
+fn with_progress(
+    py: Python<'_>,
+    progress: Option<Py<PyAny>>,
+    work: impl FnOnce(&Progress, &AtomicBool) -> Result<String, Error> + Send,
+) -> PyResult<String> {
     let state = Progress::default();
     let cancel = AtomicBool::new(false);
     // A callback or Ctrl-C that fails right away stops the run before anything is created.
@@ -71,28 +112,36 @@ fn execute(py: Python<'_>, plan_json: &str, progress: Option<Py<PyAny>>) -> PyRe
     let mut interrupt: Option<PyErr> = None;
     let result = py.detach(|| {
         std::thread::scope(|s| {
-            let worker = s.spawn(|| guarded(|| run_plan(&plan, &state, &cancel)));
-            while !worker.is_finished() {
-                std::thread::sleep(Duration::from_millis(100));
+            let (tx, rx) = mpsc::channel();
+            let (state, cancel) = (&state, &cancel);
+            s.spawn(move || {
+                let _ = tx.send(guarded(|| work(state, cancel)));
+            });
+            // Wake at once when the work ends; otherwise every 100 ms to poll.
+            loop {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(result) => break result,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break Err(Error::Internal("worker thread died".into())),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
                 if interrupt.is_none() {
-                    if let Err(e) = Python::attach(|py| poll(py, progress.as_ref(), &state)) {
+                    if let Err(e) = Python::attach(|py| poll(py, progress.as_ref(), state)) {
                         cancel.store(true, Ordering::Relaxed);
                         interrupt = Some(e);
                     }
                 }
             }
-            worker.join().unwrap_or_else(|_| Err(Error::Internal("worker thread died".into())))
         })
     });
     if let Some(e) = interrupt {
         return Err(e);
     }
-    let report = result.map_err(to_py)?;
+    let text = result.map_err(to_py)?;
     if let Some(cb) = progress.as_ref() {
         let total = state.total.load(Ordering::Relaxed);
         cb.bind(py).call1((total, total))?;
     }
-    serde_json::to_string(&report).map_err(|e| to_py(Error::Internal(e.to_string())))
+    Ok(text)
 }
 
 fn poll(py: Python<'_>, progress: Option<&Py<PyAny>>, state: &Progress) -> PyResult<()> {
@@ -108,5 +157,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EngineError", m.py().get_type::<EngineError>())?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(execute, m)?)?;
+    m.add_function(wrap_pyfunction!(compare, m)?)?;
+    m.add_function(wrap_pyfunction!(sha256_files, m)?)?;
     Ok(())
 }

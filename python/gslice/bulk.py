@@ -1,0 +1,289 @@
+"""Many presets from one source in one engine run (``gslice bulk``).
+
+Every preset is planned and validated before anything is written. The engine then writes each
+distinct output tensor once (grouped by the exact set of outputs holding it) and hard-links
+the shard files into every output folder that needs them; outputs are completed one after the
+other, so an interrupted run keeps the finished ones, and ``resume`` skips those whose
+manifest still checks out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import engine, gemma3n
+from .errors import GsliceError, OutputExistsError, SpecError
+from .catalogue import Preset, find_preset, official_presets
+from .catalogue import presets as all_presets
+from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
+from .slicing import SlicePlan, output_plan, prepare_slice
+from .sources import Source, resolve_source
+from .spec import SliceSpec
+
+
+def select_presets(text: str) -> list[Preset]:
+    """'official' (Google's 16 configs), 'all' (those and gslice's own), or a comma-separated
+    list of preset ids or names (exact match, with a did-you-mean on a miss)."""
+    groups = {"official": official_presets, "all": all_presets}
+    if text.strip() in groups:
+        return list(groups[text.strip()]())
+    chosen: list[Preset] = []
+    for token in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            preset = find_preset(token)
+        except SpecError as e:
+            raise SpecError(f"--presets: {e}") from None
+        if preset not in chosen:
+            chosen.append(preset)
+    if not chosen:
+        raise SpecError("--presets: no preset given")
+    return chosen
+
+
+# -- planning -----------------------------------------------------------------------------
+
+
+@dataclass
+class BulkItem:
+    preset: Preset
+    plan: SlicePlan
+    dir: Path
+    action: str  # "write", "replace" (exists, re-written) or "skip" (finished and verified)
+    reason: str = ""
+
+
+@dataclass
+class BulkPlan:
+    source: Source
+    out_dir: Path
+    items: list[BulkItem]
+    source_record: dict
+    leftovers: list[Path] = field(default_factory=list)
+
+
+_LEFTOVER = re.compile(r"^(?:\.gslice-staging|\..+\.gslice-(?:partial|old))-(\d+)-\d+$")
+
+
+def prepare_bulk(
+    src: str | os.PathLike | Source,
+    presets: Sequence[Preset],
+    out_dir: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    hash_source: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BulkPlan:
+    """Plans and validates every preset, decides what to do with existing outputs (``resume``
+    re-hashes them: ``progress`` follows that), and raises one line per problem; writes nothing."""
+    source = src if isinstance(src, Source) else resolve_source(src, revision)
+    out = Path(out_dir).expanduser().absolute()
+    problems: list[str] = []
+    plans: list[tuple[Preset, SlicePlan]] = []
+    seen: set[str] = set()
+    arch = gemma3n.architecture(gemma3n.read_config(source.path), str(source.path / "config.json"))
+    for p in presets:
+        if p.slug in seen:
+            problems.append(f"preset {p.slug} is listed twice")
+            continue
+        seen.add(p.slug)
+        try:
+            spec = p.spec_for(arch)  # its messages name the preset already
+        except SpecError as e:
+            problems.append(str(e))
+            continue
+        try:
+            plans.append((p, prepare_slice(source, spec)))
+        except SpecError as e:
+            problems.append(f"preset {p.slug}: {e}")
+    if problems:
+        raise SpecError("\n".join(problems))
+    if not plans:
+        raise SpecError("no presets to write")
+    record = source_record(source, plans[0][1].checkpoint.shards, hash_source=hash_source)
+    cache = HashCache()
+    items = []
+    for preset, plan in plans:
+        d = out / preset.slug
+        action, reason = _existing(d, preset, plan, record, resume, overwrite, cache, progress)
+        if action == "refuse":
+            problems.append(reason)
+        items.append(BulkItem(preset, plan, d, action, reason))
+    leftovers = _leftovers(out) if resume else []
+    busy = [p for p in leftovers if _alive(p)]
+    problems += [f"another gslice run (pid {_pid(p)}) is writing {p}; wait for it to finish" for p in busy]
+    if problems:
+        raise OutputExistsError("\n".join(problems))
+    return BulkPlan(source, out, items, record, leftovers)
+
+
+def _existing(d: Path, preset: Preset, plan: SlicePlan, record: dict, resume: bool, overwrite: bool, cache: HashCache, progress) -> tuple[str, str]:
+    if not d.exists() and not d.is_symlink():
+        return "write", ""
+    if overwrite:
+        return "replace", "--overwrite"
+    if not resume:
+        return "refuse", f"output {d} already exists (--resume keeps finished presets, --overwrite replaces them)"
+    try:
+        data = read_manifest(d)
+    except GsliceError:
+        return "refuse", f"output {d} exists but has no readable gslice manifest; move it away (--resume only replaces gslice outputs)"
+    why = _manifest_differs(data, preset, plan, record) or check_files(d, data, cache, progress)
+    if why:
+        return "replace", why[0] + (f" (and {len(why) - 1} more)" if len(why) > 1 else "")
+    return "skip", "finished, manifest checks out"
+
+
+def _manifest_differs(data: dict, preset: Preset, plan: SlicePlan, record: dict) -> list[str]:
+    if data.get("spec") != plan.spec.to_json():
+        return ["its spec differs from the preset's"]
+    if (data.get("preset") or {}).get("slug") != preset.slug:
+        return ["it was written for another preset"]
+    return same_source(data.get("source") or {}, record)
+
+
+def _leftovers(out: Path) -> list[Path]:
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if _LEFTOVER.match(p.name))
+
+
+def _pid(p: Path) -> int:
+    return int(_LEFTOVER.match(p.name).group(1))
+
+
+def _alive(p: Path) -> bool:
+    pid = _pid(p)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BulkRow:
+    preset: str
+    slug: str
+    dir: str
+    status: str  # "written", "replaced", "skipped" (finished earlier, verified), or "planned" (dry run)
+    layers: int
+    ffn_dims: list[int]
+    params: dict
+    tensors: int
+    bytes: int  # every file of the folder
+    shard_bytes: int
+    written: int  # shard bytes first written for this output (a shared piece counts for the first output that needs it)
+    shared_bytes: int  # shard bytes in files hard-linked with other outputs of this run
+    seconds: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BulkReport:
+    source: str
+    output_dir: str
+    dedupe: bool
+    dry_run: bool
+    rows: list[BulkRow]
+    bytes_written: int
+    bytes_if_independent: int  # what writing each written output on its own would have cost
+    distinct_tensors: int
+    seconds: float
+    removed_leftovers: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def write_bulk(
+    bp: BulkPlan,
+    *,
+    dedupe: bool = True,
+    threads: int | None = None,
+    max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+    dry_run: bool = False,
+) -> BulkReport:
+    started = time.perf_counter()
+    removed = []
+    if not dry_run:
+        for p in bp.leftovers:  # what a killed run left: its staging and unfinished folders
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(str(p))
+    todo = [it for it in bp.items if it.action != "skip"]
+    outputs = [
+        output_plan(
+            it.plan, it.dir, source_record=bp.source_record, overwrite=it.action == "replace",
+            max_shard_size=max_shard_size, preset={"name": it.preset.name, "slug": it.preset.slug},
+        )
+        for it in todo
+    ]
+    result = None
+    if outputs:
+        result = engine.execute(
+            bp.source.path, outputs, max_shard_size=max_shard_size, dedupe=dedupe, threads=threads,
+            progress=progress, dry_run=dry_run,
+        )
+    reports = dict(zip((id(it) for it in todo), result.outputs if result else ()))
+    rows, first_user = [], set()
+    for it in bp.items:
+        rep = reports.get(id(it))
+        rows.append(_row(it, rep, first_user, dry_run))
+    return BulkReport(
+        source=bp.source.label,
+        output_dir=str(bp.out_dir),
+        dedupe=dedupe,
+        dry_run=dry_run,
+        rows=rows,
+        bytes_written=result.bytes_written if result else 0,
+        bytes_if_independent=sum(r.file_bytes for r in result.outputs) if result else 0,
+        distinct_tensors=result.distinct_tensors if result else 0,
+        seconds=time.perf_counter() - started,
+        removed_leftovers=removed,
+    )
+
+
+def _row(it: BulkItem, rep: engine.OutputReport | None, first_user: set[int], dry_run: bool) -> BulkRow:
+    plan = it.plan
+    common = dict(
+        preset=it.preset.name, slug=it.preset.slug, dir=str(it.dir), layers=len(plan.resolved.kept),
+        ffn_dims=list(plan.resolved.widths), params=asdict(plan.params()), tensors=len(plan.tensors), reason=it.reason,
+    )
+    if rep is None:  # skipped: finished by an earlier run
+        files = read_manifest(it.dir)["files"]
+        shard_bytes = sum(m["size"] for n, m in files.items() if n.endswith(".safetensors"))
+        total = sum(m["size"] for m in files.values()) + (it.dir / MANIFEST_NAME).stat().st_size
+        return BulkRow(status="skipped", bytes=total, shard_bytes=shard_bytes, written=0, shared_bytes=0, seconds=0.0, **common)
+    written = 0
+    for s in rep.shards:
+        if s.piece not in first_user:
+            first_user.add(s.piece)
+            written += s.bytes
+    status = "planned" if dry_run else {"write": "written", "replace": "replaced"}[it.action]
+    return BulkRow(
+        status=status,
+        bytes=sum(f.bytes for f in rep.files),
+        shard_bytes=rep.file_bytes,
+        written=written,
+        shared_bytes=sum(s.bytes for s in rep.shards if s.shared_by > 1),
+        seconds=rep.seconds,
+        **common,
+    )

@@ -1,0 +1,108 @@
+"""`gslice bulk`: many presets from one source, shared tensors written once."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .. import hub
+from ..bulk import BulkReport, prepare_bulk, select_presets, write_bulk
+from ..manifest import MANIFEST_NAME
+from ..progress import ByteProgress
+from ..units import fmt_bytes, fmt_params, parse_size
+from . import main
+from .common import friendly_errors
+
+
+@main.command("bulk")
+@click.argument("src")
+@click.option("--presets", "preset_names", default="official", show_default=True, help="'official', 'all', or names/slugs separated by commas.")
+@click.option("-o", "--output", "out", required=True, help="Folder that receives one sub-folder per preset.")
+@click.option("--revision", default=None, help="Branch, tag or commit of a Hub source (default: main).")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Worker threads of the engine (default: all cores).")
+@click.option("--resume", is_flag=True, help="Keep finished outputs whose manifest checks out; clear what an interrupted run left.")
+@click.option("--overwrite", is_flag=True, help="Replace existing preset folders.")
+@click.option("--no-dedupe", is_flag=True, help="Write every output's files independently (no hard links).")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
+@click.option("--push-to-hub", "push_template", default=None, metavar="REPO", help="Upload each output to REPO, which must contain {slug}, e.g. me/gemma-3n-{slug}.")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repos as private.")
+@click.option("--dry-run", is_flag=True, help="Plan and validate everything, print what would be written; write nothing.")
+@click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifests (reads the whole source).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
+@friendly_errors
+def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, push_template, private,
+             dry_run, hash_source, as_json, quiet):
+    """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/."""
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    presets = select_presets(preset_names)
+    shard_size = parse_size(max_shard_size, "--max-shard-size")
+    repos = _repos(push_template, presets)
+    show = not (quiet or as_json)
+    with ByteProgress("checking finished outputs", enabled=show) as bar:
+        plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
+                            hash_source=hash_source and not dry_run, progress=bar)
+    if repos and not dry_run:
+        for repo in repos.values():
+            hub.create_repo(repo, private=private)
+    try:
+        with ByteProgress(f"{sum(it.action != 'skip' for it in plan.items)} outputs", enabled=show and not dry_run) as bar:
+            report = write_bulk(plan, dedupe=not no_dedupe, threads=jobs, max_shard_size=shard_size, progress=bar, dry_run=dry_run)
+    except KeyboardInterrupt:
+        done = sum((it.dir / MANIFEST_NAME).is_file() for it in plan.items)
+        click.echo(f"interrupted: {done} of {len(plan.items)} outputs are complete; run again with --resume to finish", err=True)
+        sys.exit(130)
+    uploaded = {}
+    if repos and not dry_run:
+        for row in report.rows:
+            uploaded[row.slug] = hub.upload_folder(row.dir, repos[row.slug], commit_message=f"Upload preset {row.preset} made with gslice")
+    if as_json:
+        d = report.to_dict()
+        if repos:
+            d["hub"] = {slug: {"repo": repo, "private": private, "url": uploaded.get(slug)} for slug, repo in repos.items()}
+        click.echo(json.dumps(d, indent=2))
+    elif not quiet:
+        click.echo(render_bulk(report))
+        if repos:
+            verb = "would upload" if dry_run else "uploaded"
+            click.echo("\n".join(f"{verb} {slug} to {hub.repo_url(repo)}" for slug, repo in repos.items()))
+
+
+def _repos(template: str | None, presets) -> dict[str, str]:
+    if not template:
+        return {}
+    if "{slug}" not in template:
+        raise click.UsageError("--push-to-hub for bulk needs {slug} in the repo name, e.g. me/gemma-3n-{slug}")
+    repos = {p.slug: template.replace("{slug}", p.slug) for p in presets}
+    for repo in repos.values():
+        hub.check_repo_id(repo)
+    return repos
+
+
+def render_bulk(r: BulkReport) -> str:
+    head = ("preset", "layers", "effective", "total", "size", "written", "time", "status")
+    rows = [
+        (x.slug, str(x.layers), fmt_params(x.params["effective"]), fmt_params(x.params["total"]), fmt_bytes(x.bytes),
+         fmt_bytes(x.written), f"{x.seconds:.1f} s", x.status + (f" ({x.reason})" if x.status in ("replaced", "skipped") and x.reason else ""))
+        for x in r.rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    right = {1, 2, 3, 4, 5, 6}
+    fmt = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
+    lines = [fmt(head)] + [fmt(row) for row in rows]
+    total = sum(x.bytes for x in r.rows)
+    verb = "would write" if r.dry_run else "wrote"
+    saved = r.bytes_if_independent - r.bytes_written
+    lines.append("")
+    lines.append(
+        f"{len(r.rows)} outputs in {r.output_dir}: {fmt_bytes(total)} of files; {verb} {fmt_bytes(r.bytes_written)} of shards "
+        f"({fmt_bytes(r.bytes_if_independent)} if written independently, {fmt_bytes(saved)} saved"
+        f"{'' if r.dedupe else '; --no-dedupe'}) in {r.seconds:.1f} s"
+    )
+    lines.append("'written' counts a shard file shared by several outputs once, for the first output that needed it.")
+    if r.removed_leftovers:
+        lines.append(f"removed {len(r.removed_leftovers)} unfinished folder(s) left by an interrupted run")
+    return "\n".join(lines)

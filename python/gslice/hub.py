@@ -1,0 +1,152 @@
+"""The Hugging Face Hub, in and out: download a source snapshot into the standard cache, and
+upload an output folder. The network goes through huggingface_hub; this module only chooses
+what to fetch and turns the Hub's exceptions into one-line messages.
+
+Environment honoured: ``HF_TOKEN`` (by huggingface_hub, with a stored login as fallback),
+``HF_HOME`` / ``HF_HUB_CACHE`` (where the cache lives) and ``HF_HUB_OFFLINE`` (use the cache
+only). The last two are read at each call rather than when huggingface_hub is imported, so a
+program that sets them after importing gslice is obeyed too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import huggingface_hub
+from huggingface_hub import utils as hf_errors  # re-exports the error classes in 0.x, 1.x and 2.x
+
+from .errors import HubError
+
+try:  # huggingface_hub >= 2: a cached snapshot that lacks some of the requested files
+    from huggingface_hub.errors import IncompleteSnapshotError as _Incomplete
+except ImportError:  # pragma: no cover - older huggingface_hub
+    _Incomplete = ()
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """'owner/name' with the Hub's allowed characters (and no '--' or '..')."""
+    return bool(_REPO_ID.match(text)) and "--" not in text and ".." not in text and not text.endswith(".git")
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def cache_dir() -> Path:
+    """The hub cache huggingface_hub uses by default, resolved from the environment now."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    repo_id: str
+    revision: str
+    commit: str | None
+    path: Path
+
+
+def download(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    allow_patterns: Sequence[str],
+    ignore_patterns: Sequence[str] = (),
+) -> Snapshot:
+    """Fetches the files matching ``allow_patterns`` (or finds them in the cache) and returns
+    the snapshot folder. huggingface_hub draws the download progress bars on stderr."""
+    rev = revision or "main"
+    cache = cache_dir()
+    try:
+        path = huggingface_hub.snapshot_download(
+            repo_id=repo_id,
+            revision=rev,
+            cache_dir=str(cache),
+            allow_patterns=list(allow_patterns),
+            ignore_patterns=list(ignore_patterns) or None,
+            local_files_only=offline(),
+        )
+    except hf_errors.GatedRepoError:
+        raise HubError(
+            f"{repo_id} is a gated repository and your account has no access to it: accept its terms at "
+            f"https://huggingface.co/{repo_id}, then log in with `hf auth login` or set HF_TOKEN"
+        ) from None
+    except hf_errors.RevisionNotFoundError:
+        raise HubError(f"{repo_id} has no revision {rev!r} (give a branch, a tag or a commit hash)") from None
+    except hf_errors.RepositoryNotFoundError:
+        raise HubError(
+            f"{repo_id} is neither a local folder nor a Hub repository you can access "
+            "(if it is private, log in with `hf auth login` or set HF_TOKEN)"
+        ) from None
+    except hf_errors.LocalEntryNotFoundError as e:
+        raise HubError(_not_cached(repo_id, rev, cache, incomplete=isinstance(e, _Incomplete))) from None
+    except hf_errors.HfHubHTTPError as e:
+        raise HubError(f"the Hub refused to serve {repo_id}: {_first_line(e)}") from None
+    except hf_errors.HFValidationError as e:
+        raise HubError(f"{repo_id!r} is not a valid Hub repository id: {_first_line(e)}") from None
+    except OSError as e:
+        raise HubError(f"cannot download {repo_id} into {cache}: {e.strerror or _first_line(e)}") from None
+    folder = Path(path)
+    return Snapshot(repo_id, rev, folder.name if _COMMIT.match(folder.name) else None, folder)
+
+
+def _not_cached(repo_id: str, rev: str, cache: Path, incomplete: bool) -> str:
+    what = f"{repo_id} (revision {rev})"
+    state = f"is only partly in the Hugging Face cache {cache}" if incomplete else f"is not in the Hugging Face cache {cache}"
+    if offline():
+        return f"{what} {state} and HF_HUB_OFFLINE is set: download it once with network access, or unset HF_HUB_OFFLINE"
+    return f"cannot reach the Hugging Face Hub, and {what} {state}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# -- upload -------------------------------------------------------------------------------
+
+
+def check_repo_id(repo_id: str, what: str = "--push-to-hub") -> None:
+    if not looks_like_repo_id(repo_id):
+        raise HubError(f"{what}: {repo_id!r} is not a Hub repository id (expected 'owner/name')")
+
+
+def create_repo(repo_id: str, *, private: bool = False) -> str:
+    """Creates the model repository if it does not exist (an existing one keeps its
+    visibility). Called before any slicing so that a missing login fails in seconds."""
+    check_repo_id(repo_id)
+    try:
+        return str(huggingface_hub.HfApi().create_repo(repo_id, private=private, exist_ok=True, repo_type="model"))
+    except hf_errors.HfHubHTTPError as e:
+        raise HubError(
+            f"cannot create or access Hub repository {repo_id}: {_first_line(e)} "
+            "(log in with `hf auth login` or set HF_TOKEN to a token with write access)"
+        ) from None
+
+
+def upload_folder(folder: Path, repo_id: str, *, commit_message: str) -> str:
+    """Uploads every file of ``folder`` to the root of ``repo_id``; returns the commit URL."""
+    try:
+        info = huggingface_hub.HfApi().upload_folder(
+            repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message
+        )
+    except hf_errors.HfHubHTTPError as e:
+        raise HubError(f"upload of {folder} to {repo_id} failed: {_first_line(e)}") from None
+    except OSError as e:
+        raise HubError(f"upload of {folder} to {repo_id} failed: {e.strerror or _first_line(e)}") from None
+    return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")
+
+
+def repo_url(repo_id: str) -> str:
+    return f"https://huggingface.co/{repo_id}"
