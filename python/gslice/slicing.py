@@ -1,4 +1,5 @@
-"""Slicing a Gemma 3n checkpoint: plan (validate everything, write nothing), then execute."""
+"""Slicing a Gemma 3n checkpoint, optionally quantizing it in the same pass: plan (validate
+everything, write nothing), then execute."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, engine, gemma3n
-from .engine import CheckpointInfo, TensorPlan
-from .gemma3n import Architecture, ParamCounts, Resolved
+from . import __version__, engine, gemma3n, quantization
+from .engine import CheckpointInfo, EngineReport, TensorPlan
+from .errors import SourceError
+from .gemma3n import Architecture, ParamCounts, QuantPlan, Resolved
+from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
 
@@ -28,16 +31,25 @@ class SlicePlan:
     checkpoint: CheckpointInfo
     tensors: tuple[TensorPlan, ...]
     new_config: dict
+    quant: QuantOptions | None = None
+    quant_plan: QuantPlan | None = None
 
     @property
     def spec(self) -> SliceSpec:
         return self.resolved.spec
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every output weight's shape before quantization, under its unquantized name."""
         src = self.checkpoint.tensors
-        return {t.name: engine.output_shape(src[t.source].shape, t.op) for t in self.tensors}
+        return {t.weight_name: engine.output_shape(src[t.source].shape, t.op) for t in self.tensors}
 
     def output_bytes(self) -> int:
+        """Tensor bytes of the output as written (quantized tensors at their packed size)."""
+        src = self.checkpoint.tensors
+        return sum(t.nbytes(src[t.source].shape, src[t.source].dtype) for t in self.tensors)
+
+    def unquantized_bytes(self) -> int:
+        """Tensor bytes the same slice takes without quantization."""
         src = self.checkpoint.tensors
         return sum(
             math.prod(engine.output_shape(src[t.source].shape, t.op)) * engine.DTYPE_SIZES[src[t.source].dtype]
@@ -52,17 +64,28 @@ class SlicePlan:
         return gemma3n.count_params(shapes, self.arch.prefix)
 
 
-def prepare_slice(src: str | os.PathLike | Source, spec: SliceSpec) -> SlicePlan:
-    """Checks the spec against the source's config and tensors. Raises before any write."""
+def prepare_slice(src: str | os.PathLike | Source, spec: SliceSpec, quant: QuantOptions | None = None) -> SlicePlan:
+    """Checks the spec (and quantization) against the source's config and tensors. Raises
+    before any write."""
     source = src if isinstance(src, Source) else resolve_source(src)
     config = gemma3n.read_config(source.path)
+    if "quantization_config" in config:
+        raise SourceError(
+            f"{source.path / 'config.json'} has a quantization_config: the source is already quantized; "
+            "gslice reads unquantized (BF16, F16, F32) checkpoints"
+        )
     arch = gemma3n.architecture(config, str(source.path / "config.json"))
     resolved = gemma3n.resolve(arch, spec)
     ck = engine.inspect(source.path)
     gemma3n.check_source(arch, ck, resolved)
     tensors = tuple(gemma3n.plan_tensors(arch, ck, resolved))
     new_config = gemma3n.rewrite_config(config, arch, resolved)
-    return SlicePlan(source, config, arch, resolved, ck, tensors, new_config)
+    qplan = None
+    if quant is not None:
+        qplan = gemma3n.plan_quantization(arch, ck, resolved, tensors, quant)
+        tensors = qplan.tensors
+        new_config["quantization_config"] = quantization.quantization_config(quant, qplan.ignore, qplan.extra_targets)
+    return SlicePlan(source, config, arch, resolved, ck, tensors, new_config, quant, qplan)
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,8 @@ class SliceReport:
     bytes_written: int
     bytes_kernel_copied: int
     seconds: float
+    # None without quantization; see quantization_summary.
+    quantization: dict | None = None
     tool: str = field(default=f"gslice {__version__}")
 
     def to_dict(self) -> dict:
@@ -109,8 +134,18 @@ def slice_model(
     max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    quant: str | None = None,
+    group_size: int | None = None,
+    quant_embeddings: bool = False,
+    quant_audio: bool = False,
 ) -> SliceReport:
-    """Slices ``src`` into ``out``. Give either a ``spec`` or its fields as keywords."""
+    """Slices ``src`` into ``out``. Give either a ``spec`` or its fields as keywords.
+
+    ``quant="int4"`` or ``"int8"`` also quantizes the text decoder's Linear weights group-wise
+    (``group_size`` 32, 64 or 128, default 128) in compressed-tensors' pack-quantized format;
+    ``quant_embeddings`` adds the per-layer embedding table, ``quant_audio`` the audio tower's
+    Linear weights. The target list is in :mod:`gslice.gemma3n`."""
+    opts = QuantOptions.build(quant, group_size, quant_embeddings, quant_audio)
     if spec is None:
         spec = SliceSpec.build(
             layers_to_skip=layers_to_skip,
@@ -120,7 +155,7 @@ def slice_model(
             drop_audio=drop_audio,
             text_only=text_only,
         )
-    plan = prepare_slice(src, spec)
+    plan = prepare_slice(src, spec, opts)
     return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
 
 
@@ -168,4 +203,43 @@ def write_slice(
         bytes_written=result.bytes_written,
         bytes_kernel_copied=result.bytes_kernel_copied,
         seconds=time.perf_counter() - started,
+        quantization=quantization_summary(plan, result),
     )
+
+
+def quantization_summary(plan: SlicePlan, result: EngineReport) -> dict | None:
+    """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
+    ``rel_`` figures are relative to the weight's RMS). Totals over the whole output."""
+    if plan.quant is None:
+        return None
+    weight_of = {t.name: t.quant.weight for t in plan.tensors if t.quant}
+    tensors = [
+        {
+            "name": weight_of[q.name],
+            "source": q.source,
+            "shape": list(q.shape),
+            "bytes_before": q.bytes_before,
+            "bytes_after": q.bytes_after,
+            "weight_rms": q.weight_rms,
+            "rms_error": q.rms_error,
+            "max_abs_error": q.max_abs_error,
+            "rel_rms_error": q.rel_rms_error,
+            "rel_max_abs_error": q.rel_max_abs_error,
+        }
+        for q in result.quantized
+    ]
+    rel = [t["rel_rms_error"] for t in tensors]
+    worst = max(tensors, key=lambda t: t["rel_rms_error"])
+    return {
+        **plan.quant.to_json(),
+        "tensors": tensors,
+        "kept": [{"name": n, "reason": r} for n, r in plan.quant_plan.kept],
+        "quantized_bytes_before": sum(t["bytes_before"] for t in tensors),
+        "quantized_bytes_after": sum(t["bytes_after"] for t in tensors),
+        "output_bytes_unquantized": plan.unquantized_bytes(),
+        "output_bytes": result.outputs[0].tensor_bytes,
+        "rel_rms_error_mean": sum(rel) / len(rel),
+        "rel_rms_error_max": worst["rel_rms_error"],
+        "rel_rms_error_worst": worst["name"],
+        "rel_max_abs_error_max": max(t["rel_max_abs_error"] for t in tensors),
+    }

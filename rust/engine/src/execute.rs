@@ -1,11 +1,14 @@
 //! Running a plan: open and validate the source, lay out every output, reserve and fill the
-//! shard files in parallel, then assemble each output folder in a hidden temporary directory
-//! and rename it into place. Any failure removes everything this run created.
+//! shard files in parallel (slicing and quantizing straight from the source mmap), then
+//! assemble each output folder in a hidden temporary directory and rename it into place. Any
+//! failure removes everything this run created.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -16,12 +19,14 @@ use crate::checkpoint::{Checkpoint, INDEX_NAME};
 use crate::error::{Error, Result};
 use crate::io::{self, Moved};
 use crate::layout::{self, Layout, OutputLayout};
-use crate::plan::{resolve, FileSpec, Op, OutputSpec, Plan, Resolved};
+use crate::plan::{resolve, FileSpec, Op, OutputSpec, Plan, QuantSpec, Resolved};
+use crate::quant::{self, RowBuf, Stats};
 
 /// Contiguous copies are split into pieces of this size so that big tensors spread over threads.
 const CONTIG_ITEM: u64 = 64 << 20;
-/// Strided work items cover about this many source bytes.
-const STRIDED_ITEM: u64 = 16 << 20;
+/// Strided and quantizing work items cover about this many source bytes (unless the plan
+/// says otherwise).
+pub const STRIDED_ITEM: u64 = 16 << 20;
 
 /// Shared with the caller, who polls it to draw a progress bar.
 #[derive(Default)]
@@ -46,9 +51,34 @@ pub struct OutputReport {
     pub file_bytes: u64,
 }
 
+/// One quantized tensor: sizes and the error of `q * scale` against the (sliced) source.
+#[derive(Serialize, Debug)]
+pub struct QuantReport {
+    pub name: String,
+    pub scale_name: String,
+    pub shape_name: String,
+    pub source: String,
+    pub source_dtype: &'static str,
+    pub shape: Vec<u64>,
+    pub bits: u32,
+    pub group_size: u64,
+    /// The sliced tensor in its source dtype.
+    pub bytes_before: u64,
+    /// Packed words + scales + shape.
+    pub bytes_after: u64,
+    pub weight_rms: f64,
+    pub rms_error: f64,
+    pub max_abs_error: f64,
+    /// Both errors divided by the weight's RMS (0 for an all-zero weight).
+    pub rel_rms_error: f64,
+    pub rel_max_abs_error: f64,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Report {
     pub outputs: Vec<OutputReport>,
+    /// Every distinct quantized tensor, in layout order.
+    pub quantized: Vec<QuantReport>,
     /// Bytes of shard files this run wrote (headers included), each shared piece counted once.
     pub bytes_written: u64,
     pub bytes_kernel_copied: u64,
@@ -93,7 +123,7 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
         Error::Io { err, .. } if err.raw_os_error() == Some(libc::ENOSPC) => Error::NoSpace { dir: staging_parent.clone(), need: total },
         e => e,
     })?;
-    let moved = pool.install(|| write_tensors(&layout, &ck, &files, progress, cancel))?;
+    let (moved, stats) = pool.install(|| write_tensors(&layout, &ck, &files, plan, progress, cancel))?;
     pool.install(|| {
         files.par_iter().enumerate().try_for_each(|(i, f)| f.sync_all().map_err(|e| Error::io(&piece_path(&staging, i), "flush", e)))
     })?;
@@ -110,6 +140,7 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     cleanup.0.clear();
     Ok(Report {
         outputs,
+        quantized: quant_reports(&layout, &stats),
         bytes_written: total,
         bytes_kernel_copied: moved.kernel,
         bytes_gathered: moved.buffered,
@@ -179,6 +210,10 @@ fn create_pieces(layout: &Layout, staging: &Path, progress: &Progress) -> Result
             io::reserve(&f, p.size).map_err(|e| Error::io(&path, "reserve space for", e))?;
             f.write_all_at(&p.header, 0).map_err(|e| Error::io(&path, "write", e))?;
             progress.done.fetch_add(p.header.len() as u64, Ordering::Relaxed);
+            for (off, bytes) in &p.literals {
+                f.write_all_at(bytes, *off).map_err(|e| Error::io(&path, "write", e))?;
+                progress.done.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
             Ok(f)
         })
         .collect()
@@ -188,24 +223,25 @@ fn piece_path(staging: &Path, i: usize) -> PathBuf {
     staging.join(format!("piece-{i:05}.safetensors"))
 }
 
-/// One unit of parallel work: a contiguous byte range, or a band of rows whose columns are
-/// gathered.
+/// One unit of parallel work: a contiguous byte range, a band of rows whose columns are
+/// gathered, or a band of rows to quantize (`dst_off` is then the tensor's first part).
 enum Item {
     Contig { piece: usize, t: usize, src_off: u64, dst_off: u64, len: u64 },
     Rows { piece: usize, t: usize, rows: (u64, u64), dst_off: u64 },
+    Quant { piece: usize, t: usize, rows: (u64, u64), dst_off: u64 },
 }
 
-fn work_items(layout: &Layout) -> Vec<Item> {
+fn work_items(layout: &Layout, band_bytes: u64) -> Vec<Item> {
     let mut items = Vec::new();
     for (p, piece) in layout.pieces.iter().enumerate() {
         for (&t, &dst) in piece.tensors.iter().zip(&piece.offsets) {
-            push_items(&mut items, p, t, &layout.tensors[t], dst);
+            push_items(&mut items, p, t, &layout.tensors[t], dst, band_bytes);
         }
     }
     items
 }
 
-fn push_items(items: &mut Vec<Item>, piece: usize, t: usize, r: &Resolved, mut dst: u64) {
+fn push_items(items: &mut Vec<Item>, piece: usize, t: usize, r: &Resolved, mut dst: u64, band_bytes: u64) {
     let contig = |items: &mut Vec<Item>, src_off: u64, len: u64, dst: u64| {
         let mut done = 0;
         while done < len {
@@ -214,6 +250,17 @@ fn push_items(items: &mut Vec<Item>, piece: usize, t: usize, r: &Resolved, mut d
             done += n;
         }
     };
+    if r.quant.is_some() {
+        let (rows, cols) = (r.shape[0], r.shape[1]);
+        let band = (band_bytes / (cols * r.dtype.size()).max(1)).max(1);
+        let mut r0 = 0;
+        while r0 < rows && cols > 0 {
+            let r1 = (r0 + band).min(rows);
+            items.push(Item::Quant { piece, t, rows: (r0, r1), dst_off: dst });
+            r0 = r1;
+        }
+        return;
+    }
     match &r.op {
         Op::Copy => contig(items, r.src.start, r.src.len, dst),
         Op::Rows { ranges } => {
@@ -230,7 +277,7 @@ fn push_items(items: &mut Vec<Item>, piece: usize, t: usize, r: &Resolved, mut d
             if src_row == 0 || out_row == 0 {
                 return;
             }
-            let band = (STRIDED_ITEM / src_row).max(1);
+            let band = (band_bytes / src_row).max(1);
             let mut r0 = 0;
             while r0 < rows {
                 let r1 = (r0 + band).min(rows);
@@ -246,27 +293,47 @@ fn row_bytes(r: &Resolved) -> u64 {
     if rows == 0 { 0 } else { r.src.len / rows }
 }
 
-fn write_tensors(layout: &Layout, ck: &Checkpoint, files: &[File], progress: &Progress, cancel: &AtomicBool) -> Result<Moved> {
-    let items = work_items(layout);
-    items
+/// Returns how bytes moved, and the quantization statistics of every tensor (zero for the
+/// tensors that are not quantized).
+fn write_tensors(layout: &Layout, ck: &Checkpoint, files: &[File], plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<(Moved, Vec<Stats>)> {
+    let items = work_items(layout, plan.band_bytes.unwrap_or(STRIDED_ITEM).max(1));
+    let stats: Vec<Mutex<Stats>> = layout.tensors.iter().map(|_| Mutex::default()).collect();
+    let moved = items
         .par_iter()
         .map(|item| {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let (moved, n) = run_item(item, layout, ck, files)?;
+            let (moved, n) = run_item(item, layout, ck, files, &stats)?;
             progress.done.fetch_add(n, Ordering::Relaxed);
             Ok(moved)
         })
         .try_reduce(Moved::default, |mut a, b| {
             a.add(b);
             Ok(a)
-        })
+        })?;
+    let stats = stats.into_iter().map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner())).collect();
+    Ok((moved, stats))
 }
 
 /// Returns how the bytes moved and how many output bytes were produced.
-fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File]) -> Result<(Moved, u64)> {
+fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats: &[Mutex<Stats>]) -> Result<(Moved, u64)> {
     match *item {
+        Item::Quant { piece, t, rows, dst_off } => {
+            let (st, n) = quantize_band(&layout.tensors[t], ck, rows, &files[piece], dst_off)
+                .map_err(|e| match e {
+                    QuantFailure::Io(e) => write_error(layout, t, e),
+                    QuantFailure::NonFinite(row) => Error::format(
+                        &ck.shards[layout.tensors[t].shard].path,
+                        format!(
+                            "tensor {}: row {row} of {} holds NaN or infinity, which cannot be quantized",
+                            layout.tensors[t].src.name, layout.tensors[t].name
+                        ),
+                    ),
+                })?;
+            stats[t].lock().unwrap_or_else(|p| p.into_inner()).merge(&st);
+            Ok((Moved { kernel: 0, buffered: n }, n))
+        }
         Item::Contig { piece, t, src_off, dst_off, len } => {
             let shard = &ck.shards[layout.tensors[t].shard];
             let moved = io::copy_range(&shard.file, &shard.map, src_off, &files[piece], dst_off, len)
@@ -291,6 +358,114 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File]) -> Re
     }
 }
 
+thread_local! {
+    /// One row as f32, its integer values, and the band's packed words and scales.
+    static QBUF: RefCell<(RowBuf, Vec<u8>, Vec<u8>)> = RefCell::default();
+}
+
+enum QuantFailure {
+    Io(std::io::Error),
+    /// Output row index.
+    NonFinite(u64),
+}
+
+/// Quantizes output rows [r0, r1) of a quantized tensor straight from the source map: each row
+/// is read through the tensor's operation into a row of f32, then quantized and packed into
+/// the thread's band buffers, which are written with one `pwrite` per part.
+fn quantize_band(r: &Resolved, ck: &Checkpoint, (r0, r1): (u64, u64), dst: &File, base: u64) -> std::result::Result<(Stats, u64), QuantFailure> {
+    let q: &QuantSpec = r.quant.as_ref().expect("quant items are made for quantized tensors");
+    let scheme = q.scheme();
+    let shard = &ck.shards[r.shard];
+    let map = &shard.map[..];
+    let es = r.dtype.size();
+    let (rows, cols) = (r.shape[0], r.shape[1]);
+    let src_row = r.src.shape[1] * es;
+    let (words_row, scales_row) = (scheme.words(cols) * 4, scheme.groups(cols) * 2);
+    QBUF.with(|cell| {
+        let (row, words, scales) = &mut *cell.borrow_mut();
+        words.clear();
+        scales.clear();
+        let mut st = Stats::default();
+        for out_row in r0..r1 {
+            row.xs.clear();
+            let mut take = |off: u64, len: u64| quant::extend_f32(&mut row.xs, &map[off as usize..(off + len) as usize], r.dtype);
+            match &r.op {
+                Op::Copy => take(r.src.start + out_row * src_row, src_row),
+                Op::Rows { ranges } => take(r.src.start + source_row(ranges, out_row) * src_row, src_row),
+                Op::Cols { ranges } => {
+                    for &(b, e) in ranges {
+                        take(r.src.start + out_row * src_row + b * es, (e - b) * es);
+                    }
+                }
+            }
+            let mut row_st = Stats::default();
+            quant::quantize_row(row, scheme, words, scales, &mut row_st);
+            if !row_st.finite() {
+                return Err(QuantFailure::NonFinite(out_row));
+            }
+            st.merge(&row_st);
+        }
+        dst.write_all_at(words, base + r0 * words_row).map_err(QuantFailure::Io)?;
+        dst.write_all_at(scales, base + rows * words_row + r0 * scales_row).map_err(QuantFailure::Io)?;
+        release_source_rows(r, &shard.map, (r0, r1));
+        Ok((st, (words.len() + scales.len()) as u64))
+    })
+}
+
+/// The source row that output row `k` of a rows operation reads.
+fn source_row(ranges: &[(u64, u64)], mut k: u64) -> u64 {
+    for &(b, e) in ranges {
+        if k < e - b {
+            return b + k;
+        }
+        k -= e - b;
+    }
+    unreachable!("output rows are within the ranges' total")
+}
+
+fn release_source_rows(r: &Resolved, map: &memmap2::Mmap, (r0, r1): (u64, u64)) {
+    let src_row = r.src.shape[1] * r.dtype.size();
+    match &r.op {
+        Op::Rows { ranges } => {
+            // Bands are short compared with blocks, so releasing row by row is cheap enough.
+            for k in r0..r1 {
+                io::release(map, r.src.start + source_row(ranges, k) * src_row, src_row);
+            }
+        }
+        _ => io::release(map, r.src.start + r0 * src_row, (r1 - r0) * src_row),
+    }
+}
+
+fn quant_reports(layout: &Layout, stats: &[Stats]) -> Vec<QuantReport> {
+    let rel = |a: f64, rms: f64| if rms > 0.0 { a / rms } else { 0.0 };
+    layout
+        .tensors
+        .iter()
+        .zip(stats)
+        .filter_map(|(r, st)| {
+            let q = r.quant.as_ref()?;
+            let (rms, rms_err) = (st.rms(), st.rms_err());
+            Some(QuantReport {
+                name: r.name.clone(),
+                scale_name: q.scale_name.clone(),
+                shape_name: q.shape_name.clone(),
+                source: r.src.name.clone(),
+                source_dtype: r.dtype.name(),
+                shape: r.shape.clone(),
+                bits: q.bits,
+                group_size: q.group_size,
+                bytes_before: r.shape.iter().product::<u64>() * r.dtype.size(),
+                bytes_after: r.nbytes,
+                weight_rms: rms,
+                rms_error: rms_err,
+                max_abs_error: st.max_abs_err,
+                rel_rms_error: rel(rms_err, rms),
+                rel_max_abs_error: rel(st.max_abs_err, rms),
+            })
+        })
+        .collect()
+}
+
 fn write_error(layout: &Layout, t: usize, e: std::io::Error) -> Error {
     Error::Io {
         path: PathBuf::from(&layout.tensors[t].name),
@@ -310,7 +485,7 @@ fn assemble_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout, stagin
     for (file, p) in &ol.shards {
         link_or_copy(&piece_path(staging, *p), &tmp.join(file))?;
         let piece = &layout.pieces[*p];
-        shards.push(ShardReport { name: file.clone(), bytes: piece.size, tensors: piece.tensors.len() });
+        shards.push(ShardReport { name: file.clone(), bytes: piece.size, tensors: piece.entries });
     }
     if ol.shards.len() > 1 {
         let index = json!({"metadata": {"total_size": ol.total_size}, "weight_map": ol.weight_map});

@@ -1,5 +1,6 @@
 //! gslice-engine: reads safetensors checkpoints through memory maps and writes new ones
-//! according to a plan of per-tensor operations. It knows the file format, not any model.
+//! according to a plan of per-tensor operations (slicing, and group-wise quantization). It knows
+//! the file formats, not any model.
 
 pub mod checkpoint;
 pub mod dtype;
@@ -9,6 +10,7 @@ pub mod header;
 pub mod io;
 pub mod layout;
 pub mod plan;
+pub mod quant;
 
 pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
