@@ -447,9 +447,9 @@ def reference_quantize(w: np.ndarray, bits: int, group_size: int) -> QuantizedRe
     scales = f32_to_bf16_bits(absmax / np.float32((qmax - qmin) / 2))
     scales[scales == 0] = 0x3C00
     s = bf16_bits_to_f32(scales)[:, :, None]
-    q = np.rint(np.clip(groups / s, qmin, qmax))
-    deq = (q * s).reshape(rows, cols)
-    q = q.astype(np.int8).reshape(rows, cols)
+    q = np.rint(np.clip(groups / s, qmin, qmax)).astype(np.int8)
+    deq = (q.astype(np.float32) * s).reshape(rows, cols)  # from the integers: no -0.0
+    q = q.reshape(rows, cols)
     per = 32 // bits
     fields = (q.astype(np.int64) + 2 ** (bits - 1)).astype(np.uint64)
     pad = (-cols) % per

@@ -386,9 +386,14 @@ fn quantize_band(r: &Resolved, ck: &Checkpoint, (r0, r1): (u64, u64), dst: &File
         words.clear();
         scales.clear();
         let mut st = Stats::default();
+        row.xs.resize(cols as usize, 0.0);
         for out_row in r0..r1 {
-            row.xs.clear();
-            let mut take = |off: u64, len: u64| quant::extend_f32(&mut row.xs, &map[off as usize..(off + len) as usize], r.dtype);
+            let mut filled = 0usize;
+            let mut take = |off: u64, len: u64| {
+                let n = (len / es) as usize;
+                quant::to_f32(&mut row.xs[filled..filled + n], &map[off as usize..(off + len) as usize], r.dtype);
+                filled += n;
+            };
             match &r.op {
                 Op::Copy => take(r.src.start + out_row * src_row, src_row),
                 Op::Rows { ranges } => take(r.src.start + source_row(ranges, out_row) * src_row, src_row),
