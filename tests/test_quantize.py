@@ -16,6 +16,7 @@ import pytest
 import gslice
 from gslice import engine
 from gslice.engine import OutputPlan, Quantization, TensorPlan
+from gslice.quantization import QuantOptions
 from gslice.testing import (
     E4B_LIKE,
     TinyGemma3n,
@@ -158,6 +159,9 @@ def test_int8_single_file_source(tmp_path, e2b):
     check_report(report, bf16, refs)
     check_config(e2b, out, bf16, targets, 8, 32, layers_to_skip=[3, 25], ffn_dims=32)
     assert report.quantization["rel_rms_error_mean"] < 0.01
+    # the plan knows the output size before writing
+    plan = gslice.prepare_slice(e2b, gslice.SliceSpec(layers_to_skip=(3, 25), ffn_dims=32), QuantOptions("int8", 32))
+    assert plan.output_bytes() == report.tensor_bytes < plan.unquantized_bytes()
 
 
 def test_group_128_keeps_the_narrow_laurel_projection(tmp_path, make_checkpoint):
