@@ -7,7 +7,7 @@ and the published E4B layout (:func:`gslice.gemma3n.shapes_from_config`). Figure
   text, audio, vision, total;
 * bytes on disk per scheme, tensor data only (safetensors headers excluded):
   ``bf16`` 2 bytes per parameter; ``int8`` / ``int4`` pack the text decoder's 2-D linear
-  weights (:data:`gslice.gemma3n.QUANTIZED_LAYER_LINEARS`, input width a multiple of the
+  weights (:data:`gslice.gemma3n.QUANT_LAYER_WEIGHTS`, input width a multiple of the
   group size) in the compressed-tensors ``pack-quantized`` layout: ``weight_packed`` int32
   [rows, ceil(cols x bits / 32)], ``weight_scale`` bf16 [rows, ceil(cols / group)],
   ``weight_shape`` int64[2]. Everything else (embeddings, norms, convolutions, towers) stays

@@ -23,6 +23,7 @@ from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
 from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
 from .slicing import SlicePlan, output_plan, prepare_slice
+from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
 
@@ -79,6 +80,7 @@ def prepare_bulk(
     resume: bool = False,
     overwrite: bool = False,
     hash_source: bool = False,
+    quant: QuantOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BulkPlan:
     """Plans and validates every preset, decides what to do with existing outputs (``resume``
@@ -100,7 +102,7 @@ def prepare_bulk(
             problems.append(str(e))
             continue
         try:
-            plans.append((p, prepare_slice(source, spec)))
+            plans.append((p, prepare_slice(source, spec, quant=quant)))
         except SpecError as e:
             problems.append(f"preset {p.slug}: {e}")
     if problems:
@@ -144,6 +146,8 @@ def _existing(d: Path, preset: Preset, plan: SlicePlan, record: dict, resume: bo
 def _manifest_differs(data: dict, preset: Preset, plan: SlicePlan, record: dict) -> list[str]:
     if data.get("spec") != plan.spec.to_json():
         return ["its spec differs from the preset's"]
+    if data.get("quant") != (plan.quant.to_json() if plan.quant else None):
+        return ["it was written with other quantization options"]
     if (data.get("preset") or {}).get("slug") != preset.slug:
         return ["it was written for another preset"]
     return same_source(data.get("source") or {}, record)

@@ -1,13 +1,14 @@
 """Typed access to the Rust engine (``gslice._core``).
 
 The engine knows safetensors files and plans; it knows nothing about Gemma. A plan lists, for
-each output folder, the tensors to write (each = a source tensor + one operation) and the extra
-files (config, tokenizer, model card) to place beside them.
+each output folder, the tensors to write (each = a source tensor + one operation, optionally
+quantized) and the extra files (config, tokenizer, model card) to place beside them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,13 +107,57 @@ def _block_ranges(block: int, indices: Iterable[int]) -> list[list[int]]:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """Group-wise symmetric quantization of a 2-D tensor (after its operation). The engine
+    writes the packed int32 words under the TensorPlan's name, BF16 scales [rows, cols /
+    group_size] under ``scale_name`` and the I64 shape [rows, cols] under ``shape_name``.
+    ``weight`` is the name the unquantized tensor would have had (not sent to the engine)."""
+
+    bits: int
+    group_size: int
+    scale_name: str
+    shape_name: str
+    weight: str
+
+    def to_json(self) -> dict:
+        return {"bits": self.bits, "group_size": self.group_size, "scale_name": self.scale_name, "shape_name": self.shape_name}
+
+
+@dataclass(frozen=True)
 class TensorPlan:
     name: str
     source: str
     op: Op = field(default_factory=copy)
+    quant: Quantization | None = None
+
+    @property
+    def weight_name(self) -> str:
+        """The tensor's name before quantization (its own name when not quantized)."""
+        return self.quant.weight if self.quant else self.name
 
     def to_json(self) -> dict:
-        return {"name": self.name, "source": self.source, "op": self.op}
+        out = {"name": self.name, "source": self.source, "op": self.op}
+        if self.quant:
+            out["quant"] = self.quant.to_json()
+        return out
+
+    def entries(self, source_shape: Sequence[int], source_dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Name -> (shape, dtype) of every safetensors entry the engine writes for this tensor
+        (computed the same way as the engine does before writing)."""
+        shape = output_shape(source_shape, self.op)
+        q = self.quant
+        if q is None:
+            return {self.name: (shape, source_dtype)}
+        rows, cols = shape
+        return {
+            self.name: ((rows, -(-cols * q.bits // 32)), "I32"),
+            q.scale_name: ((rows, cols // q.group_size), "BF16"),
+            q.shape_name: ((2,), "I64"),
+        }
+
+    def nbytes(self, source_shape: Sequence[int], source_dtype: str) -> int:
+        """Bytes this tensor occupies in the output."""
+        return sum(math.prod(s) * DTYPE_SIZES[d] for s, d in self.entries(source_shape, source_dtype).values())
 
 
 @dataclass(frozen=True)
@@ -214,8 +259,31 @@ class OutputReport:
 
 
 @dataclass(frozen=True)
+class QuantReport:
+    """One quantized tensor. Errors compare ``q * scale`` with the sliced source values;
+    the ``rel_`` figures divide them by the weight's RMS."""
+
+    name: str
+    scale_name: str
+    shape_name: str
+    source: str
+    source_dtype: str
+    shape: tuple[int, ...]
+    bits: int
+    group_size: int
+    bytes_before: int
+    bytes_after: int
+    weight_rms: float
+    rms_error: float
+    max_abs_error: float
+    rel_rms_error: float
+    rel_max_abs_error: float
+
+
+@dataclass(frozen=True)
 class EngineReport:
     outputs: tuple[OutputReport, ...]
+    quantized: tuple[QuantReport, ...]
     bytes_written: int
     bytes_kernel_copied: int
     bytes_gathered: int
@@ -236,16 +304,20 @@ def execute(
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     dry_run: bool = False,
+    band_bytes: int | None = None,
 ) -> EngineReport:
     """Writes every output atomically: each folder appears complete (manifest included) or not
     at all. Outputs are completed one after the other, so an interrupted run keeps the earlier
-    ones. ``dry_run`` lays everything out and reports the files without creating any."""
+    ones. ``dry_run`` lays everything out and reports the files without creating any.
+    ``band_bytes`` sets how many source bytes a strided or quantizing work item covers
+    (default 16 MiB)."""
     plan = {
         "source": str(source),
         "outputs": [o.to_json() for o in outputs],
         "max_shard_size": max_shard_size,
         "dedupe": dedupe,
         "threads": threads,
+        "band_bytes": band_bytes,
         "metadata": {"format": "pt"},
         "dry_run": dry_run,
     }
@@ -265,7 +337,8 @@ def execute(
         )
         for o in raw.pop("outputs")
     )
-    return EngineReport(outputs=outs, **raw)
+    quantized = tuple(QuantReport(**{**q, "shape": tuple(q["shape"])}) for q in raw.pop("quantized"))
+    return EngineReport(outputs=outs, quantized=quantized, **raw)
 
 
 # -- checking -----------------------------------------------------------------------------

@@ -12,7 +12,10 @@ Gemma 3n implementation and the published checkpoints (see DESIGN.md):
 * with S = ``num_kv_shared_layers``, layers at index >= L - S reuse the keys/values of the last
   earlier layer of their attention type, so those producer layers cannot be skipped;
 * audio Conformer blocks can be dropped and renumbered; their FFN width is fixed at
-  4 x hidden size in transformers, so it cannot be narrowed.
+  4 x hidden size in transformers, so it cannot be narrowed;
+* with quantization, the 2-D Linear weights listed under "quantization targets" below are
+  written in compressed-tensors' pack-quantized format; every other Linear module is named in
+  the config's ignore list.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from types import MappingProxyType
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from . import engine
+from . import engine, quantization
 from .engine import CheckpointInfo, TensorPlan
 from .errors import InternalError, SourceError, SpecError
+from .quantization import QuantOptions
 from .spec import SliceSpec
 
 MULTIMODAL_TYPE = "gemma3n"
@@ -482,6 +486,106 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+# -- quantization targets -----------------------------------------------------------------
+
+# The Linear weights --quant quantizes, relative to the decoder prefix. Per layer: attention,
+# MLP, LAuReL's low-rank pair, and the per-layer-input gate and projection.
+QUANT_LAYER_WEIGHTS = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    MLP_COLS,
+    "laurel.linear_left.weight",
+    "laurel.linear_right.weight",
+    "per_layer_input_gate.weight",
+    "per_layer_projection.weight",
+)
+# Model-level: the PLE projection and AltUp's stream projections.
+QUANT_TEXT_WEIGHTS = re.compile(r"^(per_layer_model_projection|altup_projections\.\d+|altup_unembed_projections\.\d+)\.weight$")
+# AltUp's modality_router [4, H], prediction_coefs [16, 4] and correction_coefs [4, 4] stay in
+# the source dtype: under 0.6 MB together in E4B, and they weight the four AltUp streams
+# directly, so quantization error there would shift every residual stream for no real saving.
+# The coefficient matrices are also narrower than any group.
+#
+# Embeddings are nn.Embedding modules, not Linear; with --quant-embeddings the PLE table
+# (4.7 GB of E4B's 15.7) is quantized, targeted by name. embed_tokens stays: lm_head is tied
+# to it. transformers 5.23 loads a quantized embedding only with
+# CompressedTensorsConfig(dequantize=True); its default path fails in _init_weights
+# ("'Gemma3nTextScaledWordEmbedding' object has no attribute 'weight'").
+QUANT_EMBEDDINGS = (PLE_TABLE,)
+# The tower embedders' lookup tables are never quantized; their projections are Linear.
+TOWER_EMBEDDING_TABLES = ("model.embed_audio.embedding.weight", "model.embed_vision.embedding.weight")
+AUDIO_TOWER = "model.audio_tower."
+# Not stored (tied to embed_tokens) but a Linear module transformers would otherwise target.
+TIED_HEAD = "lm_head"
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Which output tensors are quantized, and what config.json must say about the rest."""
+
+    tensors: tuple[TensorPlan, ...]
+    # Linear modules left unquantized: the compressed-tensors ignore list.
+    ignore: tuple[str, ...]
+    # Non-Linear modules that are quantized (embeddings), targeted by exact name.
+    extra_targets: tuple[str, ...]
+    # Targets left in the source dtype, with the reason.
+    kept: tuple[tuple[str, str], ...]
+
+
+def plan_quantization(arch: Architecture, ck: CheckpointInfo, res: Resolved, tensors: Sequence[TensorPlan], opts: QuantOptions) -> QuantPlan:
+    """Marks the quantization targets among ``tensors``. A target whose width (columns) is not
+    a multiple of the group size stays in the source dtype (e.g. laurel.linear_right, whose
+    width is laurel_rank = 64 in E4B, with groups of 128), except the FFN width, which the spec
+    chooses: then SpecError."""
+    prefix = output_prefix(arch, res.spec)
+    g = opts.group_size
+    out, ignore, extra, kept = [], [TIED_HEAD], [], []
+    for tp in tensors:
+        shape = engine.output_shape(ck.tensors[tp.source].shape, tp.op)
+        role = _quant_role(tp.name, shape, prefix, opts)
+        if role in ("target", "embedding"):
+            if shape[-1] % g == 0:
+                out.append(quantization.quantized(tp, opts))
+                if role == "embedding":
+                    extra.append(quantization.module_of(tp.name))
+                continue
+            if tp.name.endswith(MLP_COLS):
+                layer = _LAYER.match(tp.name[len(prefix):]).group(1)
+                raise SpecError(
+                    f"group_size {g}: the FFN width {shape[-1]} of output layer {layer} is not a multiple of it "
+                    f"(mlp.down_proj is quantized in groups of {g} along that width); use FFN widths that are "
+                    f"multiples of {g} or a smaller group size"
+                )
+            kept.append((tp.name, f"width {shape[-1]} is not a multiple of the group size {g}"))
+        out.append(tp)
+        if role in ("target", "linear"):
+            ignore.append(quantization.module_of(tp.name))
+    return QuantPlan(tuple(out), tuple(ignore), tuple(extra), tuple(kept))
+
+
+def _quant_role(name: str, shape: Sequence[int], prefix: str, opts: QuantOptions) -> str | None:
+    """Returns "target" or "embedding" (to quantize), "linear" (a Linear module to leave
+    alone), or None (not a Linear weight: norms, convolutions, scalars, embedding tables)."""
+    if len(shape) != 2 or not name.endswith(".weight") or name in TOWER_EMBEDDING_TABLES:
+        return None
+    if name.startswith(prefix):
+        rest = name[len(prefix):]
+        if rest in EMBEDDINGS:
+            return "embedding" if opts.embeddings and rest in QUANT_EMBEDDINGS else None
+        m = _LAYER.match(rest)
+        if (m and m.group(2) in QUANT_LAYER_WEIGHTS) or QUANT_TEXT_WEIGHTS.match(rest):
+            return "target"
+        return "linear"
+    if name.startswith(AUDIO_TOWER):
+        return "target" if opts.audio else "linear"
+    # embed_audio / embed_vision projections, and any 2-D weight of the vision tower.
+    return "linear"
+
+
 # -- the new config -----------------------------------------------------------------------
 
 
@@ -845,33 +949,11 @@ def output_shapes(arch: Architecture, shapes: Mapping[str, Sequence[int]], res: 
 
 # -- what a runtime holds in memory, and what quantization touches ------------------------
 
-# The 2-D linear weights of the text decoder that int8/int4 quantize (compressed-tensors
-# pack-quantized). Embeddings, norms, the tiny altup coefficient/router matrices, convolutions
-# and both towers stay BF16; a weight whose input width is not a multiple of the group size
-# (laurel.linear_right, 64 wide in E4B, with groups of 128) stays BF16 too.
-QUANTIZED_LAYER_LINEARS = (
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    *MLP_ROWS,
-    MLP_COLS,
-    "laurel.linear_left.weight",
-    "laurel.linear_right.weight",
-    "per_layer_input_gate.weight",
-    "per_layer_projection.weight",
-)
-_QUANTIZED_MODEL_LINEAR = re.compile(r"^(altup_projections\.\d+|altup_unembed_projections\.\d+|per_layer_model_projection)\.weight$")
-
-
 def is_quantized_linear(name: str, shape: Sequence[int], prefix: str, group_size: int) -> bool:
-    """Whether int8/int4 quantization packs this tensor (see QUANTIZED_LAYER_LINEARS)."""
-    if len(shape) != 2 or shape[1] % group_size or not name.startswith(prefix):
-        return False
-    rest = name[len(prefix):]
-    if m := _LAYER.match(rest):
-        return m.group(2) in QUANTIZED_LAYER_LINEARS
-    return bool(_QUANTIZED_MODEL_LINEAR.match(rest))
+    """Whether ``--quant`` (without --quant-embeddings / --quant-audio) packs this tensor: the
+    rule :func:`plan_quantization` applies, so size estimates match the files it writes."""
+    opts = QuantOptions("int4", group_size)  # which tensors are targets does not depend on the bits
+    return _quant_role(name, shape, prefix, opts) == "target" and shape[-1] % group_size == 0
 
 
 def ple_table_name(prefix: str) -> str:

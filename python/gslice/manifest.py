@@ -83,6 +83,7 @@ def manifest_fields(plan: "SlicePlan", source: dict, preset: dict | None = None,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": source,
         "spec": plan.spec.to_json(),
+        "quant": plan.quant.to_json() if plan.quant else None,
         "preset": preset,
         "result": {
             "layers": len(plan.resolved.kept),

@@ -1,4 +1,5 @@
-"""Slicing a Gemma 3n checkpoint: plan (validate everything, write nothing), then execute."""
+"""Slicing a Gemma 3n checkpoint, optionally quantizing it in the same pass: plan (validate
+everything, write nothing), then execute."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, accounting, engine, gemma3n
+from . import __version__, accounting, engine, gemma3n, quantization
 from .catalogue import spec_with_preset
-from .engine import CheckpointInfo, TensorPlan
-from .gemma3n import Architecture, ParamCounts, Resolved
+from .engine import CheckpointInfo, EngineReport, TensorPlan
+from .errors import SourceError
+from .gemma3n import Architecture, ParamCounts, QuantPlan, Resolved
+from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
 
@@ -30,16 +33,25 @@ class SlicePlan:
     tensors: tuple[TensorPlan, ...]
     new_config: dict
     preset: str | None = None  # the preset id the spec came from
+    quant: QuantOptions | None = None
+    quant_plan: QuantPlan | None = None
 
     @property
     def spec(self) -> SliceSpec:
         return self.resolved.spec
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every output weight's shape before quantization, under its unquantized name."""
         src = self.checkpoint.tensors
-        return {t.name: engine.output_shape(src[t.source].shape, t.op) for t in self.tensors}
+        return {t.weight_name: engine.output_shape(src[t.source].shape, t.op) for t in self.tensors}
 
     def output_bytes(self) -> int:
+        """Tensor bytes of the output as written (quantized tensors at their packed size)."""
+        src = self.checkpoint.tensors
+        return sum(t.nbytes(src[t.source].shape, src[t.source].dtype) for t in self.tensors)
+
+    def unquantized_bytes(self) -> int:
+        """Tensor bytes the same slice takes without quantization."""
         src = self.checkpoint.tensors
         return sum(
             math.prod(engine.output_shape(src[t.source].shape, t.op)) * engine.DTYPE_SIZES[src[t.source].dtype]
@@ -60,12 +72,18 @@ def prepare_slice(
     *,
     preset: str | None = None,
     revision: str | None = None,
+    quant: QuantOptions | None = None,
 ) -> SlicePlan:
-    """Checks the spec (or the preset, with the spec's tower options) against the source's
-    config and tensors. Raises before any write. ``src`` may be a folder or a Hub repo id
-    (fetched into the Hugging Face cache)."""
+    """Checks the spec (or the preset, with the spec's tower options) and the quantization
+    against the source's config and tensors. Raises before any write. ``src`` may be a folder
+    or a Hub repo id (fetched into the Hugging Face cache)."""
     source = src if isinstance(src, Source) else resolve_source(src, revision)
     config = gemma3n.read_config(source.path)
+    if "quantization_config" in config:
+        raise SourceError(
+            f"{source.path / 'config.json'} has a quantization_config: the source is already quantized; "
+            "gslice reads unquantized (BF16, F16, F32) checkpoints"
+        )
     arch = gemma3n.architecture(config, str(source.path / "config.json"))
     spec, found = spec_with_preset(arch, spec, preset)
     resolved = gemma3n.resolve(arch, spec)
@@ -73,7 +91,12 @@ def prepare_slice(
     gemma3n.check_source(arch, ck, resolved)
     tensors = tuple(gemma3n.plan_tensors(arch, ck, resolved))
     new_config = gemma3n.rewrite_config(config, arch, resolved)
-    return SlicePlan(source, config, arch, resolved, ck, tensors, new_config, found.id if found else None)
+    qplan = None
+    if quant is not None:
+        qplan = gemma3n.plan_quantization(arch, ck, resolved, tensors, quant)
+        tensors = qplan.tensors
+        new_config["quantization_config"] = quantization.quantization_config(quant, qplan.ignore, qplan.extra_targets)
+    return SlicePlan(source, config, arch, resolved, ck, tensors, new_config, found.id if found else None, quant, qplan)
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,8 @@ class SliceReport:
     seconds: float
     files: list[dict] = field(default_factory=list)  # every file of the output: name, bytes, sha256
     dry_run: bool = False
+    # None without quantization; see quantization_summary.
+    quantization: dict | None = None
     tool: str = field(default=f"gslice {__version__}")
     preset: str | None = None
     size: dict | None = None  # accounting.SizePlan.to_dict(): parameters, disk and RAM per scheme
@@ -126,9 +151,19 @@ def slice_model(
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     revision: str | None = None,
+    quant: str | None = None,
+    group_size: int | None = None,
+    quant_embeddings: bool = False,
+    quant_audio: bool = False,
 ) -> SliceReport:
     """Slices ``src`` (a folder or a Hub repo id) into ``out``. Give a ``spec``, or its fields
-    as keywords, or a ``preset`` id or name (with the tower keywords)."""
+    as keywords, or a ``preset`` id or name (with the tower keywords).
+
+    ``quant="int4"`` or ``"int8"`` also quantizes the text decoder's Linear weights group-wise
+    (``group_size`` 32, 64 or 128, default 128) in compressed-tensors' pack-quantized format;
+    ``quant_embeddings`` adds the per-layer embedding table, ``quant_audio`` the audio tower's
+    Linear weights. The target list is in :mod:`gslice.gemma3n`."""
+    opts = QuantOptions.build(quant, group_size, quant_embeddings, quant_audio)
     if spec is None:
         spec = SliceSpec.build(
             layers_to_skip=layers_to_skip,
@@ -138,7 +173,7 @@ def slice_model(
             drop_audio=drop_audio,
             text_only=text_only,
         )
-    plan = prepare_slice(src, spec, preset=preset, revision=revision)
+    plan = prepare_slice(src, spec, preset=preset, revision=revision, quant=opts)
     return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
 
 
@@ -215,6 +250,7 @@ def slice_report(plan: SlicePlan, result: engine.EngineReport, written: engine.O
         dry_run=result.dry_run,
         preset=plan.preset,
         size=size_plan_of(plan).to_dict(),
+        quantization=quantization_summary(plan, result),
     )
 
 
@@ -224,3 +260,41 @@ def size_plan_of(plan: SlicePlan, context: int | None = None) -> accounting.Size
         plan.source.label, plan.preset, plan.arch, plan.resolved, plan.output_shapes(), plan.new_config,
         context or accounting.DEFAULT_CONTEXT,
     )
+
+
+def quantization_summary(plan: SlicePlan, result: EngineReport) -> dict | None:
+    """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
+    ``rel_`` figures are relative to the weight's RMS). Totals over the whole output."""
+    if plan.quant is None:
+        return None
+    weight_of = {t.name: t.quant.weight for t in plan.tensors if t.quant}
+    tensors = [
+        {
+            "name": weight_of[q.name],
+            "source": q.source,
+            "shape": list(q.shape),
+            "bytes_before": q.bytes_before,
+            "bytes_after": q.bytes_after,
+            "weight_rms": q.weight_rms,
+            "rms_error": q.rms_error,
+            "max_abs_error": q.max_abs_error,
+            "rel_rms_error": q.rel_rms_error,
+            "rel_max_abs_error": q.rel_max_abs_error,
+        }
+        for q in result.quantized
+    ]
+    rel = [t["rel_rms_error"] for t in tensors]
+    worst = max(tensors, key=lambda t: t["rel_rms_error"])
+    return {
+        **plan.quant.to_json(),
+        "tensors": tensors,
+        "kept": [{"name": n, "reason": r} for n, r in plan.quant_plan.kept],
+        "quantized_bytes_before": sum(t["bytes_before"] for t in tensors),
+        "quantized_bytes_after": sum(t["bytes_after"] for t in tensors),
+        "output_bytes_unquantized": plan.unquantized_bytes(),
+        "output_bytes": result.outputs[0].tensor_bytes,
+        "rel_rms_error_mean": sum(rel) / len(rel),
+        "rel_rms_error_max": worst["rel_rms_error"],
+        "rel_rms_error_worst": worst["name"],
+        "rel_max_abs_error_max": max(t["rel_max_abs_error"] for t in tensors),
+    }

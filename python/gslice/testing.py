@@ -24,6 +24,9 @@ __all__ = [
     "write_tiny_checkpoint",
     "read_checkpoint",
     "reference_slice",
+    "reference_quantize",
+    "as_float32",
+    "write_safetensors",
 ]
 
 
@@ -291,10 +294,18 @@ def write_tiny_checkpoint(
     return out
 
 
+def write_safetensors(path: str | Path, arrays: dict[str, tuple[str, np.ndarray]]) -> Path:
+    """One safetensors file of ``name -> (dtype, array)``; BF16 arrays are uint16 bit patterns."""
+    arrays = {n: (d, np.ascontiguousarray(a)) for n, (d, a) in arrays.items()}
+    specs = {n: _spec(d, a) for n, (d, a) in arrays.items()}
+    safetensors.serialize_file(specs, str(path), metadata={"format": "pt"})
+    return Path(path)
+
+
 def _spec(dtype: str, array: np.ndarray) -> "safetensors.TensorSpec":
     # The array stays referenced by the caller while the file is written.
     return safetensors.TensorSpec(
-        dtype={"BF16": "bfloat16", "F32": "float32"}[dtype],
+        dtype={"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype],
         shape=array.shape,
         data_ptr=array.ctypes.data,
         data_len=array.nbytes,
@@ -382,3 +393,78 @@ def compare_to_reference(src_dir: str | Path, out_dir: str | Path, **spec) -> li
         if e.dtype != g.dtype or e.shape != g.shape or e.tobytes() != g.tobytes():
             problems.append(f"{name}: expected {e.dtype}{list(e.shape)}, got {g.dtype}{list(g.shape)} or other bytes")
     return problems
+
+
+# -- the reference quantizer --------------------------------------------------------------
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns, round to nearest even (torch's conversion)."""
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def as_float32(a: np.ndarray) -> np.ndarray:
+    """Values of a tensor read by :func:`read_checkpoint` (BF16 arrives as uint16 bits)."""
+    return bf16_bits_to_f32(a) if a.dtype == np.uint16 else a.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class QuantizedReference:
+    packed: np.ndarray  # int32 [rows, ceil(cols * bits / 32)]
+    scales: np.ndarray  # uint16 bf16 bits [rows, cols / group]
+    shape: np.ndarray  # int64 [2]
+    q: np.ndarray  # int8 [rows, cols]
+    dequantized: np.ndarray  # float32 q * scale, exact
+    weight_rms: float
+    rms_error: float
+    max_abs_error: float
+
+
+def reference_quantize(w: np.ndarray, bits: int, group_size: int) -> QuantizedReference:
+    """compressed-tensors 0.20's symmetric group quantization and int32 packing, in numpy.
+
+    * ``calculate_qparams``: min and max per group, widened to include 0; scale =
+      max(|min|, |max|) / ((qmax - qmin) / 2) in float32, kept in the scale dtype (BF16);
+      a zero scale becomes that dtype's epsilon (2**-7);
+    * ``quantize``: round(clamp(w / scale, qmin, qmax)), torch.round rounding half to even
+      (np.rint does too), with w / scale in float32;
+    * ``pack_to_int32``: q + 2**(bits-1) as unsigned fields, element i of a row at bit
+      i * bits of its little-endian words, the row zero-padded to whole words.
+    """
+    w = as_float32(w)
+    rows, cols = w.shape
+    assert cols % group_size == 0, (cols, group_size)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    groups = w.reshape(rows, cols // group_size, group_size)
+    lo = np.minimum(groups.min(axis=2), np.float32(0))
+    hi = np.maximum(groups.max(axis=2), np.float32(0))
+    absmax = np.maximum(-lo, hi)
+    scales = f32_to_bf16_bits(absmax / np.float32((qmax - qmin) / 2))
+    scales[scales == 0] = 0x3C00
+    s = bf16_bits_to_f32(scales)[:, :, None]
+    q = np.rint(np.clip(groups / s, qmin, qmax)).astype(np.int8)
+    deq = (q.astype(np.float32) * s).reshape(rows, cols)  # from the integers: no -0.0
+    q = q.reshape(rows, cols)
+    per = 32 // bits
+    fields = (q.astype(np.int64) + 2 ** (bits - 1)).astype(np.uint64)
+    pad = (-cols) % per
+    fields = np.pad(fields, ((0, 0), (0, pad))).reshape(rows, -1, per)
+    words = np.zeros(fields.shape[:2], dtype=np.uint64)
+    for k in range(per):
+        words |= fields[:, :, k] << np.uint64(bits * k)
+    err = w.astype(np.float64) - deq.astype(np.float64)
+    return QuantizedReference(
+        packed=words.astype(np.uint32).view(np.int32),
+        scales=scales,
+        shape=np.array([rows, cols], dtype=np.int64),
+        q=q,
+        dequantized=deq,
+        weight_rms=float(np.sqrt(np.mean(w.astype(np.float64) ** 2))),
+        rms_error=float(np.sqrt(np.mean(err**2))),
+        max_abs_error=float(np.abs(err).max()),
+    )

@@ -13,6 +13,7 @@ from . import engine, gemma3n
 from .errors import GsliceError, SourceError, SpecError
 from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
 from .slicing import prepare_slice
+from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import spec_from_mapping
 
@@ -62,8 +63,9 @@ def verify_output(
         return VerifyResult(str(folder), problems, len(data["files"]), None)
     source = against if isinstance(against, Source) else resolve_source(against, revision)
     try:
-        spec = spec_from_mapping(data.get("spec"), f"{folder / MANIFEST_NAME}")
-        plan = prepare_slice(source, spec)
+        where = f"{folder / MANIFEST_NAME}"
+        spec = spec_from_mapping(data.get("spec"), where)
+        plan = prepare_slice(source, spec, quant=QuantOptions.from_json(data.get("quant"), where))
     except SpecError as e:
         raise SourceError(f"the spec in {folder / MANIFEST_NAME} does not apply to {source.label}: {e}") from None
     problems += same_source(data.get("source") or {}, source_record(source, plan.checkpoint.shards), compare_mtime=False)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .. import hub
+from .slice import quant_option_decorators, quant_options
 from ..bulk import BulkReport, prepare_bulk, select_presets, write_bulk
 from ..manifest import MANIFEST_NAME
 from ..progress import ByteProgress
@@ -26,6 +27,7 @@ from .common import friendly_errors
 @click.option("--overwrite", is_flag=True, help="Replace existing preset folders.")
 @click.option("--no-dedupe", is_flag=True, help="Write every output's files independently (no hard links).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
+@quant_option_decorators
 @click.option("--push-to-hub", "push_template", default=None, metavar="REPO", help="Upload each output to REPO, which must contain {slug}, e.g. me/gemma-3n-{slug}.")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repos as private.")
 @click.option("--dry-run", is_flag=True, help="Plan and validate everything, print what would be written; write nothing.")
@@ -33,18 +35,19 @@ from .common import friendly_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
-def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, push_template, private,
-             dry_run, hash_source, as_json, quiet):
+def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, quant, group_size,
+             quant_embeddings, quant_audio, push_template, private, dry_run, hash_source, as_json, quiet):
     """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     presets = select_presets(preset_names)
+    quant_opts = quant_options(quant, group_size, quant_embeddings, quant_audio)
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     repos = _repos(push_template, presets)
     show = not (quiet or as_json)
     with ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
-                            hash_source=hash_source and not dry_run, progress=bar)
+                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar)
     if repos and not dry_run:
         for repo in repos.values():
             hub.create_repo(repo, private=private)

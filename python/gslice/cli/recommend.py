@@ -58,5 +58,5 @@ def render_recommendation(rec: Recommendation) -> str:
         rows.append(("runner-up", "none: the best is the largest preset"))
     command = f"gslice slice gemma-3n-E4B-it/ --preset {best.preset}{FLAGS[rec.modalities]} -o OUT/"
     if rec.quant != "bf16":
-        command += f"   # then quantize to {rec.quant} (pack-quantized, groups of {best.group_size}) to match the estimate"
+        command += f" --quant {rec.quant} --group-size {best.group_size}"
     return table(rows) + f"\n\n{command}\n\n{RAM_FORMULA}"

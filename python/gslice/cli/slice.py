@@ -1,4 +1,4 @@
-"""`gslice slice`: cut a checkpoint by layers to skip and FFN widths."""
+"""`gslice slice`: cut a checkpoint by layers to skip and FFN widths, optionally quantizing it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from .. import gemma3n, hub
 from ..errors import SpecError
 from ..progress import ByteProgress
+from ..quantization import DEFAULT_GROUP_SIZE, GROUP_SIZES, SCHEMES, QuantOptions
 from ..slicing import SliceReport, prepare_slice, write_slice
 from ..sources import resolve_source
 from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list
@@ -41,6 +42,25 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
     )
 
 
+def quant_option_decorators(fn):
+    """--quant, --group-size, --quant-embeddings and --quant-audio (shared with `gslice bulk`)."""
+    for option in reversed(_QUANT_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+_QUANT_OPTIONS = [
+    click.option("--quant", default=None, metavar="|".join(SCHEMES),
+                 help="Quantize the text decoder's Linear weights group-wise (compressed-tensors pack-quantized)."),
+    click.option("--group-size", default=None, metavar="|".join(map(str, GROUP_SIZES)),
+                 help=f"Columns per quantization scale (default {DEFAULT_GROUP_SIZE})."),
+    click.option("--quant-embeddings", is_flag=True,
+                 help="Also quantize the per-layer embedding table (transformers then loads the output only "
+                      "with CompressedTensorsConfig(dequantize=True))."),
+    click.option("--quant-audio", is_flag=True, help="Also quantize the audio tower's Linear weights."),
+]
+
+
 @main.command("slice")
 @click.argument("src")
 @click.option("-o", "--output", "out", required=True, help="Output folder (must not exist unless --overwrite).")
@@ -54,6 +74,7 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 @click.option("--drop-vision", is_flag=True, help="Remove the vision tower and its embedder.")
 @click.option("--drop-audio", is_flag=True, help="Remove the audio tower and its embedder.")
 @click.option("--text-only", is_flag=True, help="Remove both towers; the output loads as Gemma3nForCausalLM.")
+@quant_option_decorators
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default: all cores).")
@@ -65,15 +86,17 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio,
-              text_only, overwrite, max_shard_size, threads, push_repo, private, dry_run, hash_source, as_json, quiet):
+              text_only, quant, group_size, quant_embeddings, quant_audio, overwrite, max_shard_size, threads, push_repo, private,
+              dry_run, hash_source, as_json, quiet):
     """Slice SRC (a checkpoint folder or a Hub repo id) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
     spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, preset)
+    quant_opts = quant_options(quant, group_size, quant_embeddings, quant_audio)
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     if push_repo:
         hub.check_repo_id(push_repo)
-    plan = prepare_slice(resolve_source(src, revision), spec, preset=preset)
+    plan = prepare_slice(resolve_source(src, revision), spec, preset=preset, quant=quant_opts)
     if push_repo and not dry_run:
         hub.create_repo(push_repo, private=private)  # fails in seconds on a missing login, before the slice
     with ByteProgress("writing", enabled=not (quiet or as_json or dry_run)) as bar:
@@ -107,6 +130,37 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
     return table(head) + "\n" + file_listing(r.files, where + ":")
 
 
+def quant_options(quant, group_size, quant_embeddings, quant_audio) -> QuantOptions | None:
+    if quant is None:
+        given = [f for f, v in (("--group-size", group_size), ("--quant-embeddings", quant_embeddings),
+                                ("--quant-audio", quant_audio)) if v]
+        if given:
+            raise SpecError(f"{given[0]} needs --quant int4 or --quant int8")
+        return None
+    if group_size is not None:
+        try:
+            group_size = int(group_size)
+        except ValueError:
+            raise SpecError(f"--group-size: {group_size!r} is not an integer") from None
+    return QuantOptions.build(quant, group_size, quant_embeddings, quant_audio)
+
+
+def quant_rows(q: dict) -> list[tuple[str, str]]:
+    n = len(q["tensors"])
+    before, after = q["quantized_bytes_before"], q["quantized_bytes_after"]
+    rows = [
+        ("quantization", f"{q['scheme']}, groups of {q['group_size']}, BF16 scales ({q['format']}, compressed-tensors)"),
+        ("quantized", f"{n:,} weights: {fmt_bytes(before)} -> {fmt_bytes(after)} (x{before / max(after, 1):.2f}); "
+                      f"output {fmt_bytes(q['output_bytes_unquantized'])} -> {fmt_bytes(q['output_bytes'])}"),
+        ("quant error", f"RMS error / weight RMS: mean {q['rel_rms_error_mean']:.4f}, worst {q['rel_rms_error_max']:.4f} "
+                        f"({q['rel_rms_error_worst']}); max abs error / weight RMS: worst {q['rel_max_abs_error_max']:.3f}"),
+    ]
+    if q["kept"]:
+        reasons = sorted({k["reason"] for k in q["kept"]})
+        rows.append(("kept unquantized", f"{len(q['kept'])} targets ({'; '.join(reasons)})"))
+    return rows
+
+
 def render_report(r: SliceReport, extra_rows=()) -> str:
     p, sp = r.params, r.source_params
     skipped = r.spec["layers_to_skip"]
@@ -128,6 +182,8 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         rows.insert(2, ("preset", r.preset))
     if r.size:
         rows += size_summary_rows(r.size)
+    if r.quantization is not None:
+        rows += quant_rows(r.quantization)
     return table(rows + list(extra_rows))
 
 

@@ -1,7 +1,7 @@
 //! Checking an existing checkpoint against a plan: every tensor of the output must hold exactly
-//! the bytes the plan's operation takes from the source, and nothing else may be there. The
-//! comparison walks the same work items as writing, through memory maps, in parallel, with
-//! bounded memory.
+//! the bytes the plan's operation takes from the source (for a quantized tensor: the bytes a
+//! fresh quantization produces), and nothing else may be there. The comparison walks the same
+//! work items as writing, through memory maps, in parallel, with bounded memory.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -14,8 +14,9 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::execute::Progress;
 use crate::io;
-use crate::items::{col_segments, push_items, src_row_bytes, Item};
+use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
 use crate::plan::{resolve, Resolved, TensorSpec};
+use crate::qband;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -45,24 +46,36 @@ pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> 
     let out = Checkpoint::open(&plan.output)?;
     let mut mismatches = Vec::new();
     let mut expected = HashSet::new();
-    let mut checked: Vec<(Resolved, u64)> = Vec::new();
+    let mut checked: Vec<Checked> = Vec::new();
     let mut items = Vec::new();
     for spec in &plan.tensors {
-        if !expected.insert(spec.name.as_str()) {
+        if !expected.insert(spec.name.clone()) {
             return Err(Error::Plan(format!("the plan lists tensor {} twice", spec.name)));
         }
         let r = resolve(&src, spec)?;
-        let Some((shard, t)) = out.get(&spec.name) else {
-            mismatches.push(Mismatch { tensor: spec.name.clone(), problem: "missing from the output".into() });
-            continue;
-        };
-        if t.dtype != r.dtype || t.shape != r.shape {
-            let problem = format!("is {} {:?}, expected {} {:?}", t.dtype.name(), t.shape, r.dtype.name(), r.shape);
-            mismatches.push(Mismatch { tensor: spec.name.clone(), problem });
+        let mut places = Vec::with_capacity(r.parts.len());
+        for part in &r.parts {
+            expected.insert(part.name.clone());
+            match out.get(&part.name) {
+                None => mismatches.push(Mismatch { tensor: part.name.clone(), problem: "missing from the output".into() }),
+                Some((_, t)) if t.dtype != part.dtype || t.shape != part.shape => {
+                    let problem = format!("is {} {:?}, expected {} {:?}", t.dtype.name(), t.shape, part.dtype.name(), part.shape);
+                    mismatches.push(Mismatch { tensor: part.name.clone(), problem });
+                }
+                Some((shard, t)) => places.push((shard, t.start)),
+            }
+        }
+        if places.len() != r.parts.len() {
             continue;
         }
-        push_items(&mut items, shard, checked.len(), &r, t.start);
-        checked.push((r, t.start));
+        if let Some(bytes) = r.parts.get(2).and_then(|p| p.literal.as_ref()) {
+            let (shard, start) = places[2];
+            if &out.shards[shard].map[start as usize..start as usize + bytes.len()] != bytes.as_slice() {
+                mismatches.push(Mismatch { tensor: r.parts[2].name.clone(), problem: "does not hold the weight's shape".into() });
+            }
+        }
+        push_items(&mut items, places[0].0, checked.len(), &r, places[0].1, STRIDED_ITEM);
+        checked.push(Checked { out_start: places[0].1, scales: places.get(1).copied(), r });
     }
     for shard in &out.shards {
         for t in &shard.header.tensors {
@@ -71,7 +84,7 @@ pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> 
             }
         }
     }
-    let total: u64 = checked.iter().map(|(r, _)| r.nbytes).sum();
+    let total: u64 = checked.iter().map(|c| c.r.nbytes).sum();
     progress.total.store(total, Ordering::Relaxed);
 
     let threads = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -87,7 +100,7 @@ pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> 
                 if cancel.load(Ordering::Relaxed) {
                     return Err(Error::Cancelled);
                 }
-                Ok(compare_item(item, &checked, &src, &out, progress))
+                compare_item(item, &checked, &src, &out, progress)
             })
             .collect::<Result<Vec<_>>>()
     })?
@@ -101,20 +114,32 @@ pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> 
     for (t, off) in first.iter().enumerate() {
         if let Some(off) = off {
             let problem = format!("bytes differ from the source's slice (first difference at byte {off} of the tensor)");
-            mismatches.push(Mismatch { tensor: checked[t].0.name.clone(), problem });
+            mismatches.push(Mismatch { tensor: checked[t].r.name.clone(), problem });
         }
     }
     mismatches.sort_by(|a, b| a.tensor.cmp(&b.tensor));
     Ok(CompareReport { tensors: plan.tensors.len(), bytes_compared: total, mismatches })
 }
 
+/// A tensor being checked: where its (first) part starts in the output, and for a quantized
+/// tensor where its scales are (shard, offset).
+struct Checked {
+    r: Resolved,
+    out_start: u64,
+    scales: Option<(usize, u64)>,
+}
+
 /// Returns the tensor and the offset (within it) of the first differing byte of this item.
-fn compare_item(item: &Item, checked: &[(Resolved, u64)], src: &Checkpoint, out: &Checkpoint, progress: &Progress) -> Option<(usize, u64)> {
+fn compare_item(item: &Item, checked: &[Checked], src: &Checkpoint, out: &Checkpoint, progress: &Progress) -> Result<Option<(usize, u64)>> {
+    if let Item::Quant { file, t, rows, dst_off } = *item {
+        return compare_quant_band(&checked[t], t, file, rows, dst_off, src, out, progress);
+    }
     let (segments, file, t, mut dst): (Vec<(u64, u64)>, usize, usize, u64) = match *item {
         Item::Contig { file, t, src_off, dst_off, len } => (vec![(src_off, len)], file, t, dst_off),
-        Item::Rows { file, t, rows, dst_off } => (col_segments(&checked[t].0, rows).collect(), file, t, dst_off),
+        Item::Rows { file, t, rows, dst_off } => (col_segments(&checked[t].r, rows).collect(), file, t, dst_off),
+        Item::Quant { .. } => unreachable!("handled above"),
     };
-    let (r, out_start) = &checked[t];
+    let Checked { r, out_start, .. } = &checked[t];
     let smap = &src.shards[r.shard].map;
     let omap = &out.shards[file].map;
     let begin = dst;
@@ -129,19 +154,52 @@ fn compare_item(item: &Item, checked: &[(Resolved, u64)], src: &Checkpoint, out:
         }
         dst += len;
     }
-    let (src_lo, src_len) = match *item {
-        Item::Contig { src_off, len, .. } => (src_off, len),
+    let (src_lo, src_len, out_len) = match *item {
+        Item::Contig { src_off, len, .. } => (src_off, len, len),
         Item::Rows { rows, .. } => {
             let row = src_row_bytes(r);
-            (r.src.start + rows.0 * row, (rows.1 - rows.0) * row)
+            let out_row = r.shape.last().copied().unwrap_or(0) * r.dtype.size();
+            (r.src.start + rows.0 * row, (rows.1 - rows.0) * row, (rows.1 - rows.0) * out_row)
         }
+        Item::Quant { .. } => unreachable!("handled above"),
     };
     io::release(smap, src_lo, src_len);
-    let out_len = match *item {
-        Item::Contig { len, .. } => len,
-        Item::Rows { rows, .. } => (rows.1 - rows.0) * r.shape.last().copied().unwrap_or(0) * r.dtype.size(),
-    };
     io::release(omap, begin, out_len);
     progress.done.fetch_add(out_len, Ordering::Relaxed);
-    found
+    Ok(found)
+}
+
+/// Re-quantizes a band from the source and compares it with the stored packed words and
+/// scales. A difference in the scales is reported at its offset past the packed words.
+#[allow(clippy::too_many_arguments)]
+fn compare_quant_band(
+    c: &Checked,
+    t: usize,
+    file: usize,
+    rows: (u64, u64),
+    packed_start: u64,
+    src: &Checkpoint,
+    out: &Checkpoint,
+    progress: &Progress,
+) -> Result<Option<(usize, u64)>> {
+    let r = &c.r;
+    let (words_row, scales_row) = qband::row_bytes(r);
+    let (scale_shard, scale_start) = c.scales.expect("quantized tensors have scales");
+    let (words_at, scales_at) = (packed_start + rows.0 * words_row, scale_start + rows.0 * scales_row);
+    let omap = &out.shards[file].map;
+    let smap = &out.shards[scale_shard].map;
+    let (_, found) = qband::quantize_band(r, src, rows, |words, scales| {
+        let stored_words = &omap[words_at as usize..words_at as usize + words.len()];
+        let stored_scales = &smap[scales_at as usize..scales_at as usize + scales.len()];
+        let diff = |a: &[u8], b: &[u8]| a.iter().zip(b).position(|(x, y)| x != y).map(|i| i as u64);
+        Ok(diff(words, stored_words)
+            .map(|i| words_at - c.out_start + i)
+            .or_else(|| diff(scales, stored_scales).map(|i| r.shape[0] * words_row + rows.0 * scales_row + i)))
+    })
+    .map_err(|e| qband::failure_error(r, src, e, "compare tensor"))?;
+    let n = (rows.1 - rows.0) * (words_row + scales_row);
+    io::release(omap, words_at, (rows.1 - rows.0) * words_row);
+    io::release(smap, scales_at, (rows.1 - rows.0) * scales_row);
+    progress.done.fetch_add(n, Ordering::Relaxed);
+    Ok(found.map(|off| (t, off)))
 }

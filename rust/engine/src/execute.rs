@@ -1,14 +1,16 @@
 //! Running a plan: open and validate the source, lay out every output, reserve the shard
-//! files, then produce the outputs one after the other: write (in parallel) the pieces the next
-//! output needs that are not written yet, flush and hash them, assemble that output in a hidden
-//! temporary folder (its manifest written last) and rename it into place. An interrupted run
-//! therefore leaves whole outputs or none; any failure removes the staging and partial folders.
+//! files, then produce the outputs one after the other: write (in parallel, slicing and
+//! quantizing straight from the source mmap) the pieces the next output needs that are not
+//! written yet, flush and hash them, assemble that output in a hidden temporary folder (its
+//! manifest written last) and rename it into place. An interrupted run therefore leaves whole
+//! outputs or none; any failure removes the staging and partial folders.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -19,9 +21,11 @@ use crate::checkpoint::{Checkpoint, INDEX_NAME};
 use crate::error::{Error, Result};
 use crate::hash::{sha256_bytes, sha256_file};
 use crate::io::{self, Moved};
-use crate::items::{col_segments, push_items, src_row_bytes, Item};
+use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
 use crate::layout::{self, Layout, OutputLayout};
 use crate::plan::{resolve, FileSpec, ManifestSpec, OutputSpec, Plan};
+use crate::qband::{self, band_offsets};
+use crate::quant::Stats;
 
 /// Shared with the caller, who polls it to draw a progress bar.
 #[derive(Default)]
@@ -60,9 +64,34 @@ pub struct OutputReport {
     pub seconds: f64,
 }
 
+/// One quantized tensor: sizes and the error of `q * scale` against the (sliced) source.
+#[derive(Serialize, Debug)]
+pub struct QuantReport {
+    pub name: String,
+    pub scale_name: String,
+    pub shape_name: String,
+    pub source: String,
+    pub source_dtype: &'static str,
+    pub shape: Vec<u64>,
+    pub bits: u32,
+    pub group_size: u64,
+    /// The sliced tensor in its source dtype.
+    pub bytes_before: u64,
+    /// Packed words + scales + shape.
+    pub bytes_after: u64,
+    pub weight_rms: f64,
+    pub rms_error: f64,
+    pub max_abs_error: f64,
+    /// Both errors divided by the weight's RMS (0 for an all-zero weight).
+    pub rel_rms_error: f64,
+    pub rel_max_abs_error: f64,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Report {
     pub outputs: Vec<OutputReport>,
+    /// Every distinct quantized tensor, in layout order.
+    pub quantized: Vec<QuantReport>,
     /// Bytes of shard files this run wrote (headers included), each shared piece counted once.
     /// In a dry run: what it would write.
     pub bytes_written: u64,
@@ -96,7 +125,7 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     let pieces_total: u64 = layout.pieces.iter().map(|p| p.size).sum();
     if plan.dry_run {
         let outputs = plan.outputs.iter().zip(&layout.outputs).map(|(s, ol)| describe_output(s, ol, &layout)).collect::<Result<_>>()?;
-        return Ok(report(outputs, &layout, Moved::default(), 0, start, threads, true));
+        return Ok(report(outputs, &layout, Moved::default(), 0, &[], start, threads, true));
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -116,6 +145,8 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
         Error::Io { err, .. } if err.raw_os_error() == Some(libc::ENOSPC) => Error::NoSpace { dir: staging_parent.clone(), need: pieces_total },
         e => e,
     })?;
+    let band = plan.band_bytes.unwrap_or(STRIDED_ITEM).max(1);
+    let stats: Vec<Mutex<Stats>> = layout.tensors.iter().map(|_| Mutex::default()).collect();
 
     let mut done = vec![false; layout.pieces.len()];
     let mut hashes: Vec<Option<String>> = vec![None; layout.pieces.len()];
@@ -125,7 +156,7 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     let mut since = start;
     for (spec, ol) in plan.outputs.iter().zip(&layout.outputs) {
         let fresh: Vec<usize> = ol.shards.iter().map(|s| s.1).filter(|&p| !done[p]).collect();
-        moved.add(pool.install(|| write_pieces(&fresh, &layout, &ck, &files, progress, cancel))?);
+        moved.add(pool.install(|| write_pieces(&fresh, &layout, &ck, &files, band, &stats, progress, cancel))?);
         pool.install(|| {
             fresh.par_iter().try_for_each(|&p| files[p].sync_all().map_err(|e| Error::io(&piece_path(&staging, p), "flush", e)))
         })?;
@@ -152,12 +183,17 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     drop(files);
     let _ = fs::remove_dir_all(&staging);
     cleanup.0.clear();
-    Ok(report(outputs, &layout, moved, hashed, start, threads, false))
+    let stats: Vec<Stats> = stats.into_iter().map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner())).collect();
+    Ok(report(outputs, &layout, moved, hashed, &stats, start, threads, false))
 }
 
-fn report(outputs: Vec<OutputReport>, layout: &Layout, moved: Moved, hashed: u64, start: Instant, threads: usize, dry_run: bool) -> Report {
+/// `stats` holds every tensor's quantization statistics (empty in a dry run, which quantizes
+/// nothing).
+#[allow(clippy::too_many_arguments)]
+fn report(outputs: Vec<OutputReport>, layout: &Layout, moved: Moved, hashed: u64, stats: &[Stats], start: Instant, threads: usize, dry_run: bool) -> Report {
     Report {
         outputs,
+        quantized: quant_reports(layout, stats),
         bytes_written: layout.pieces.iter().map(|p| p.size).sum(),
         bytes_kernel_copied: moved.kernel,
         bytes_gathered: moved.buffered,
@@ -232,6 +268,10 @@ fn create_pieces(layout: &Layout, staging: &Path, progress: &Progress) -> Result
             io::reserve(&f, p.size).map_err(|e| Error::io(&path, "reserve space for", e))?;
             f.write_all_at(&p.header, 0).map_err(|e| Error::io(&path, "write", e))?;
             progress.done.fetch_add(p.header.len() as u64, Ordering::Relaxed);
+            for (off, bytes) in &p.literals {
+                f.write_all_at(bytes, *off).map_err(|e| Error::io(&path, "write", e))?;
+                progress.done.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
             Ok(f)
         })
         .collect()
@@ -241,13 +281,24 @@ fn piece_path(staging: &Path, i: usize) -> PathBuf {
     staging.join(format!("piece-{i:05}.safetensors"))
 }
 
-/// Fills the data sections of `pieces` (headers are already written).
-fn write_pieces(pieces: &[usize], layout: &Layout, ck: &Checkpoint, files: &[File], progress: &Progress, cancel: &AtomicBool) -> Result<Moved> {
+/// Fills the data sections of `pieces` (headers are already written); quantization statistics
+/// accumulate in `stats`.
+#[allow(clippy::too_many_arguments)]
+fn write_pieces(
+    pieces: &[usize],
+    layout: &Layout,
+    ck: &Checkpoint,
+    files: &[File],
+    band: u64,
+    stats: &[Mutex<Stats>],
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<Moved> {
     let mut items = Vec::new();
     for &p in pieces {
         let piece = &layout.pieces[p];
         for (&t, &dst) in piece.tensors.iter().zip(&piece.offsets) {
-            push_items(&mut items, p, t, &layout.tensors[t], dst);
+            push_items(&mut items, p, t, &layout.tensors[t], dst, band);
         }
     }
     items
@@ -256,7 +307,7 @@ fn write_pieces(pieces: &[usize], layout: &Layout, ck: &Checkpoint, files: &[Fil
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let (moved, n) = run_item(item, layout, ck, files)?;
+            let (moved, n) = run_item(item, layout, ck, files, stats)?;
             progress.done.fetch_add(n, Ordering::Relaxed);
             Ok(moved)
         })
@@ -267,8 +318,20 @@ fn write_pieces(pieces: &[usize], layout: &Layout, ck: &Checkpoint, files: &[Fil
 }
 
 /// Returns how the bytes moved and how many output bytes were produced.
-fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File]) -> Result<(Moved, u64)> {
+fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats: &[Mutex<Stats>]) -> Result<(Moved, u64)> {
     match *item {
+        Item::Quant { file, t, rows, dst_off } => {
+            let r = &layout.tensors[t];
+            let (words_at, scales_at) = band_offsets(r, rows.0);
+            let (st, n) = qband::quantize_band(r, ck, rows, |words, scales| {
+                files[file].write_all_at(words, dst_off + words_at)?;
+                files[file].write_all_at(scales, dst_off + scales_at)?;
+                Ok((words.len() + scales.len()) as u64)
+            })
+            .map_err(|e| qband::failure_error(r, ck, e, "write tensor"))?;
+            stats[t].lock().unwrap_or_else(|p| p.into_inner()).merge(&st);
+            Ok((Moved { kernel: 0, buffered: n }, n))
+        }
         Item::Contig { file, t, src_off, dst_off, len } => {
             let shard = &ck.shards[layout.tensors[t].shard];
             let moved = io::copy_range(&shard.file, &shard.map, src_off, &files[file], dst_off, len)
@@ -287,6 +350,36 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File]) -> Re
     }
 }
 
+fn quant_reports(layout: &Layout, stats: &[Stats]) -> Vec<QuantReport> {
+    let rel = |a: f64, rms: f64| if rms > 0.0 { a / rms } else { 0.0 };
+    layout
+        .tensors
+        .iter()
+        .zip(stats)
+        .filter_map(|(r, st)| {
+            let q = r.quant.as_ref()?;
+            let (rms, rms_err) = (st.rms(), st.rms_err());
+            Some(QuantReport {
+                name: r.name.clone(),
+                scale_name: q.scale_name.clone(),
+                shape_name: q.shape_name.clone(),
+                source: r.src.name.clone(),
+                source_dtype: r.dtype.name(),
+                shape: r.shape.clone(),
+                bits: q.bits,
+                group_size: q.group_size,
+                bytes_before: r.shape.iter().product::<u64>() * r.dtype.size(),
+                bytes_after: r.nbytes,
+                weight_rms: rms,
+                rms_error: rms_err,
+                max_abs_error: st.max_abs_err,
+                rel_rms_error: rel(rms_err, rms),
+                rel_max_abs_error: rel(st.max_abs_err, rms),
+            })
+        })
+        .collect()
+}
+
 fn write_error(layout: &Layout, t: usize, e: std::io::Error) -> Error {
     Error::Io {
         path: PathBuf::from(&layout.tensors[t].name),
@@ -301,7 +394,7 @@ fn shard_reports(ol: &OutputLayout, layout: &Layout) -> Vec<ShardReport> {
         .map(|(file, p)| ShardReport {
             name: file.clone(),
             bytes: layout.pieces[*p].size,
-            tensors: layout.pieces[*p].tensors.len(),
+            tensors: layout.pieces[*p].entries,
             piece: *p,
             shared_by: layout.outputs.iter().filter(|o| o.shards.iter().any(|s| s.1 == *p)).count(),
         })

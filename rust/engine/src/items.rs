@@ -1,12 +1,14 @@
 //! Units of parallel work over one output tensor: contiguous byte ranges (split so that big
-//! tensors spread over threads), or bands of rows whose column ranges are gathered. Writing
-//! and comparing walk the same items, so both follow the plan's operations identically.
+//! tensors spread over threads), bands of rows whose column ranges are gathered, or bands of
+//! rows to quantize. Writing and comparing walk the same items, so both follow the plan's
+//! operations identically.
 
 use crate::plan::{Op, Resolved};
 
 /// Contiguous copies are split into pieces of this size so that big tensors spread over threads.
 pub const CONTIG_ITEM: u64 = 64 << 20;
-/// Strided work items cover about this many source bytes.
+/// Strided and quantizing work items cover about this many source bytes (unless the plan says
+/// otherwise).
 pub const STRIDED_ITEM: u64 = 16 << 20;
 
 /// `file` is the destination file (a piece when writing, an output shard when comparing) and
@@ -14,10 +16,13 @@ pub const STRIDED_ITEM: u64 = 16 << 20;
 pub enum Item {
     Contig { file: usize, t: usize, src_off: u64, dst_off: u64, len: u64 },
     Rows { file: usize, t: usize, rows: (u64, u64), dst_off: u64 },
+    /// `dst_off` is where the tensor's first part (its packed words) starts.
+    Quant { file: usize, t: usize, rows: (u64, u64), dst_off: u64 },
 }
 
-/// Appends the items producing tensor `r`, whose data starts at `dst` in `file`.
-pub fn push_items(items: &mut Vec<Item>, file: usize, t: usize, r: &Resolved, mut dst: u64) {
+/// Appends the items producing tensor `r`, whose data starts at `dst` in `file`; strided and
+/// quantizing bands cover about `band_bytes` source bytes.
+pub fn push_items(items: &mut Vec<Item>, file: usize, t: usize, r: &Resolved, mut dst: u64, band_bytes: u64) {
     let contig = |items: &mut Vec<Item>, src_off: u64, len: u64, dst: u64| {
         let mut done = 0;
         while done < len {
@@ -26,6 +31,17 @@ pub fn push_items(items: &mut Vec<Item>, file: usize, t: usize, r: &Resolved, mu
             done += n;
         }
     };
+    if r.quant.is_some() {
+        let (rows, cols) = (r.shape[0], r.shape[1]);
+        let band = (band_bytes / (cols * r.dtype.size()).max(1)).max(1);
+        let mut r0 = 0;
+        while r0 < rows && cols > 0 {
+            let r1 = (r0 + band).min(rows);
+            items.push(Item::Quant { file, t, rows: (r0, r1), dst_off: dst });
+            r0 = r1;
+        }
+        return;
+    }
     match &r.op {
         Op::Copy => contig(items, r.src.start, r.src.len, dst),
         Op::Rows { ranges } => {
@@ -42,7 +58,7 @@ pub fn push_items(items: &mut Vec<Item>, file: usize, t: usize, r: &Resolved, mu
             if src_row == 0 || out_row == 0 {
                 return;
             }
-            let band = (STRIDED_ITEM / src_row).max(1);
+            let band = (band_bytes / src_row).max(1);
             let mut r0 = 0;
             while r0 < rows {
                 let r1 = (r0 + band).min(rows);

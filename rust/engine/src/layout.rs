@@ -1,5 +1,5 @@
 //! Where every byte goes, decided before anything is written. Identical output tensors
-//! (same name, source and operation) are written once: tensors are grouped by the exact set of
+//! (same name, source, operation and quantization) are written once: tensors are grouped by the exact set of
 //! outputs that contain them, each group becomes one or more physical shard files ("pieces"),
 //! and every output folder links the pieces it needs under its own shard names.
 
@@ -8,15 +8,19 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::plan::{Op, Resolved};
+use crate::plan::{Op, QuantSpec, Resolved};
 
 pub struct Piece {
     /// Indices into `Layout::tensors`, in file order.
     pub tensors: Vec<usize>,
-    /// Absolute file offset of each tensor's data.
+    /// Absolute file offset of each tensor's data (its first part's).
     pub offsets: Vec<u64>,
     /// Length prefix + JSON header, padded to 8 bytes.
     pub header: Vec<u8>,
+    /// Data known at planning time (a quantized tensor's shape): (file offset, bytes).
+    pub literals: Vec<(u64, Vec<u8>)>,
+    /// safetensors entries in the header.
+    pub entries: usize,
     pub size: u64,
 }
 
@@ -34,7 +38,7 @@ pub struct Layout {
     pub outputs: Vec<OutputLayout>,
 }
 
-type Key = (String, String, Op);
+type Key = (String, String, Op, Option<QuantSpec>);
 
 /// `per_output[o]` is output o's tensors in plan order. With `dedupe` off every output gets
 /// its own pieces.
@@ -88,10 +92,12 @@ fn unique_tensors(per_output: Vec<Vec<Resolved>>, dedupe: bool) -> Result<(Vec<R
         }
         let mut names = std::collections::HashSet::new();
         for t in list {
-            if !names.insert(t.name.clone()) {
-                return Err(Error::Plan(format!("output #{o} lists tensor {} twice", t.name)));
+            for part in &t.parts {
+                if !names.insert(part.name.clone()) {
+                    return Err(Error::Plan(format!("output #{o} lists tensor {} twice", part.name)));
+                }
             }
-            let key = ((t.name.clone(), t.src.name.clone(), t.op.clone()), if dedupe { 0 } else { o });
+            let key = ((t.name.clone(), t.src.name.clone(), t.op.clone(), t.quant.clone()), if dedupe { 0 } else { o });
             let uid = *by_key.entry(key).or_insert_with(|| {
                 tensors.push(t);
                 members.push(Vec::new());
@@ -129,15 +135,21 @@ fn make_piece(uids: &[usize], tensors: &[Resolved], metadata: &BTreeMap<String, 
     }
     let mut rel = 0u64;
     let mut rel_offsets = Vec::with_capacity(uids.len());
+    let mut rel_literals = Vec::new();
     for &u in uids {
-        let t = &tensors[u];
-        map.insert(
-            t.name.clone(),
-            json!({"dtype": t.dtype.name(), "shape": t.shape, "data_offsets": [rel, rel + t.nbytes]}),
-        );
         rel_offsets.push(rel);
-        rel += t.nbytes;
+        for part in &tensors[u].parts {
+            map.insert(
+                part.name.clone(),
+                json!({"dtype": part.dtype.name(), "shape": part.shape, "data_offsets": [rel, rel + part.nbytes]}),
+            );
+            if let Some(bytes) = &part.literal {
+                rel_literals.push((rel, bytes.clone()));
+            }
+            rel += part.nbytes;
+        }
     }
+    let entries = map.len() - usize::from(map.contains_key("__metadata__"));
     let mut text = serde_json::to_vec(&Value::Object(map)).map_err(|e| Error::Internal(e.to_string()))?;
     // Pad so the data section starts 8-byte aligned, as the reference writer does.
     while (8 + text.len()) % 8 != 0 {
@@ -149,6 +161,8 @@ fn make_piece(uids: &[usize], tensors: &[Resolved], metadata: &BTreeMap<String, 
     Ok(Piece {
         tensors: uids.to_vec(),
         offsets: rel_offsets.iter().map(|r| data_start + r).collect(),
+        literals: rel_literals.into_iter().map(|(r, b)| (data_start + r, b)).collect(),
+        entries,
         size: data_start + rel,
         header,
     })
@@ -162,7 +176,9 @@ fn output_layout(pieces_idx: &[usize], pieces: &[Piece], tensors: &[Resolved]) -
     for (k, &p) in pieces_idx.iter().enumerate() {
         let name = shard_name(k, n);
         for &u in &pieces[p].tensors {
-            weight_map.insert(tensors[u].name.clone(), name.clone());
+            for part in &tensors[u].parts {
+                weight_map.insert(part.name.clone(), name.clone());
+            }
             total_size += tensors[u].nbytes;
         }
         shards.push((name, p));
@@ -183,6 +199,7 @@ mod tests {
     use super::*;
     use crate::dtype::Dtype;
     use crate::header::TensorInfo;
+    use crate::plan::Part;
 
     fn t(name: &str, src: &str, nbytes: u64) -> Resolved {
         Resolved {
@@ -192,8 +209,51 @@ mod tests {
             op: Op::Copy,
             dtype: Dtype::U8,
             shape: vec![nbytes],
+            quant: None,
+            parts: vec![Part { name: name.into(), dtype: Dtype::U8, shape: vec![nbytes], nbytes, literal: None }],
             nbytes,
         }
+    }
+
+    /// A quantized tensor: packed words, scales, and a literal shape.
+    fn q(name: &str, src: &str, group_size: u64) -> Resolved {
+        let spec = QuantSpec { bits: 4, group_size, scale_name: format!("{name}.s"), shape_name: format!("{name}.shape") };
+        let part = |n: String, dtype, nbytes, literal: Option<Vec<u8>>| Part { name: n, dtype, shape: vec![nbytes], nbytes, literal };
+        Resolved {
+            quant: Some(spec),
+            parts: vec![
+                part(name.into(), Dtype::U8, 8, None),
+                part(format!("{name}.s"), Dtype::U8, 4, None),
+                part(format!("{name}.shape"), Dtype::U8, 2, Some(vec![7, 9])),
+            ],
+            nbytes: 14,
+            ..t(name, src, 16)
+        }
+    }
+
+    #[test]
+    fn quantized_tensors_lay_out_their_parts_back_to_back() {
+        let l = build(vec![vec![t("a", "a", 3), q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
+        let p = &l.pieces[0];
+        assert_eq!(p.entries, 4);
+        let data = p.header.len() as u64;
+        assert_eq!(p.offsets, [data, data + 3]);
+        assert_eq!(p.literals, [(data + 3 + 12, vec![7, 9])]);
+        assert_eq!(p.size, data + 17);
+        assert_eq!(l.outputs[0].weight_map.keys().collect::<Vec<_>>(), ["a", "w", "w.s", "w.shape"]);
+        assert_eq!(l.outputs[0].total_size, 17);
+        let text = String::from_utf8(p.header[8..].to_vec()).unwrap();
+        assert!(text.contains(r#""w.s":{"data_offsets":[11,15]"#), "{text}");
+    }
+
+    #[test]
+    fn quantization_is_part_of_the_identity_of_a_tensor() {
+        let l = build(vec![vec![q("w", "w", 4)], vec![q("w", "w", 8)], vec![q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
+        assert_eq!(l.tensors.len(), 2);
+        let l = build(vec![vec![t("w", "w", 16)], vec![q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
+        assert_eq!(l.tensors.len(), 2);
+        // A quantized tensor's scale name may not collide with another tensor of the output.
+        assert!(build(vec![vec![q("w", "w", 4), t("w.s", "x", 2)]], 100, true, &BTreeMap::new()).is_err());
     }
 
     #[test]

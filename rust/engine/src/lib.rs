@@ -1,5 +1,6 @@
 //! gslice-engine: reads safetensors checkpoints through memory maps and writes new ones
-//! according to a plan of per-tensor operations. It knows the file format, not any model.
+//! according to a plan of per-tensor operations (slicing, and group-wise quantization). It knows
+//! the file formats, not any model.
 
 pub mod checkpoint;
 pub mod compare;
@@ -12,6 +13,8 @@ pub mod io;
 pub mod items;
 pub mod layout;
 pub mod plan;
+pub mod qband;
+pub mod quant;
 
 pub use checkpoint::Checkpoint;
 pub use compare::{compare, Mismatch};

@@ -319,3 +319,128 @@ fn compare_finds_changed_bytes_and_missing_or_unexpected_tensors() {
     assert_eq!(m[0], ("cb".into(), "is U8 [5, 4], expected U8 [5, 8]".into()));
     assert_eq!(m[2], ("w".into(), "is U8 [4, 6], expected U8 [2, 6]".into()));
 }
+
+// -- quantization -------------------------------------------------------------------------
+
+use gslice_engine::quant::{self, Scheme};
+
+/// Writes one BF16 tensor holding a deterministic, sign-varying pattern (and exact zeros in
+/// row 1 so that all-zero groups occur).
+fn write_bf16(path: &Path, name: &str, rows: u64, cols: u64) -> Vec<f32> {
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|k| {
+            let (r, c) = (k / cols, k % cols);
+            if r == 1 { 0.0 } else { ((k * 7919 % 1013) as f32 - 506.0) * 0.001 * (1.0 + (c % 5) as f32) }
+        })
+        .map(|v| quant::bf16_to_f32(quant::bf16_bits(v)))
+        .collect();
+    let header = json!({name: {"dtype": "BF16", "shape": [rows, cols], "data_offsets": [0, rows * cols * 2]}});
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(vals.iter().flat_map(|&v| quant::bf16_bits(v).to_le_bytes()));
+    fs::write(path, out).unwrap();
+    vals
+}
+
+/// Quantizes an already-sliced matrix row by row with the kernel: the fused engine path
+/// (slicing and quantizing straight from the map, in bands) must give the same bytes.
+fn quantize_whole(rows: &[Vec<f32>], s: Scheme) -> (Vec<u8>, Vec<u8>) {
+    let (mut words, mut scales, mut st) = (Vec::new(), Vec::new(), quant::Stats::default());
+    let mut buf = quant::RowBuf::default();
+    for r in rows {
+        buf.xs.clear();
+        buf.xs.extend_from_slice(r);
+        quant::quantize_row(&mut buf, s, &mut words, &mut scales, &mut st);
+    }
+    (words, scales)
+}
+
+fn quant_spec(name: &str, bits: u32, group_size: u64) -> serde_json::Value {
+    json!({"bits": bits, "group_size": group_size, "scale_name": format!("{name}_scale"), "shape_name": format!("{name}_shape")})
+}
+
+#[test]
+fn quantization_is_fused_with_every_slicing_operation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.safetensors");
+    // Work items of 5 rows of 1024 BF16, so band offsets are exercised.
+    let (rows, cols) = (210u64, 1024u64);
+    let vals = write_bf16(&src, "w", rows, cols);
+    let row = |r: u64| vals[(r * cols) as usize..((r + 1) * cols) as usize].to_vec();
+    let out = tmp.path().join("out");
+    let row_ranges = [(0u64, 4u64), (200, 210), (10, 203)];
+    // 40 + 256 + 88 = 384 columns: 12 groups of 32, some straddling two ranges.
+    let col_ranges = [(0u64, 40u64), (512, 768), (930, 1018)];
+    let report = run(json!({"source": src, "max_shard_size": 200_000, "band_bytes": 5 * 2048, "outputs": [{"dir": out, "tensors": [
+        {"name": "copy4", "source": "w", "quant": quant_spec("copy4", 4, 32)},
+        {"name": "rows8", "source": "w", "op": {"kind": "rows", "ranges": row_ranges}, "quant": quant_spec("rows8", 8, 64)},
+        {"name": "cols4", "source": "w", "op": {"kind": "cols", "ranges": col_ranges}, "quant": quant_spec("cols4", 4, 32)},
+        {"name": "plain", "source": "w", "op": {"kind": "rows", "ranges": [[0, 1]]}}
+    ]}]}))
+    .unwrap();
+
+    let copy: Vec<Vec<f32>> = (0..rows).map(row).collect();
+    let picked: Vec<Vec<f32>> = row_ranges.iter().flat_map(|&(b, e)| (b..e).map(row)).collect();
+    let narrowed: Vec<Vec<f32>> = (0..rows)
+        .map(|r| col_ranges.iter().flat_map(|&(b, e)| row(r)[b as usize..e as usize].to_vec()).collect())
+        .collect();
+    for (name, m, s) in [
+        ("copy4", &copy, Scheme { bits: 4, group_size: 32 }),
+        ("rows8", &picked, Scheme { bits: 8, group_size: 64 }),
+        ("cols4", &narrowed, Scheme { bits: 4, group_size: 32 }),
+    ] {
+        let (words, scales) = quantize_whole(m, s);
+        let (n, c) = (m.len() as u64, m[0].len() as u64);
+        assert_eq!(tensor_bytes(&out, name), (vec![n, s.words(c)], words), "{name}");
+        assert_eq!(tensor_bytes(&out, &format!("{name}_scale")), (vec![n, c / s.group_size], scales), "{name}");
+        let shape: Vec<u8> = [n as i64, c as i64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(tensor_bytes(&out, &format!("{name}_shape")), (vec![2], shape), "{name}");
+    }
+    let ck = Checkpoint::open(&out).unwrap();
+    assert_eq!(ck.get("copy4").unwrap().1.dtype.name(), "I32");
+    assert_eq!(ck.get("copy4_scale").unwrap().1.dtype.name(), "BF16");
+    assert_eq!(ck.get("copy4_shape").unwrap().1.dtype.name(), "I64");
+
+    // The report: sizes, and errors that are small but not zero.
+    let q = &report.quantized;
+    assert_eq!(q.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["copy4", "rows8", "cols4"]);
+    assert_eq!(q[0].bytes_before, rows * cols * 2);
+    assert_eq!(q[0].bytes_after, rows * cols / 2 + rows * (cols / 32) * 2 + 16);
+    assert_eq!(q[1].shape, [207, 1024]);
+    assert_eq!(q[2].shape, [210, 384]);
+    for r in q {
+        assert!(r.rel_rms_error > 0.0 && r.rel_rms_error < if r.bits == 4 { 0.2 } else { 0.02 }, "{r:?}");
+        assert!(r.max_abs_error > 0.0 && r.max_abs_error <= r.rel_max_abs_error * r.weight_rms * 1.000001);
+    }
+    assert!(report.outputs[0].shards.len() > 1);
+}
+
+#[test]
+fn quantization_refuses_partial_groups_and_non_finite_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.safetensors");
+    write_bf16(&src, "w", 4, 96);
+    let out = tmp.path().join("out");
+    let err = run(json!({"source": src, "outputs": [{"dir": out, "tensors": [
+        {"name": "w", "source": "w", "op": {"kind": "cols", "ranges": [[0, 40]]}, "quant": quant_spec("w", 4, 32)}]}]}))
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tensor w -> w: width 40 is not a multiple of the quantization group size 32 (every group must be whole)"
+    );
+
+    // A NaN in row 2 (BF16 0x7FC0 at element 2 * 96 + 5).
+    let mut bytes = fs::read(&src).unwrap();
+    let data = bytes.len() - 4 * 96 * 2;
+    let at = data + (2 * 96 + 5) * 2;
+    bytes[at..at + 2].copy_from_slice(&0x7FC0u16.to_le_bytes());
+    fs::write(&src, bytes).unwrap();
+    let err = run(json!({"source": src, "outputs": [{"dir": out, "tensors": [
+        {"name": "q", "source": "w", "op": {"kind": "rows", "ranges": [[1, 4]]}, "quant": quant_spec("q", 4, 32)}]}]}))
+    .unwrap_err();
+    assert_eq!(err.kind(), "format");
+    assert!(err.to_string().ends_with("tensor w: row 1 of q holds NaN or infinity, which cannot be quantized"), "{err}");
+    assert!(!out.exists());
+    assert!(leftovers(tmp.path()).is_empty());
+}

@@ -1,0 +1,124 @@
+//! Quantizing a band of rows of one output tensor straight from the source map. Writing and
+//! verifying both call this, so a verified checkpoint is checked against the very bytes the
+//! writer would produce.
+
+use std::cell::RefCell;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Error;
+use crate::io;
+use crate::plan::{Op, QuantSpec, Resolved};
+use crate::quant::{self, RowBuf, Stats};
+
+thread_local! {
+    /// One row as f32, its integer values, and the band's packed words and scales.
+    static QBUF: RefCell<(RowBuf, Vec<u8>, Vec<u8>)> = RefCell::default();
+}
+
+pub enum QuantFailure {
+    Io(std::io::Error),
+    /// Output row index.
+    NonFinite(u64),
+}
+
+/// Byte offsets, relative to the tensor's first part, of the packed words and of the scales of
+/// output row `r0`.
+pub fn band_offsets(r: &Resolved, r0: u64) -> (u64, u64) {
+    let (words_row, scales_row) = row_bytes(r);
+    (r0 * words_row, r.shape[0] * words_row + r0 * scales_row)
+}
+
+/// Bytes per row of the packed words and of the scales.
+pub fn row_bytes(r: &Resolved) -> (u64, u64) {
+    let scheme = spec(r).scheme();
+    let cols = r.shape[1];
+    (scheme.words(cols) * 4, scheme.groups(cols) * 2)
+}
+
+fn spec(r: &Resolved) -> &QuantSpec {
+    r.quant.as_ref().expect("quant bands are made for quantized tensors")
+}
+
+/// Quantizes output rows [r0, r1): each row is read through the tensor's operation into f32,
+/// quantized and packed into the thread's buffers, which `sink(words, scales)` then consumes.
+pub fn quantize_band<T>(
+    r: &Resolved,
+    ck: &Checkpoint,
+    (r0, r1): (u64, u64),
+    sink: impl FnOnce(&[u8], &[u8]) -> std::io::Result<T>,
+) -> Result<(Stats, T), QuantFailure> {
+    let scheme = spec(r).scheme();
+    let shard = &ck.shards[r.shard];
+    let map = &shard.map[..];
+    let es = r.dtype.size();
+    let cols = r.shape[1];
+    let src_row = r.src.shape[1] * es;
+    QBUF.with(|cell| {
+        let (row, words, scales) = &mut *cell.borrow_mut();
+        words.clear();
+        scales.clear();
+        let mut st = Stats::default();
+        row.xs.resize(cols as usize, 0.0);
+        for out_row in r0..r1 {
+            let mut filled = 0usize;
+            let mut take = |off: u64, len: u64| {
+                let n = (len / es) as usize;
+                quant::to_f32(&mut row.xs[filled..filled + n], &map[off as usize..(off + len) as usize], r.dtype);
+                filled += n;
+            };
+            match &r.op {
+                Op::Copy => take(r.src.start + out_row * src_row, src_row),
+                Op::Rows { ranges } => take(r.src.start + source_row(ranges, out_row) * src_row, src_row),
+                Op::Cols { ranges } => {
+                    for &(b, e) in ranges {
+                        take(r.src.start + out_row * src_row + b * es, (e - b) * es);
+                    }
+                }
+            }
+            let mut row_st = Stats::default();
+            quant::quantize_row(row, scheme, words, scales, &mut row_st);
+            if !row_st.finite() {
+                return Err(QuantFailure::NonFinite(out_row));
+            }
+            st.merge(&row_st);
+        }
+        let out = sink(words, scales).map_err(QuantFailure::Io)?;
+        release_source_rows(r, &shard.map, (r0, r1));
+        Ok((st, out))
+    })
+}
+
+/// The one-line error of a failed band.
+pub fn failure_error(r: &Resolved, ck: &Checkpoint, e: QuantFailure, action: &'static str) -> Error {
+    match e {
+        QuantFailure::Io(err) => Error::Io { path: r.name.clone().into(), action, err },
+        QuantFailure::NonFinite(row) => Error::format(
+            &ck.shards[r.shard].path,
+            format!("tensor {}: row {row} of {} holds NaN or infinity, which cannot be quantized", r.src.name, r.name),
+        ),
+    }
+}
+
+/// The source row that output row `k` of a rows operation reads.
+fn source_row(ranges: &[(u64, u64)], mut k: u64) -> u64 {
+    for &(b, e) in ranges {
+        if k < e - b {
+            return b + k;
+        }
+        k -= e - b;
+    }
+    unreachable!("output rows are within the ranges' total")
+}
+
+fn release_source_rows(r: &Resolved, map: &memmap2::Mmap, (r0, r1): (u64, u64)) {
+    let src_row = r.src.shape[1] * r.dtype.size();
+    match &r.op {
+        Op::Rows { ranges } => {
+            // Bands are short compared with blocks, so releasing row by row is cheap enough.
+            for k in r0..r1 {
+                io::release(map, r.src.start + source_row(ranges, k) * src_row, src_row);
+            }
+        }
+        _ => io::release(map, r.src.start + r0 * src_row, (r1 - r0) * src_row),
+    }
+}
