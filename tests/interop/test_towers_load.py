@@ -9,7 +9,8 @@ absent from the checkpoint, are initialised by ``_init_weights`` and listed as m
 The config must keep both sub-configs: without them transformers falls back to the default
 ``Gemma3nVisionConfig`` / ``Gemma3nAudioConfig``, i.e. a full-size MobileNetV5-300M and a
 12-block 1536-wide Conformer, both untrained. Only ``--text-only`` (``Gemma3nForCausalLM``,
-which has no towers) removes the towers from memory as well as from disk.
+which has no towers) removes the towers from memory as well as from disk: for a multimodal
+checkpoint, even ``AutoModelForCausalLM`` returns ``Gemma3nForConditionalGeneration``.
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ def text_only(e4b_like, tmp_path_factory):
     return out
 
 
-def test_text_only_loads_as_the_causal_lm_class(text_only):
+def test_text_only_loads_as_the_causal_lm_class(text_only, e4b_like):
     assert type(AutoModelForCausalLM.from_pretrained(text_only)) is Gemma3nForCausalLM
+    # whereas for a multimodal checkpoint it gives the multimodal class, towers and all
+    assert type(AutoModelForCausalLM.from_pretrained(e4b_like.path)) is Gemma3nForConditionalGeneration
     model, info = load_with_info(text_only, Gemma3nForCausalLM)
     assert (info["missing_keys"], info["unexpected_keys"], info["mismatched_keys"]) == (set(), set(), set())
     assert not any(n.startswith(("model.vision", "model.audio", "model.embed_vision", "model.embed_audio")) for n in model.state_dict())
