@@ -14,6 +14,16 @@ from click.testing import CliRunner
 from gslice.cli import main
 from gslice.testing import E2B_LIKE, E4B_LIKE, TinyGemma3n, write_tiny_checkpoint
 
+INTEROP = Path(__file__).parent / "interop"
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/interop imports torch and transformers, which the core tier must not need. The
+    default run deselects its tests (addopts: -m 'not interop'), so it need not import them."""
+    if collection_path == INTEROP and "not interop" in (config.getoption("markexpr") or ""):
+        return True
+    return None
+
 
 @pytest.fixture(scope="session")
 def e4b(tmp_path_factory) -> Path:
