@@ -100,6 +100,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,int4,bulk,cp")
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs of each measurement; the table shows the median by wall time (default: 1 at full size, 3 below)")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="also profile one extra bf16 slice (perf record -e cpu-clock -g, and strace -c -f) into DIR")
     ap.add_argument("--keep", action="store_true", help="leave the scratch files (for debugging)")
     return ap.parse_args()
 
@@ -108,7 +110,7 @@ class Bench:
     def __init__(self, args, profile: dict, work: Path):
         self.args, self.profile, self.work = args, profile, work
         self.skip = set(filter(None, args.skip.split(",")))
-        self.runs: dict[str, dict] = {}
+        self.runs: dict[str, Run] = {}
         self.notes: dict[str, str] = {}
         self.checks: dict[str, dict] = {}
         self.synth: dict | None = None
@@ -132,6 +134,8 @@ class Bench:
             self.notebook(out_g)
         if "cgroup" not in self.skip:
             self.capped(out_g)
+        if self.args.profile:
+            self.profile_bf16(Path(self.args.profile))
         measure.remove(out_g)
         if "int4" not in self.skip:
             self.slice_int4()
@@ -214,6 +218,33 @@ class Bench:
                          self.notebook_cmd(out), out, cgroup=cg, prepare=(self.src,))
         measure.remove(out)
 
+    def profile_bf16(self, into: Path) -> None:
+        """Where the time of a bf16 slice goes: on-CPU samples of every thread (kernel and
+        user, by DSO and symbol) and the system calls. Separate runs: the profilers slow it."""
+        into.mkdir(parents=True, exist_ok=True)
+        out = self.work / "e2b-profiled"
+        data = into / "bf16.perf.data"
+        for name, cmd, report in (
+            ("perf", ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1000", "-g", "-o", str(data), "--"],
+             [["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio", "-g", "none"],
+              ["perf", "report", "-i", str(data), "--no-children", "--sort", "comm,dso", "--stdio", "-g", "none"]]),
+            ("strace", ["strace", "-f", "-c", "-o", str(into / "bf16.strace.txt")], []),
+        ):
+            if not shutil.which(cmd[0]):
+                self.notes[f"profile_{name}"] = f"not run: {cmd[0]} is not installed"
+                continue
+            measure.remove(out)
+            self.prepare(self.src)
+            p = subprocess.run(cmd + self.gslice_cmd(out), capture_output=True, text=True)
+            if p.returncode:
+                self.notes[f"profile_{name}"] = f"failed: {p.stderr.strip().splitlines()[-1:]}"
+                continue
+            text = "".join(subprocess.run(r, capture_output=True, text=True).stdout for r in report)
+            if text:
+                (into / "bf16.perf.txt").write_text(text)
+        measure.remove(out)
+        log(f"profiles written to {into}")
+
     def slice_int4(self) -> None:
         if "--quant" not in self.cli_help("slice"):
             self.notes["int4"] = "not available: `gslice slice` has no --quant option in this build (issue 6)"
@@ -279,7 +310,7 @@ class Bench:
                f"oom_kill {r.cgroup['oom_kill']}" if r.cgroup else ""))
         if not r.ok and r.stderr:
             log("  " + r.stderr.strip().splitlines()[-1])
-        self.runs[key] = r.to_dict()
+        self.runs[key] = r
         return r
 
     def compare(self, key: str, a: Path, b: Path) -> None:
@@ -316,10 +347,10 @@ class Bench:
             "git_commit": git_commit(),
             "source": {"path": str(self.src), "shard_bytes": self.source_bytes, "synthesized": self.synth},
             "profile": self.profile,
-            "runs": self.runs,
+            "runs": {k: r.to_dict() for k, r in self.runs.items()},
             "checks": self.checks,
             "notes": self.notes,
-            "targets": evaluate(self.runs, self.checks, self.source_bytes),
+            "targets": evaluate({k: r.to_dict() for k, r in self.runs.items()}, self.checks, self.source_bytes),
         }
 
 

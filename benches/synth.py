@@ -255,11 +255,11 @@ def side_files(size: str) -> dict[str, bytes]:
 
 
 @functools.lru_cache(maxsize=1)
-def random_block(seed: int = 0) -> np.ndarray:
-    """``BLOCK_ELEMS`` finite bf16 values (uint16 bit patterns), stored twice in a row so that
-    any window of up to ``BLOCK_ELEMS`` values starting inside the first copy is contiguous."""
+def random_block(seed: int = 0, elems: int = BLOCK_ELEMS) -> np.ndarray:
+    """``elems`` finite bf16 values (uint16 bit patterns), stored twice in a row so that any
+    window of up to ``elems`` values starting inside the first copy is contiguous."""
     rng = np.random.default_rng(seed)
-    f = rng.standard_normal(BLOCK_ELEMS, dtype=np.float32) * np.float32(0.02)
+    f = rng.standard_normal(elems, dtype=np.float32) * np.float32(0.02)
     bits = f.view(np.uint32)
     bf16 = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
     return np.concatenate([bf16, bf16])
@@ -284,14 +284,16 @@ class SynthReport:
 
 
 def write_checkpoint(path: str | os.PathLike, size: str = "mid", *, sparse: bool = False, seed: int = 0,
-                     sync: bool = True) -> SynthReport:
+                     sync: bool = True, block_elems: int = BLOCK_ELEMS) -> SynthReport:
     """Writes a complete checkpoint folder (shards, index, config, side files) into ``path``,
     which must not exist. ``sparse`` writes only the headers and leaves the data as holes
-    (zeros): a full-layout checkpoint that costs no disk, for header and planning benchmarks."""
+    (zeros): a full-layout checkpoint that costs no disk, for header and planning benchmarks.
+    ``block_elems`` (odd, ideally prime) sets the period of the values; smaller is faster to
+    generate (tests use 2**20 - 3)."""
     out = Path(path)
     out.mkdir(parents=True)
     started = time.perf_counter()
-    block = None if sparse else random_block(seed)
+    block = None if sparse else random_block(seed, block_elems)
     generated = time.perf_counter() - started
     shards = layout(size)
     n = len(shards)
@@ -326,9 +328,10 @@ def write_checkpoint(path: str | os.PathLike, size: str = "mid", *, sparse: bool
 
 
 def _write_tensor(fd: int, block: np.ndarray, t: Tensor) -> None:
+    elems = len(block) // 2
     view = memoryview(block).cast("B")
-    pos = zlib.crc32(t.name.encode()) % BLOCK_ELEMS * 2  # byte offset into the first copy
-    period = BLOCK_ELEMS * 2
+    pos = zlib.crc32(t.name.encode()) % elems * 2  # byte offset into the first copy
+    period = elems * 2
     left = t.nbytes
     while left:
         n = min(left, CHUNK, period)
@@ -343,13 +346,12 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view) :]
 
 
-def tensor_bytes_at(name: str, offset: int, length: int) -> bytes:
+def tensor_bytes_at(name: str, offset: int, length: int, seed: int = 0, block_elems: int = BLOCK_ELEMS) -> bytes:
     """The bytes a synthetic checkpoint holds at ``offset`` of tensor ``name`` (for spot
     checks without reading the file)."""
-    block = random_block()
-    view = memoryview(block).cast("B")
-    period = BLOCK_ELEMS * 2
-    pos = (zlib.crc32(name.encode()) % BLOCK_ELEMS * 2 + offset) % period
+    view = memoryview(random_block(seed, block_elems)).cast("B")
+    period = block_elems * 2
+    pos = (zlib.crc32(name.encode()) % block_elems * 2 + offset) % period
     out = bytearray()
     while len(out) < length:
         n = min(length - len(out), period - pos)
