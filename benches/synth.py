@@ -38,9 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-import gslice
-
-DATA = Path(gslice.__file__).parent / "data"
+# The package's reference data, read from the source tree (benches/ lives beside python/).
+DATA = Path(__file__).resolve().parent.parent / "python" / "gslice" / "data"
 REFERENCE = DATA / "gemma-3n-E4B.tensors.json"
 OFFICIAL_CSV = DATA / "gemma3n-slicing-configs.csv"
 

@@ -25,7 +25,7 @@ from gslice.slicing import prepare_slice, slice_model  # noqa: E402
 from gslice.spec import SliceSpec  # noqa: E402
 from gslice.testing import compare_to_reference, read_checkpoint  # noqa: E402
 
-REFERENCE = json.loads((Path(gemma3n.__file__).parent / "data" / "gemma-3n-E4B.tensors.json").read_text())["tensors"]
+REFERENCE = json.loads((BENCHES.parent / "python/gslice/data/gemma-3n-E4B.tensors.json").read_text())["tensors"]
 SMALL_BLOCK = 2**20 - 3  # a prime, so the small checkpoint is quick to generate
 
 
