@@ -57,6 +57,9 @@ README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->
 
 def main() -> None:
     args = parse_args()
+    if not Path(measure.TIME).exists():
+        raise SystemExit(f"error: {measure.TIME} (GNU time) is missing; it measures each child's own peak RSS "
+                         "(Debian: apt-get install time)")
     profile = {**PROFILES[args.size]}
     for key in ("cap_gslice", "cap_notebook"):
         if getattr(args, key) is not None:

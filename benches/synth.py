@@ -226,13 +226,17 @@ def config(size: str) -> dict:
 
 
 def side_files(size: str) -> dict[str, bytes]:
-    """Tokenizer, processor and generation files with the published names. tokenizer.json
-    lists a vocabulary of the config's size (about 5 MB at full size), tokenizer.model is
-    4.7 MB of filler (its published size), both divided like the tensors at smaller sizes."""
+    """Tokenizer, processor and generation files with the published names and sizes (divided
+    like the tensors at smaller sizes): tokenizer.json (33.4 MB published) lists a vocabulary
+    of the config's size plus filler merges, tokenizer.model (4.7 MB) is filler bytes. Their
+    size matters: gslice copies them into every output."""
     k = SCALES[size]
     vocab = _dim(262144, k)
     tokens = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{f"tok{i}": i for i in range(3, vocab)}}
     tokenizer = {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": tokens, "merges": []}}
+    base = len(json.dumps(tokenizer))
+    merge = "tok12345 tok67890"
+    tokenizer["model"]["merges"] = [merge] * max(0, (33_442_553 // (k * k) - base) // (len(merge) + 4))
     js = lambda o: json.dumps(o, indent=2).encode()  # noqa: E731
     return {
         "tokenizer.json": json.dumps(tokenizer).encode(),
