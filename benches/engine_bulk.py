@@ -41,7 +41,7 @@ def bulk(src: Path, out_dir: Path, size: str, threads: int | None = None) -> dic
     started = time.perf_counter()
     outputs = outputs_for_presets(src, out_dir, synth.official_presets(size))
     planned = time.perf_counter() - started
-    report = engine.execute(src, outputs, dedupe=True, threads=threads)
+    report = engine.execute(src, outputs, dedupe=True, threads=threads, max_shard_size=synth.max_shard_size(size))
     return {
         "presets": len(outputs),
         "bytes_written": report.bytes_written,

@@ -167,7 +167,8 @@ class Bench:
     def gslice_cmd(self, out: Path, *extra: str) -> list[str]:
         spec = synth.e2b_spec(self.args.size)
         cmd = [self.python, "-m", "gslice", "slice", str(self.src), "-o", str(out),
-               "--layers-to-skip", "20-24", "--ffn-dims", str(spec["ffn_dims"]), "--json", "-q", *extra]
+               "--layers-to-skip", "20-24", "--ffn-dims", str(spec["ffn_dims"]), "--json", "-q",
+               "--max-shard-size", str(synth.max_shard_size(self.args.size)), *extra]
         if self.args.threads:
             cmd += ["--threads", str(self.args.threads)]
         return cmd

@@ -366,6 +366,12 @@ def tensor_bytes_at(name: str, offset: int, length: int, seed: int = 0, block_el
 # -- slicing specs at each size -----------------------------------------------------------
 
 
+def max_shard_size(size: str) -> int:
+    """gslice's default output shard size (5 GB), divided like the checkpoint's bytes, so that
+    outputs have as many shards at every size (E2B: 3)."""
+    return 5_000_000_000 // SCALES[size] ** 2
+
+
 def e2b_spec(size: str) -> dict:
     """The official E2B config (skip layers 20-24, FFN 8192 everywhere) with the width divided
     like the checkpoint's."""

@@ -19,10 +19,10 @@ def test_slice_bf16_mid(benchmark, mid, out_dir):
     spec = synth.e2b_spec("mid")
 
     def run():
-        return gslice.slice_model(mid, out_dir, **spec)
+        return gslice.slice_model(mid, out_dir, max_shard_size=synth.max_shard_size("mid"), **spec)
 
     result = benchmark.pedantic(run, setup=lambda: shutil.rmtree(out_dir, ignore_errors=True), rounds=5, iterations=1)
-    assert result.layers == 30 and result.ffn_dims == [2048] * 30
+    assert result.layers == 30 and result.ffn_dims == [2048] * 30 and len(result.shards) == 3  # as at full size
     report("slice bf16 mid (E2B spec)", benchmark, result.bytes_written)
 
 
