@@ -11,7 +11,14 @@ a synthetic checkpoint with the published E4B layout (benches/synth.py), written
 ``--scratch`` and deleted at the end. Before each run the files it reads are dropped from the
 page cache (``--cache cold``, the default; only those files, so other processes' cache is
 untouched), or read once (``--cache warm``). ``--size mid`` runs the same on a ~1 GB
-checkpoint with narrower dimensions and smaller memory caps, in about a minute.
+checkpoint with narrower dimensions and smaller memory caps, in a few minutes.
+
+On a VM whose balloon reports free pages to the host, memory that stayed free for a few
+seconds costs a host page fault on its next touch (measured here: ~2-4 s of system CPU per GB
+written into fresh page cache, ~0.3 s into recycled pages), and that cost lands on whichever
+run happens to get fresh pages. full.py detects this, measures it, and says so in the table;
+``--recycle 1024`` runs gslice, cp and bulk in 1 GiB memory cgroups so that their page cache
+recycles pages and the two are compared on equal terms.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ TARGETS = {
     "bulk_bytes_vs_source": 1.5,
     "bulk_time_vs_bf16": 2.5,
 }
+# Runs that --recycle puts in a page-cache-recycling cgroup.
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "engine_bulk"}
 README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->"
 
 
@@ -108,6 +117,10 @@ def parse_args() -> argparse.Namespace:
                     help="runs of each measurement; the table shows the median by wall time (default: 1 at full size, 3 below)")
     ap.add_argument("--profile", metavar="DIR",
                     help="also profile one extra bf16 slice (perf record -e cpu-clock -g, and strace -c -f) into DIR")
+    ap.add_argument("--recycle", type=int, metavar="MiB", default=None,
+                    help="run gslice, cp and bulk (not the notebook) each inside a memory cgroup of this size, so "
+                         "that their page cache recycles pages: on a VM with free page reporting, fresh pages "
+                         "cost host page faults that otherwise land on whichever run gets them (e.g. 1024)")
     ap.add_argument("--keep", action="store_true", help="leave the scratch files (for debugging)")
     return ap.parse_args()
 
@@ -121,6 +134,7 @@ class Bench:
         self.checks: dict[str, dict] = {}
         self.synth: dict | None = None
         self.machine = measure.machine_info(Path(args.scratch))
+        self.first_touch: dict = {}
         self.python = sys.executable
         self.src: Path | None = None
         self.source_bytes = 0
@@ -130,6 +144,12 @@ class Bench:
     def run_all(self) -> None:
         self.work.mkdir()
         self.check_disk()
+        if self.machine["free_page_reporting"]:
+            self.first_touch = measure.first_touch_cost(self.work)
+            log(f"this VM reports free pages to its host: writing into fresh page cache costs "
+                f"{self.first_touch['sys_s_per_gb_fresh']:.2f} s of system CPU per GB"
+                + (f", {self.first_touch['sys_s_per_gb_recycled']:.2f} s when pages are recycled"
+                   if "sys_s_per_gb_recycled" in self.first_touch else ""))
         self.src = Path(self.args.source).resolve() if self.args.source else self.synthesize()
         self.source_bytes = measure.tree_bytes_of_shards(self.src)
         out_g = self.work / "e2b-gslice"
@@ -304,7 +324,11 @@ class Bench:
             if i:
                 measure.remove(out)
             self.prepare(*prepare)
-            r = measure.run(label, cmd, cgroup=cgroup)
+            if cgroup is None and self.args.recycle and key in RECYCLED:
+                with MemoryCgroup(f"gslice-bench-{os.getpid()}-recycle", self.args.recycle * MiB) as cg:
+                    r = measure.run(label, cmd, cgroup=cg)
+            else:
+                r = measure.run(label, cmd, cgroup=cgroup)
             if Path(out).exists():
                 r.bytes_written = measure.tree_bytes(out)
             runs.append(r)
@@ -351,6 +375,8 @@ class Bench:
         return {
             "size": self.args.size,
             "cache": self.args.cache,
+            "recycle_mib": self.args.recycle,
+            "vm_first_touch": self.first_touch,
             "machine": self.machine,
             "gslice": gslice.__version__,
             "git_commit": git_commit(),
@@ -424,6 +450,19 @@ def markdown(res: dict) -> str:
         f"({res['size']} size), {src['shard_bytes'] / 1e9:.2f} GB of shards"
         + (f", written at {src['synthesized']['mb_per_s']:.0f} MB/s." if src.get("synthesized") else "."),
         "",
+    ]
+    if m.get("free_page_reporting"):
+        ft = res.get("vm_first_touch", {})
+        lines += [
+            "This VM hands free memory back to its host (virtio-balloon free page reporting): a write into "
+            f"page-cache pages that were free for a few seconds cost {ft.get('sys_s_per_gb_fresh', float('nan')):.2f} s "
+            f"of system CPU per GB here, against {ft.get('sys_s_per_gb_recycled', float('nan')):.2f} s for recycled pages, "
+            "and that cost falls on whichever run gets fresh pages."
+            + (f" gslice, cp and bulk ran in {res['recycle_mib']} MiB memory cgroups so that their page cache recycles pages."
+               if res.get("recycle_mib") else " Consider `--recycle 1024`."),
+            "",
+        ]
+    lines += [
         "| run | wall s | user s | sys s | peak RSS MB | written GB | GB/s | outcome |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -271,5 +272,42 @@ def machine_info(scratch: Path) -> dict:
         "filesystem": fs,
         "disk_free_bytes": usage.free,
         "load_average_at_start": os.getloadavg(),
+        "free_page_reporting": free_page_reporting(),
         "python": platform.python_version(),
     }
+
+
+def free_page_reporting() -> bool:
+    """Whether this is a VM whose balloon device reports free pages to the host (virtio
+    feature bit 5). There, memory that stayed free for a few seconds is handed back, and the
+    next touch of each page costs a host page fault: writes into fresh page cache get slower
+    by a factor that depends on what ran before, not on the program being measured."""
+    for dev in Path("/sys/bus/virtio/devices").glob("*"):
+        try:
+            if (dev / "driver").resolve().name == "virtio_balloon":
+                bits = (dev / "features").read_text().strip()
+                return len(bits) > 5 and bits[5] == "1"
+        except OSError:
+            continue
+    return False
+
+
+def first_touch_cost(scratch: Path, nbytes: int = 512 << 20) -> dict:
+    """Seconds of system CPU to write ``nbytes`` into a new file from fresh memory, and again
+    inside a 64 MiB memory cgroup that makes the page cache recycle its pages. On bare metal
+    the two are close; a large gap is the VM effect described in :func:`free_page_reporting`."""
+    code = (f"import os\nb = b'x' * (8 << 20)\nfd = os.open({str(scratch / 'first-touch.tmp')!r}, "
+            "os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+            f"for _ in range({nbytes >> 23}): os.write(fd, b)\nos.fsync(fd)\n")
+    out = {}
+    for label, limit in (("fresh", None), ("recycled", 64 << 20)):
+        if limit and cgroup_v1_available():
+            continue
+        if limit:
+            with MemoryCgroup(f"gslice-bench-{os.getpid()}-touch", limit) as cg:
+                r = run(label, [sys.executable, "-c", code], cgroup=cg)
+        else:
+            r = run(label, [sys.executable, "-c", code])
+        (scratch / "first-touch.tmp").unlink(missing_ok=True)
+        out[f"sys_s_per_gb_{label}"] = r.sys / (nbytes / 1e9)
+    return out
