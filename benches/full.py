@@ -170,9 +170,9 @@ class Bench:
 
     def check_disk(self) -> None:
         # Peak use: the source plus either two E2B outputs (0.7x the source each: gslice's and
-        # the copy or the notebook's) or the bulk outputs (~1.5x the source), plus a margin.
+        # the copy or the notebook's) or the bulk outputs (~1.57x the source), plus a margin.
         size = 15.7e9 / synth.SCALES[self.args.size] ** 2
-        need = (0 if self.args.source else size) + 1.5 * size + 1e9 / synth.SCALES[self.args.size] ** 2
+        need = (0 if self.args.source else size) + 1.6 * size + 1e9 / synth.SCALES[self.args.size] ** 2
         free = shutil.disk_usage(self.work).free
         if free < need:
             raise SystemExit(f"error: {self.work} has {free / 1e9:.1f} GB free; this run needs about {need / 1e9:.0f} GB")
