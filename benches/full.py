@@ -1,0 +1,501 @@
+"""The full-size benchmark, in one run: E4B -> E2B with gslice (bf16, and int4 when the CLI
+has ``--quant``), bulk of Google's 16 presets, the ``cp`` floor, the published notebook's
+method, and gslice and the notebook inside hard memory caps.
+
+    python benches/full.py --scratch /work/bench-scratch --out bench-results.json \
+        [--size full|mid|small] [--torch-python ~/.cache/gslice/interop-venv/bin/python] \
+        [--markdown bench.md] [--readme README.md]
+
+Everything is measured as a child process (wall, user and sys CPU, peak RSS from wait4) on
+a synthetic checkpoint with the published E4B layout (benches/synth.py), written into
+``--scratch`` and deleted at the end. Before each run the files it reads are dropped from the
+page cache (``--cache cold``, the default; only those files, so other processes' cache is
+untouched), or read once (``--cache warm``). ``--size mid`` runs the same on a ~1 GB
+checkpoint with narrower dimensions and smaller memory caps, in a few minutes.
+
+On a VM whose balloon reports free pages to the host, memory that stayed free for a few
+seconds costs a host page fault on its next touch (measured here: ~2-4 s of system CPU per GB
+written into fresh page cache, ~0.3 s into recycled pages), and that cost lands on whichever
+run happens to get fresh pages. full.py detects this, measures it, and says so in the table;
+``--recycle 1024`` runs gslice, cp and bulk in 1 GiB memory cgroups so that their page cache
+recycles pages and the two are compared on equal terms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import compare  # noqa: E402
+import measure  # noqa: E402
+import synth  # noqa: E402
+from measure import MemoryCgroup, Run  # noqa: E402
+
+import gslice  # noqa: E402
+
+MiB, GiB = 1 << 20, 1 << 30
+# Per size: the memory caps for gslice and the notebook, the notebook's output shard size,
+# and how much of each tensor the notebook-vs-gslice comparison reads (None: every byte).
+# At full size the caps are the issue's (512 MiB; 4 GiB against the notebook's ~11.5 GB peak).
+# mid: gslice's cap is below the 294 MB per-layer embedding table, the notebook's below its
+# ~560 MB of anonymous memory. small is a smoke test: there the notebook fits its cap.
+PROFILES = {
+    "full": {"cap_gslice": 512 * MiB, "cap_notebook": 4 * GiB, "notebook_shard": 4_000_000_000, "sample": 16},
+    "mid": {"cap_gslice": 128 * MiB, "cap_notebook": 512 * MiB, "notebook_shard": 250_000_000, "sample": None},
+    "small": {"cap_gslice": 96 * MiB, "cap_notebook": 448 * MiB, "notebook_shard": 16_000_000, "sample": None},
+}
+TARGETS = {
+    "bf16_vs_cp": 1.3,  # gslice bf16 wall <= 1.3 x cp (with fsync)
+    "notebook_vs_bf16": 3.0,  # notebook wall >= 3 x gslice bf16
+    "bf16_rss": 300e6,
+    "int4_vs_bf16": 1.5,
+    "int4_rss": 400e6,
+    "bulk_bytes_vs_source": 1.5,
+    "bulk_time_vs_bf16": 2.5,
+}
+# Runs that --recycle puts in a page-cache-recycling cgroup.
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk"}
+README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->"
+
+
+def main() -> None:
+    args = parse_args()
+    if not Path(measure.TIME).exists():
+        raise SystemExit(f"error: {measure.TIME} (GNU time) is missing; it measures each child's own peak RSS "
+                         "(Debian: apt-get install time)")
+    profile = {**PROFILES[args.size]}
+    for key in ("cap_gslice", "cap_notebook"):
+        if getattr(args, key) is not None:
+            profile[key] = getattr(args, key) * MiB
+    scratch = Path(args.scratch).resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = scratch / f"full-{args.size}-{os.getpid()}"
+    bench = Bench(args, profile, work)
+    try:
+        bench.run_all()
+    finally:
+        if not args.keep:
+            measure.remove(work)
+    results = bench.results()
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    md = markdown(results)
+    print(md)
+    if args.markdown:
+        Path(args.markdown).write_text(md + "\n")
+    if args.readme:
+        update_readme(Path(args.readme), md)
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scratch", required=True, help="folder for the synthetic source and the outputs (emptied after)")
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--markdown", help="write the results table (markdown) here")
+    ap.add_argument("--readme", help=f"replace the block between {README_START} and {README_END} in this file")
+    ap.add_argument("--size", choices=sorted(synth.SCALES), default="full")
+    ap.add_argument("--source", help="an existing synthetic checkpoint of --size to use instead of writing one")
+    ap.add_argument("--torch-python", default=str(Path.home() / ".cache/gslice/interop-venv/bin/python"),
+                    help="a Python with torch and safetensors, for the notebook method")
+    ap.add_argument("--cache", choices=("cold", "warm"), default="cold")
+    ap.add_argument("--threads", type=int, default=None, help="gslice --threads (default: all cores)")
+    ap.add_argument("--cap-gslice", type=int, default=None, help="MiB (default: 512 at full size)")
+    ap.add_argument("--cap-notebook", type=int, default=None, help="MiB (default: 4096 at full size)")
+    ap.add_argument("--verify", choices=("full", "sampled"), default=None,
+                    help="compare the notebook's output with gslice's on every byte or on samples (default: full below full size)")
+    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,int4,bulk,cp")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs of each measurement; the table shows the median by wall time (default: 1 at full size, 3 below)")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="also profile one extra bf16 slice (perf record -e cpu-clock -g, and strace -c -f) into DIR")
+    ap.add_argument("--recycle", type=int, metavar="MiB", default=None,
+                    help="run gslice, cp and bulk (not the notebook) each inside a memory cgroup of this size, so "
+                         "that their page cache recycles pages: on a VM with free page reporting, fresh pages "
+                         "cost host page faults that otherwise land on whichever run gets them (e.g. 1024)")
+    ap.add_argument("--keep", action="store_true", help="leave the scratch files (for debugging)")
+    return ap.parse_args()
+
+
+class Bench:
+    def __init__(self, args, profile: dict, work: Path):
+        self.args, self.profile, self.work = args, profile, work
+        self.skip = set(filter(None, args.skip.split(",")))
+        self.runs: dict[str, Run] = {}
+        self.notes: dict[str, str] = {}
+        self.checks: dict[str, dict] = {}
+        self.synth: dict | None = None
+        self.machine = measure.machine_info(Path(args.scratch))
+        self.first_touch: dict = {}
+        self.python = sys.executable
+        self.src: Path | None = None
+        self.source_bytes = 0
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def run_all(self) -> None:
+        self.work.mkdir()
+        self.check_disk()
+        if self.machine["free_page_reporting"]:
+            self.first_touch = measure.first_touch_cost(self.work)
+            log(f"this VM reports free pages to its host: writing into fresh page cache costs "
+                f"{self.first_touch['sys_s_per_gb_fresh']:.2f} s of system CPU per GB"
+                + (f", {self.first_touch['sys_s_per_gb_recycled']:.2f} s when pages are recycled"
+                   if "sys_s_per_gb_recycled" in self.first_touch else ""))
+        self.src = Path(self.args.source).resolve() if self.args.source else self.synthesize()
+        self.source_bytes = measure.tree_bytes_of_shards(self.src)
+        out_g = self.work / "e2b-gslice"
+        self.slice_bf16(out_g)
+        if "cp" not in self.skip:
+            self.cp_floor(out_g)
+        if "notebook" not in self.skip:
+            self.notebook(out_g)
+        if "cgroup" not in self.skip:
+            self.capped(out_g)
+        if self.args.profile:
+            self.profile_bf16(Path(self.args.profile))
+        measure.remove(out_g)
+        if "int4" not in self.skip:
+            self.slice_int4()
+        if "bulk" not in self.skip:
+            self.bulk()
+
+    def check_disk(self) -> None:
+        # Peak use: the source plus either two E2B outputs (0.7x the source each: gslice's and
+        # the copy or the notebook's) or the bulk outputs (~1.57x the source), plus a margin.
+        size = 15.7e9 / synth.SCALES[self.args.size] ** 2
+        need = (0 if self.args.source else size) + 1.6 * size + 1e9 / synth.SCALES[self.args.size] ** 2
+        free = shutil.disk_usage(self.work).free
+        if free < need:
+            raise SystemExit(f"error: {self.work} has {free / 1e9:.1f} GB free; this run needs about {need / 1e9:.0f} GB")
+
+    def synthesize(self) -> Path:
+        log(f"writing the synthetic {self.args.size} checkpoint")
+        r = synth.write_checkpoint(self.work / "e4b", self.args.size)
+        self.synth = {**r.__dict__, "mb_per_s": r.mb_per_s}
+        log(f"  {r.file_bytes / 1e9:.2f} GB in {r.seconds_total:.1f} s ({r.mb_per_s:.0f} MB/s)")
+        return Path(r.path)
+
+    def gslice_cmd(self, out: Path, *extra: str) -> list[str]:
+        spec = synth.e2b_spec(self.args.size)
+        cmd = [self.python, "-m", "gslice", "slice", str(self.src), "-o", str(out),
+               "--layers-to-skip", "20-24", "--ffn-dims", str(spec["ffn_dims"]), "--json", "-q",
+               "--max-shard-size", str(synth.max_shard_size(self.args.size)), *extra]
+        if self.args.threads:
+            cmd += ["--threads", str(self.args.threads)]
+        return cmd
+
+    def slice_bf16(self, out: Path) -> None:
+        r = self.measure("bf16", "gslice slice E4B->E2B bf16", self.gslice_cmd(out), out, prepare=(self.src,))
+        if not r.ok:  # everything after compares against this output
+            raise SystemExit(f"error: the bf16 slice failed ({measure.signal_name(r.exit_code)}): {r.stderr.strip()[-500:]}")
+        report = json.loads(r.stdout)
+        r.extra.update(engine_seconds=report["seconds"], report_bytes_written=report["bytes_written"],
+                       bytes_kernel_copied=report["bytes_kernel_copied"], shards=report["shards"])
+
+    def cp_floor(self, out_g: Path) -> None:
+        copy = self.work / "e2b-cp"
+        r = self.measure("cp", "cp -r of the E2B output", ["cp", "-r", str(out_g), str(copy)], copy, prepare=(out_g,))
+        r.extra["fsync_after"] = measure.fsync_tree(copy)
+        measure.remove(copy)
+        self.measure("cp_sync", "cp -r + sync of the copied files", ["sh", "-c", 'cp -r "$1" "$2" && sync "$2"/*', "sh",
+                                                                        str(out_g), str(copy)], copy, prepare=(out_g,))
+        measure.remove(copy)
+
+    def notebook_cmd(self, out: Path) -> list[str]:
+        return [self.args.torch_python, str(HERE / "notebook_method.py"), str(self.src), str(out),
+                "--layers-to-skip", "20-24", "--ffn-dim", str(synth.e2b_spec(self.args.size)["ffn_dims"]),
+                "--shard-bytes", str(self.profile["notebook_shard"])]
+
+    def notebook(self, out_g: Path) -> None:
+        if not self.torch_available():
+            self.notes["notebook"] = f"not run: {self.args.torch_python} cannot import torch and safetensors"
+            return
+        out = self.work / "e2b-notebook"
+        r = self.measure("notebook", "notebook method (torch, whole shards in RAM)", self.notebook_cmd(out), out,
+                         prepare=(self.src,))
+        if r.ok:
+            r.extra["fsync_after"] = measure.fsync_tree(out)
+            self.compare("notebook_equals_gslice", out_g, out)
+        measure.remove(out)
+
+    def capped(self, out_g: Path) -> None:
+        why = measure.cgroup_v1_available()
+        if why:
+            self.notes["cgroup"] = f"not run: {why}"
+            return
+        out = self.work / "e2b-capped"
+        with MemoryCgroup(f"gslice-bench-{os.getpid()}-g", self.profile["cap_gslice"]) as cg:
+            r = self.measure("bf16_capped", f"gslice bf16 under a {self.profile['cap_gslice'] // MiB} MiB cap",
+                             self.gslice_cmd(out), out, cgroup=cg, prepare=(self.src,))
+        if r.ok:
+            self.compare("capped_equals_uncapped", out_g, out)
+        measure.remove(out)
+        if "notebook" in self.skip or not self.torch_available():
+            return
+        out = self.work / "e2b-notebook-capped"
+        with MemoryCgroup(f"gslice-bench-{os.getpid()}-n", self.profile["cap_notebook"]) as cg:
+            self.measure("notebook_capped", f"notebook method under a {self.profile['cap_notebook'] // MiB} MiB cap",
+                         self.notebook_cmd(out), out, cgroup=cg, prepare=(self.src,))
+        measure.remove(out)
+
+    def profile_bf16(self, into: Path) -> None:
+        """Where the time of a bf16 slice goes: on-CPU samples of every thread (kernel and
+        user, by DSO and symbol) and the system calls. Separate runs: the profilers slow it."""
+        into.mkdir(parents=True, exist_ok=True)
+        out = self.work / "e2b-profiled"
+        data = into / "bf16.perf.data"
+        for name, cmd, report in (
+            ("perf", ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1000", "-g", "-o", str(data), "--"],
+             [["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio", "-g", "none"],
+              ["perf", "report", "-i", str(data), "--no-children", "--sort", "comm,dso", "--stdio", "-g", "none"]]),
+            ("strace", ["strace", "-f", "-c", "-o", str(into / "bf16.strace.txt")], []),
+        ):
+            if not shutil.which(cmd[0]):
+                self.notes[f"profile_{name}"] = f"not run: {cmd[0]} is not installed"
+                continue
+            measure.remove(out)
+            self.prepare(self.src)
+            p = subprocess.run(cmd + self.gslice_cmd(out), capture_output=True, text=True)
+            if p.returncode:
+                self.notes[f"profile_{name}"] = f"failed: {p.stderr.strip().splitlines()[-1:]}"
+                continue
+            text = "".join(subprocess.run(r, capture_output=True, text=True).stdout for r in report)
+            if text:
+                (into / "bf16.perf.txt").write_text(text)
+        measure.remove(out)
+        log(f"profiles written to {into}")
+
+    def slice_int4(self) -> None:
+        if "--quant" not in self.cli_help("slice"):
+            self.notes["int4"] = "not available: `gslice slice` has no --quant option in this build (issue 6)"
+            return
+        out = self.work / "e2b-int4"
+        self.measure("int4", "gslice slice E4B->E2B int4", self.gslice_cmd(out, "--quant", "int4"), out, prepare=(self.src,))
+        measure.remove(out)
+
+    def bulk(self) -> None:
+        if "bulk" not in self.cli_commands():
+            self.notes["bulk"] = "not available: no `gslice bulk` command in this build (issue 7)"
+            return
+        out = self.work / "bulk"
+        cmd = [self.python, "-m", "gslice", "bulk", str(self.src), "--presets", "official", "-o", str(out), "--json", "-q",
+               "--max-shard-size", str(synth.max_shard_size(self.args.size))]
+        if self.args.threads:
+            cmd += ["--jobs", str(self.args.threads)]
+        r = self.measure("bulk", "gslice bulk, the 16 official presets", cmd, out, prepare=(self.src,))
+        if r.ok:
+            report = json.loads(r.stdout)
+            r.extra.update({k: report[k] for k in ("bytes_written", "bytes_if_independent", "distinct_tensors", "seconds")})
+            r.extra["outputs"] = len(report["rows"])
+        measure.remove(out)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def prepare(self, *paths: Path) -> None:
+        if self.args.cache == "cold":
+            measure.evict(*paths)
+        else:
+            measure.warm(*paths)
+
+    def measure(self, key: str, label: str, cmd: list[str], out: Path, cgroup: MemoryCgroup | None = None,
+                prepare: tuple[Path, ...] = ()) -> Run:
+        """Runs ``cmd`` ``--repeat`` times (``prepare``-ing those paths before each, removing
+        ``out`` between runs) and keeps the run with the median wall time, plus every run's
+        wall time. The last run's output is left for the caller."""
+        log(f"{label} ...")
+        repeat = self.args.repeat or (1 if self.args.size == "full" else 3)
+        runs = []
+        for i in range(repeat):
+            if i:
+                measure.remove(out)
+            self.prepare(*prepare)
+            if cgroup is None and self.args.recycle and key in RECYCLED:
+                with MemoryCgroup(f"gslice-bench-{os.getpid()}-recycle", self.args.recycle * MiB) as cg:
+                    r = measure.run(label, cmd, cgroup=cg)
+            else:
+                r = measure.run(label, cmd, cgroup=cgroup)
+            if Path(out).exists():
+                r.bytes_written = measure.tree_bytes(out)
+            runs.append(r)
+            if not r.ok:
+                break
+        r = sorted(runs, key=lambda x: x.wall)[len(runs) // 2]
+        r.extra["walls"] = [round(x.wall, 3) for x in runs]
+        r.extra["peak_rss_max"] = max(x.peak_rss for x in runs)
+        status = "ok" if r.ok else f"exit {measure.signal_name(r.exit_code)}"
+        log(f"  {status}: {r.wall:.2f} s wall, {r.user:.2f} s user, {r.sys:.2f} s sys, peak RSS {r.peak_rss / 1e6:.0f} MB"
+            + (f", cgroup max usage {r.cgroup['max_usage_in_bytes'] / MiB:.0f} MiB, failcnt {r.cgroup['failcnt']}, "
+               f"oom_kill {r.cgroup['oom_kill']}" if r.cgroup else ""))
+        if not r.ok and r.stderr:
+            log("  " + r.stderr.strip().splitlines()[-1])
+        self.runs[key] = r
+        return r
+
+    def compare(self, key: str, a: Path, b: Path) -> None:
+        mode = self.args.verify or ("sampled" if self.args.size == "full" else "full")
+        sample = self.profile["sample"] or 16 if mode == "sampled" else None
+        started = time.perf_counter()
+        r = compare.compare(a, b, sample)
+        r.update(mode=mode if sample else "every byte", seconds=time.perf_counter() - started)
+        r["problems"] = r["problems"][:20]
+        self.checks[key] = r
+        log(f"  {key}: {r['tensors']} tensors, {r['bytes_compared'] / 1e9:.2f} GB compared ({r['mode']}): "
+            + ("equal" if not r["problems"] else f"{len(r['problems'])} differences, first: {r['problems'][0]}"))
+
+    def torch_available(self) -> bool:
+        if not hasattr(self, "_torch"):
+            p = subprocess.run([self.args.torch_python, "-c", "import torch, safetensors.torch"], capture_output=True)
+            self._torch = p.returncode == 0
+        return self._torch
+
+    def cli_help(self, command: str) -> str:
+        return subprocess.run([self.python, "-m", "gslice", command, "--help"], capture_output=True, text=True).stdout
+
+    def cli_commands(self) -> list[str]:
+        p = subprocess.run([self.python, "-c", "from gslice.cli import main; print(' '.join(main.commands))"],
+                           capture_output=True, text=True)
+        return p.stdout.split()
+
+    def results(self) -> dict:
+        return {
+            "size": self.args.size,
+            "cache": self.args.cache,
+            "recycle_mib": self.args.recycle,
+            "vm_first_touch": self.first_touch,
+            "machine": self.machine,
+            "gslice": gslice.__version__,
+            "git_commit": git_commit(),
+            "source": {"path": str(self.src), "shard_bytes": self.source_bytes, "synthesized": self.synth},
+            "profile": self.profile,
+            "runs": {k: r.to_dict() for k, r in self.runs.items()},
+            "checks": self.checks,
+            "notes": self.notes,
+            "targets": evaluate({k: r.to_dict() for k, r in self.runs.items()}, self.checks, self.source_bytes),
+        }
+
+
+def git_commit() -> str | None:
+    p = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return p.stdout.strip() or None
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- targets and the table ----------------------------------------------------------------
+
+
+def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
+    """Each target with its measured figure; ``met`` is None when the run is missing."""
+    def wall(k):
+        r = runs.get(k)
+        return r["wall"] if r and r["exit_code"] == 0 else None
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    out = []
+
+    def target(name, figure, limit, met, unit=""):
+        out.append({"target": name, "measured": figure, "limit": limit, "unit": unit,
+                    "met": None if figure is None else bool(met(figure))})
+
+    target("bf16 wall / cp+sync wall", ratio(wall("bf16"), wall("cp_sync")), TARGETS["bf16_vs_cp"], lambda x: x <= TARGETS["bf16_vs_cp"], "x")
+    target("notebook wall / bf16 wall", ratio(wall("notebook"), wall("bf16")), TARGETS["notebook_vs_bf16"], lambda x: x >= TARGETS["notebook_vs_bf16"], "x")
+    bf16 = runs.get("bf16")
+    target("bf16 peak RSS", bf16["peak_rss"] if bf16 else None, TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
+    capped = runs.get("bf16_capped")
+    target("bf16 completes under the cap (and equals the uncapped output)",
+           None if capped is None else int(capped["exit_code"] == 0 and not checks.get("capped_equals_uncapped", {}).get("problems", ["missing"])),
+           1, lambda x: x == 1)
+    target("int4 wall / bf16 wall", ratio(wall("int4"), wall("bf16")), TARGETS["int4_vs_bf16"], lambda x: x <= TARGETS["int4_vs_bf16"], "x")
+    i4 = runs.get("int4")
+    target("int4 peak RSS", i4["peak_rss"] if i4 else None, TARGETS["int4_rss"], lambda x: x <= TARGETS["int4_rss"], "B")
+    b = runs.get("bulk")
+    written = b["bytes_written"] if b and b["exit_code"] == 0 else None  # every file, each inode once
+    target("bulk bytes written / source bytes", ratio(written, source_bytes), TARGETS["bulk_bytes_vs_source"],
+           lambda x: x <= TARGETS["bulk_bytes_vs_source"], "x")
+    target("bulk wall / bf16 wall", ratio(wall("bulk"), wall("bf16")), TARGETS["bulk_time_vs_bf16"],
+           lambda x: x <= TARGETS["bulk_time_vs_bf16"], "x")
+    return out
+
+
+ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped"]
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    src = res["source"]
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB RAM, "
+        f"{m['filesystem']}, Linux {m['kernel']}), gslice {res['gslice']} ({res['git_commit']}), "
+        f"`benches/full.py --size {res['size']}`, {res['cache']} page cache. Source: synthetic E4B layout "
+        f"({res['size']} size), {src['shard_bytes'] / 1e9:.2f} GB of shards"
+        + (f", written at {src['synthesized']['mb_per_s']:.0f} MB/s." if src.get("synthesized") else "."),
+        "",
+    ]
+    if m.get("free_page_reporting"):
+        ft = res.get("vm_first_touch", {})
+        lines += [
+            "This VM hands free memory back to its host (virtio-balloon free page reporting): a write into "
+            f"page-cache pages that were free for a few seconds cost {ft.get('sys_s_per_gb_fresh', float('nan')):.2f} s "
+            f"of system CPU per GB here, against {ft.get('sys_s_per_gb_recycled', float('nan')):.2f} s for recycled pages, "
+            "and that cost falls on whichever run gets fresh pages."
+            + (f" gslice, cp and bulk ran in {res['recycle_mib']} MiB memory cgroups so that their page cache recycles pages."
+               if res.get("recycle_mib") else " Consider `--recycle 1024`."),
+            "",
+        ]
+    lines += [
+        "| run | wall s | user s | sys s | peak RSS MB | written GB | GB/s | outcome |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for key in ROW_ORDER:
+        r = res["runs"].get(key)
+        if r is None:
+            continue
+        written = r["bytes_written"] or 0
+        outcome = "ok" if r["exit_code"] == 0 else f"killed ({measure.signal_name(r['exit_code'])})" if r["exit_code"] < 0 else f"exit {r['exit_code']}"
+        if r.get("cgroup"):
+            c = r["cgroup"]
+            outcome += (f"; cap {c['limit_in_bytes'] / MiB:.0f} MiB, max usage {c['max_usage_in_bytes'] / MiB:.0f} MiB "
+                        f"(incl. page cache), failcnt {c['failcnt']}, oom_kill {c['oom_kill']}")
+        if "fsync_after" in r["extra"]:
+            outcome += f"; its output then took {r['extra']['fsync_after']:.2f} s to fsync"
+        lines.append(f"| {r['label']} | {r['wall']:.2f} | {r['user']:.2f} | {r['sys']:.2f} | {r['peak_rss'] / 1e6:.0f} "
+                     f"| {written / 1e9:.3f} | {written / 1e9 / r['wall'] if r['wall'] else 0:.2f} | {outcome} |")
+    for key, why in res["notes"].items():
+        lines.append(f"| {key} | | | | | | | {why} |")
+    lines += ["", "| target | limit | measured | met |", "|---|---:|---:|---|"]
+    for t in res["targets"]:
+        fmt = {"B": lambda x: f"{x / 1e6:.0f} MB", "": lambda x: "yes" if x else "no"}.get(t["unit"], lambda x: f"{x:.2f}{t['unit']}")
+        measured = "not measured" if t["measured"] is None else fmt(t["measured"])
+        limit = fmt(t["limit"]) if t["unit"] else "yes"
+        met = {None: "-", True: "yes", False: "**no**"}[t["met"]]
+        lines.append(f"| {t['target']} | {limit} | {measured} | {met} |")
+    for key, c in res["checks"].items():
+        lines.append("")
+        lines.append(f"Check {key}: {c['tensors']} tensors, {c['bytes_compared'] / 1e9:.2f} GB compared ({c['mode']}): "
+                     + ("identical." if not c["problems"] else f"{len(c['problems'])} differences."))
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, md: str) -> None:
+    text = path.read_text()
+    a, b = text.find(README_START), text.find(README_END)
+    if a < 0 or b < a:
+        raise SystemExit(f"error: {path} has no {README_START} ... {README_END} block")
+    path.write_text(text[: a + len(README_START)] + "\n" + md + "\n" + text[b:])
+
+
+if __name__ == "__main__":
+    main()
