@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the terminal bar; tqdm.auto would probe for notebooks at import
 
 
 class ByteProgress:

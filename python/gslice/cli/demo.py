@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from ..demo import run_demo
 from ..progress import ByteProgress
 from . import main
 from .common import friendly_errors
@@ -22,6 +21,8 @@ from .slice import render_report
 @friendly_errors
 def demo_cmd(keep, as_json):
     """Slice a tiny built-in Gemma 3n checkpoint (E4B layout) with the E2B config and verify it."""
+    from ..demo import run_demo  # numpy is needed by the demo only, not by every command
+
     with tempfile.TemporaryDirectory(prefix="gslice-demo-") as tmp:
         workdir = Path(keep) if keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use rayon::prelude::*;
+use memmap2::Mmap;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::checkpoint::{Checkpoint, INDEX_NAME};
 use crate::error::{Error, Result};
 use crate::hash::{sha256_bytes, sha256_file};
+use crate::hash_cursor::HashCursor;
 use crate::io::{self, Moved};
 use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
 use crate::layout::{self, Layout, OutputLayout};
@@ -148,6 +149,8 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     let band = plan.band_bytes.unwrap_or(STRIDED_ITEM).max(1);
     let stats: Vec<Mutex<Stats>> = layout.tensors.iter().map(|_| Mutex::default()).collect();
 
+    let fin = Finish { files: &files, staging: &staging, hashing, progress, cancel };
+    let mut copies = StagedCopies::default();
     let mut done = vec![false; layout.pieces.len()];
     let mut hashes: Vec<Option<String>> = vec![None; layout.pieces.len()];
     let mut moved = Moved::default();
@@ -156,15 +159,10 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     let mut since = start;
     for (spec, ol) in plan.outputs.iter().zip(&layout.outputs) {
         let fresh: Vec<usize> = ol.shards.iter().map(|s| s.1).filter(|&p| !done[p]).collect();
-        moved.add(pool.install(|| write_pieces(&fresh, &layout, &ck, &files, band, &stats, progress, cancel))?);
-        pool.install(|| {
-            fresh.par_iter().try_for_each(|&p| files[p].sync_all().map_err(|e| Error::io(&piece_path(&staging, p), "flush", e)))
-        })?;
-        if hashing {
-            let digests = pool.install(|| {
-                fresh.par_iter().map(|&p| sha256_file(&piece_path(&staging, p), &progress.done, cancel)).collect::<Result<Vec<_>>>()
-            })?;
-            for (&p, h) in fresh.iter().zip(digests) {
+        let (m, finished) = pool.install(|| write_pieces(&fresh, &layout, &ck, &fin, band, &stats))?;
+        moved.add(m);
+        for (p, digest) in finished {
+            if let Some(h) = digest {
                 hashed += layout.pieces[p].size;
                 hashes[p] = Some(h);
             }
@@ -175,7 +173,7 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        let mut out = assemble_output(spec, ol, &layout, &staging, &hashes, &mut cleanup)?;
+        let mut out = assemble_output(spec, ol, &layout, &staging, &hashes, &mut copies, &mut cleanup)?;
         out.seconds = since.elapsed().as_secs_f64();
         since = Instant::now();
         outputs.push(out);
@@ -281,62 +279,158 @@ fn piece_path(staging: &Path, i: usize) -> PathBuf {
     staging.join(format!("piece-{i:05}.safetensors"))
 }
 
-/// Fills the data sections of `pieces` (headers are already written); quantization statistics
-/// accumulate in `stats`.
-#[allow(clippy::too_many_arguments)]
+/// What happens to a piece once its last byte is written: it is flushed right away, by the
+/// thread that finished it, while the other threads go on writing; with manifests, its SHA-256
+/// is computed as it is written (see `hash_cursor`).
+struct Finish<'a> {
+    files: &'a [File],
+    staging: &'a Path,
+    hashing: bool,
+    progress: &'a Progress,
+    cancel: &'a AtomicBool,
+}
+
+/// A finished piece and its SHA-256 (when hashing).
+type Finished = (usize, Option<String>);
+
+/// Per piece: items still to run, and the hash of its written prefix.
+struct PieceState {
+    remaining: AtomicUsize,
+    cursor: Option<(HashCursor, Mmap)>,
+}
+
+/// Fills the data sections of `pieces` (headers are already written) and finishes each piece
+/// as soon as it is complete; returns how bytes moved and each piece's digest (when hashing).
+/// Quantization statistics accumulate in `stats`.
+///
+/// Items are handed out in file order to every thread of the pool (not split into halves, as a
+/// parallel iterator would), so each file fills from its start and its hash follows closely.
 fn write_pieces(
     pieces: &[usize],
     layout: &Layout,
     ck: &Checkpoint,
-    files: &[File],
+    fin: &Finish,
     band: u64,
     stats: &[Mutex<Stats>],
-    progress: &Progress,
-    cancel: &AtomicBool,
-) -> Result<Moved> {
+) -> Result<(Moved, Vec<Finished>)> {
     let mut items = Vec::new();
+    let mut states: Vec<Option<PieceState>> = layout.pieces.iter().map(|_| None).collect();
     for &p in pieces {
         let piece = &layout.pieces[p];
+        let before = items.len();
         for (&t, &dst) in piece.tensors.iter().zip(&piece.offsets) {
             push_items(&mut items, p, t, &layout.tensors[t], dst, band);
         }
+        states[p] = Some(piece_state(p, items.len() - before, layout, fin)?);
     }
-    items
-        .par_iter()
-        .map(|item| {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-            let (moved, n) = run_item(item, layout, ck, files, stats)?;
-            progress.done.fetch_add(n, Ordering::Relaxed);
-            Ok(moved)
-        })
-        .try_reduce(Moved::default, |mut a, b| {
-            a.add(b);
-            Ok(a)
-        })
+    let moved = Mutex::new(Moved::default());
+    let finished = Mutex::new(Vec::with_capacity(pieces.len()));
+    // `item_done`: an item of the piece finished (else: the bytes known before any item ran).
+    let completed = |p: usize, ranges: &[(u64, u64)], item_done: bool| -> Result<()> {
+        let st = states[p].as_ref().expect("state of a piece being written");
+        let digest = match &st.cursor {
+            Some((cursor, map)) => match cursor.written(ranges, map, &fin.progress.done) {
+                Some(d) => Some(d),
+                None => return Ok(()),
+            },
+            None if !item_done && st.remaining.load(Ordering::Relaxed) == 0 => None,
+            None if item_done && st.remaining.fetch_sub(1, Ordering::AcqRel) == 1 => None,
+            None => return Ok(()),
+        };
+        let path = piece_path(fin.staging, p);
+        fin.files[p].sync_all().map_err(|e| Error::io(&path, "flush", e))?;
+        finished.lock().unwrap_or_else(|e| e.into_inner()).push((p, digest));
+        Ok(())
+    };
+    for &p in pieces {
+        let piece = &layout.pieces[p];
+        let mut known = vec![(0, piece.header.len() as u64)];
+        known.extend(piece.literals.iter().map(|(off, bytes)| (*off, off + bytes.len() as u64)));
+        completed(p, &known, false)?;
+    }
+    in_file_order(items.len(), fin.cancel, |i| {
+        let item = &items[i];
+        let (m, ranges) = run_item(item, layout, ck, fin.files, stats)?;
+        let n: u64 = ranges.iter().map(|(b, e)| e - b).sum();
+        fin.progress.done.fetch_add(n, Ordering::Relaxed);
+        moved.lock().unwrap_or_else(|e| e.into_inner()).add(m);
+        completed(item.file(), &ranges, true)
+    })?;
+    let moved = moved.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok((moved, finished.into_inner().unwrap_or_else(|e| e.into_inner())))
 }
 
-/// Returns how the bytes moved and how many output bytes were produced.
-fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats: &[Mutex<Stats>]) -> Result<(Moved, u64)> {
+fn piece_state(p: usize, items: usize, layout: &Layout, fin: &Finish) -> Result<PieceState> {
+    let cursor = if fin.hashing {
+        let path = piece_path(fin.staging, p);
+        // SAFETY: a read-only view of a file this run created and sized; the page cache keeps
+        // it coherent with our own writes.
+        let map = unsafe { Mmap::map(&fin.files[p]) }.map_err(|e| Error::io(&path, "memory-map", e))?;
+        Some((HashCursor::new(layout.pieces[p].size), map))
+    } else {
+        None
+    };
+    Ok(PieceState { remaining: AtomicUsize::new(items), cursor })
+}
+
+/// Runs `f(0..n)` on every thread of the current pool, each taking the next index in turn;
+/// the first error stops the others.
+fn in_file_order(n: usize, cancel: &AtomicBool, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 0..rayon::current_num_threads() {
+            s.spawn(|_| loop {
+                if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                if let Err(e) = f(i) {
+                    failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    stop.store(true, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    Ok(())
+}
+
+/// Returns how the bytes moved and the output byte ranges the item completed.
+fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats: &[Mutex<Stats>]) -> Result<(Moved, Vec<(u64, u64)>)> {
     match *item {
         Item::Quant { file, t, rows, dst_off } => {
             let r = &layout.tensors[t];
             let (words_at, scales_at) = band_offsets(r, rows.0);
-            let (st, n) = qband::quantize_band(r, ck, rows, |words, scales| {
-                files[file].write_all_at(words, dst_off + words_at)?;
-                files[file].write_all_at(scales, dst_off + scales_at)?;
-                Ok((words.len() + scales.len()) as u64)
+            let (st, ranges) = qband::quantize_band(r, ck, rows, |words, scales| {
+                let f = &files[file];
+                let parts = [(dst_off + words_at, words), (dst_off + scales_at, scales)];
+                for (at, bytes) in parts {
+                    f.write_all_at(bytes, at)?;
+                    io::start_writeback(f, at, bytes.len() as u64);
+                }
+                Ok(parts.map(|(at, bytes)| (at, at + bytes.len() as u64)).to_vec())
             })
             .map_err(|e| qband::failure_error(r, ck, e, "write tensor"))?;
             stats[t].lock().unwrap_or_else(|p| p.into_inner()).merge(&st);
-            Ok((Moved { kernel: 0, buffered: n }, n))
+            let n = ranges.iter().map(|(b, e)| e - b).sum();
+            Ok((Moved { kernel: 0, buffered: n }, ranges))
         }
         Item::Contig { file, t, src_off, dst_off, len } => {
             let shard = &ck.shards[layout.tensors[t].shard];
             let moved = io::copy_range(&shard.file, &shard.map, src_off, &files[file], dst_off, len)
                 .map_err(|e| write_error(layout, t, e))?;
-            Ok((moved, len))
+            io::start_writeback(&files[file], dst_off, len);
+            Ok((moved, vec![(dst_off, dst_off + len)]))
         }
         Item::Rows { file, t, rows, dst_off } => {
             let r = &layout.tensors[t];
@@ -345,7 +439,9 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats
                 .map_err(|e| write_error(layout, t, e))?;
             let src_row = src_row_bytes(r);
             io::release(&shard.map, r.src.start + rows.0 * src_row, (rows.1 - rows.0) * src_row);
-            Ok((moved, moved.kernel + moved.buffered))
+            let n = moved.kernel + moved.buffered;
+            io::start_writeback(&files[file], dst_off, n);
+            Ok((moved, vec![(dst_off, dst_off + n)]))
         }
     }
 }
@@ -461,6 +557,7 @@ fn assemble_output(
     layout: &Layout,
     staging: &Path,
     hashes: &[Option<String>],
+    copies: &mut StagedCopies,
     cleanup: &mut Cleanup,
 ) -> Result<OutputReport> {
     let parent = parent_dir(&spec.dir)?;
@@ -489,8 +586,9 @@ fn assemble_output(
         match f {
             FileSpec::Text { text, .. } => put(&mut files, f.name(), text.as_bytes())?,
             FileSpec::Copy { copy_from, .. } => {
-                let bytes = fs::read(copy_from).map_err(|e| Error::io(copy_from, "read", e))?;
-                put(&mut files, f.name(), &bytes)?;
+                let staged = copies.get(copy_from, staging, hashing)?;
+                link_or_copy(&staged.path, &tmp.join(f.name()))?;
+                files.push(FileReport { name: f.name().into(), bytes: staged.bytes, sha256: staged.sha256.clone() });
             }
         }
     }
@@ -503,6 +601,34 @@ fn assemble_output(
     commit(&tmp, &spec.dir, spec.overwrite)?;
     cleanup.0.retain(|p| p != &tmp);
     Ok(finish_report(spec, ol, shards, files))
+}
+
+/// Source files copied into outputs (tokenizer, chat template): each is copied once into the
+/// staging folder, then hard-linked into every output that lists it, like the shards.
+#[derive(Default)]
+struct StagedCopies(std::collections::HashMap<PathBuf, StagedCopy>);
+
+struct StagedCopy {
+    path: PathBuf,
+    bytes: u64,
+    sha256: Option<String>,
+}
+
+impl StagedCopies {
+    fn get(&mut self, from: &Path, staging: &Path, hashing: bool) -> Result<&StagedCopy> {
+        let n = self.0.len();
+        if !self.0.contains_key(from) {
+            let path = staging.join(format!("copy-{n:05}"));
+            let bytes = fs::copy(from, &path).map_err(|e| Error::io(from, "copy", e))?;
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, "flush", e))?;
+            self.0.insert(from.to_path_buf(), StagedCopy { path, bytes, sha256: None });
+        }
+        let staged = self.0.get_mut(from).expect("inserted above");
+        if hashing && staged.sha256.is_none() {
+            staged.sha256 = Some(sha256_file(&staged.path, &AtomicU64::new(0), &AtomicBool::new(false))?);
+        }
+        Ok(staged)
+    }
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<()> {

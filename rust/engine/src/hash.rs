@@ -1,13 +1,15 @@
 //! SHA-256 of written files, for the manifest each output folder carries and for checking it.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use memmap2::{Advice, MmapOptions};
+
 use crate::error::{Error, Result};
+use crate::io;
 
 const CHUNK: usize = 8 << 20;
 
@@ -15,23 +17,33 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
-/// Hashes a file by streaming it; `done` counts the bytes read, `cancel` stops early.
+/// Hashes a file through a memory map (no copy into a read buffer); `done` counts the bytes
+/// hashed, `cancel` stops early.
 pub fn sha256_file(path: &Path, done: &AtomicU64, cancel: &AtomicBool) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let f = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+    sha256_open(&f, len, path, done, cancel)
+}
+
+/// Hashes the first `len` bytes of an open file (`path` names it in errors).
+pub fn sha256_open(f: &File, len: u64, path: &Path, done: &AtomicU64, cancel: &AtomicBool) -> Result<String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
+    if len > 0 {
+        // SAFETY: read-only map of a file this process wrote or is checking; a concurrent
+        // truncation could fault, as for any mmap reader.
+        let map = unsafe { MmapOptions::new().len(len as usize).map(f) }.map_err(|e| Error::io(path, "memory-map", e))?;
+        let _ = map.advise(Advice::Sequential);
+        let mut at = 0u64;
+        while at < len {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let n = (len - at).min(CHUNK as u64);
+            hasher.update(&map[at as usize..(at + n) as usize]);
+            io::release(&map, at, n);
+            done.fetch_add(n, Ordering::Relaxed);
+            at += n;
         }
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(path, "read", e)),
-        };
-        hasher.update(&buf[..n]);
-        done.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok(format!("{:x}", hasher.finalize()))
 }

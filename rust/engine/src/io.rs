@@ -1,9 +1,9 @@
 //! Byte movement. Contiguous ranges go kernel-side with `copy_file_range` (no copy through user
-//! space, and a reflink on filesystems that support it); anything strided is gathered from the
-//! memory map into one bounded buffer per thread. Source pages we touched are handed back to
-//! the kernel afterwards so resident memory does not grow with the model.
+//! space, and a reflink on filesystems that support it); strided ones are written with
+//! `pwritev` straight from the memory map, so the only copy is the kernel's into the page cache.
+//! Source pages we touched are handed back to the kernel afterwards, so resident memory does not
+//! grow with the model, and writeback of what we wrote starts at once, so dirty pages stay few.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -11,16 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::Mmap;
 
-/// Strided writes are flushed once this many bytes are buffered.
-pub const GATHER_BUF: usize = 8 << 20;
-/// Segments at least this long skip the buffer and go kernel-side.
+/// One `pwritev` call covers at most this many bytes (and IOV_MAX segments).
+pub const GATHER_BATCH: u64 = 8 << 20;
+/// Segments at least this long go kernel-side with `copy_file_range` instead.
 pub const DIRECT_MIN: u64 = 1 << 20;
+const IOV_MAX: usize = 1024;
 
 static KERNEL_COPY_BROKEN: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(GATHER_BUF));
-}
 
 /// How bytes reached the destination, for the report.
 #[derive(Default, Clone, Copy)]
@@ -83,7 +80,8 @@ fn kernel_copy(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> 
 }
 
 /// Writes a list of source segments, in order, to consecutive bytes of `dst` from `dst_off`.
-/// Small segments are gathered through the thread's buffer; large ones are copied directly.
+/// Short segments are batched into `pwritev` calls that read straight from the map; long ones
+/// are copied kernel-side.
 pub fn gather(
     src: &File,
     map: &Mmap,
@@ -91,35 +89,81 @@ pub fn gather(
     dst: &File,
     mut dst_off: u64,
 ) -> std::io::Result<Moved> {
-    BUF.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        buf.clear();
-        let mut moved = Moved::default();
-        for (off, len) in segments {
-            if len >= DIRECT_MIN {
-                flush(&mut buf, dst, &mut dst_off, &mut moved)?;
-                moved.add(copy_range(src, map, off, dst, dst_off, len)?);
-                dst_off += len;
-                continue;
-            }
-            buf.extend_from_slice(&map[off as usize..(off + len) as usize]);
-            if buf.len() >= GATHER_BUF {
-                flush(&mut buf, dst, &mut dst_off, &mut moved)?;
-            }
+    let mut batch: Vec<(u64, u64)> = Vec::with_capacity(IOV_MAX);
+    let mut batch_len = 0;
+    let mut moved = Moved::default();
+    for (off, len) in segments {
+        if len >= DIRECT_MIN {
+            dst_off += write_batch(map, &mut batch, &mut batch_len, dst, dst_off, &mut moved)?;
+            moved.add(copy_range(src, map, off, dst, dst_off, len)?);
+            dst_off += len;
+            continue;
         }
-        flush(&mut buf, dst, &mut dst_off, &mut moved)?;
-        Ok(moved)
-    })
+        batch.push((off, len));
+        batch_len += len;
+        if batch.len() == IOV_MAX || batch_len >= GATHER_BATCH {
+            dst_off += write_batch(map, &mut batch, &mut batch_len, dst, dst_off, &mut moved)?;
+        }
+    }
+    write_batch(map, &mut batch, &mut batch_len, dst, dst_off, &mut moved)?;
+    Ok(moved)
 }
 
-fn flush(buf: &mut Vec<u8>, dst: &File, dst_off: &mut u64, moved: &mut Moved) -> std::io::Result<()> {
-    if !buf.is_empty() {
-        dst.write_all_at(buf, *dst_off)?;
-        *dst_off += buf.len() as u64;
-        moved.buffered += buf.len() as u64;
-        buf.clear();
+/// Writes the batched segments at `dst_off`; returns how many bytes that was.
+fn write_batch(map: &Mmap, batch: &mut Vec<(u64, u64)>, batch_len: &mut u64, dst: &File, dst_off: u64, moved: &mut Moved) -> std::io::Result<u64> {
+    let total = *batch_len;
+    let mut written = 0u64;
+    let mut first = 0usize; // first segment not fully written
+    let mut skip = 0u64; // bytes of it already written
+    while written < total {
+        let iov: Vec<libc::iovec> = batch[first..]
+            .iter()
+            .enumerate()
+            .map(|(i, &(off, len))| {
+                let cut = if i == 0 { skip } else { 0 };
+                libc::iovec { iov_base: map[(off + cut) as usize..].as_ptr() as *mut libc::c_void, iov_len: (len - cut) as usize }
+            })
+            .collect();
+        // SAFETY: every iovec points into the live read-only map and stays within it.
+        let n = unsafe { libc::pwritev(dst.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, (dst_off + written) as libc::off_t) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        written += n as u64;
+        let mut left = n as u64;
+        while left > 0 {
+            let rest = batch[first].1 - skip;
+            if left < rest {
+                skip += left;
+                left = 0;
+            } else {
+                left -= rest;
+                first += 1;
+                skip = 0;
+            }
+        }
     }
-    Ok(())
+    moved.buffered += total;
+    batch.clear();
+    *batch_len = 0;
+    Ok(total)
+}
+
+/// Asks the kernel to start writing back a range we just wrote, without waiting for it: the
+/// final flush then has little left to do, and dirty pages do not pile up (which matters under
+/// a memory cap). Advisory: errors surface at the final flush.
+pub fn start_writeback(file: &File, off: u64, len: u64) {
+    // SAFETY: valid fd; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Drops our page-table references to a source range we have finished reading. The page cache

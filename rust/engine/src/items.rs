@@ -20,6 +20,15 @@ pub enum Item {
     Quant { file: usize, t: usize, rows: (u64, u64), dst_off: u64 },
 }
 
+impl Item {
+    /// The destination file the item writes (or compares).
+    pub fn file(&self) -> usize {
+        match *self {
+            Item::Contig { file, .. } | Item::Rows { file, .. } | Item::Quant { file, .. } => file,
+        }
+    }
+}
+
 /// Appends the items producing tensor `r`, whose data starts at `dst` in `file`; strided and
 /// quantizing bands cover about `band_bytes` source bytes.
 pub fn push_items(items: &mut Vec<Item>, file: usize, t: usize, r: &Resolved, mut dst: u64, band_bytes: u64) {

@@ -8,6 +8,7 @@ pub mod dtype;
 pub mod error;
 pub mod execute;
 pub mod hash;
+pub mod hash_cursor;
 pub mod header;
 pub mod io;
 pub mod items;

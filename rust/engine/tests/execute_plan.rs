@@ -147,7 +147,7 @@ fn a_failing_plan_leaves_nothing_behind() {
         {"name": "v", "source": "v"}],
         "files": [{"name": "t.json", "copy_from": tmp.path().join("nope.json")}]}]}))
     .unwrap_err();
-    assert!(err.to_string().starts_with("cannot read"), "{err}");
+    assert!(err.to_string().starts_with("cannot copy"), "{err}");
     assert!(!out.exists());
     assert!(leftovers(tmp.path()).is_empty());
 }
