@@ -103,16 +103,21 @@ fn shared_tensors_are_written_once_and_hard_linked() {
     let tmp = tempfile::tempdir().unwrap();
     let src = sharded_source(tmp.path());
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let ino = |p: PathBuf| fs::metadata(p).unwrap().ino();
+    fs::write(src.join("tok.json"), "tokens").unwrap();
+    let tok = json!([{"name": "tok.json", "copy_from": src.join("tok.json")}]);
     let report = run(json!({
         "source": src,
         "outputs": [
-            {"dir": a, "tensors": [{"name": "e", "source": "e"}, {"name": "w", "source": "w"}]},
-            {"dir": b, "tensors": [{"name": "e", "source": "e"}, {"name": "v", "source": "v"}]}
+            {"dir": a, "tensors": [{"name": "e", "source": "e"}, {"name": "w", "source": "w"}], "files": tok},
+            {"dir": b, "tensors": [{"name": "e", "source": "e"}, {"name": "v", "source": "v"}], "files": tok}
         ]
     }))
     .unwrap();
     assert_eq!(report.distinct_tensors, 3);
-    let ino = |p: PathBuf| fs::metadata(p).unwrap().ino();
+    // copied side files are staged once and linked too
+    assert_eq!(ino(a.join("tok.json")), ino(b.join("tok.json")));
+    assert_eq!(fs::read_to_string(b.join("tok.json")).unwrap(), "tokens");
     assert_eq!(ino(a.join("model-00001-of-00002.safetensors")), ino(b.join("model-00001-of-00002.safetensors")));
     assert_ne!(ino(a.join("model-00002-of-00002.safetensors")), ino(b.join("model-00002-of-00002.safetensors")));
     assert_eq!(tensor_bytes(&b, "v").1, vec![100, 101, 102, 103, 104, 105]);
