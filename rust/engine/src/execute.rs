@@ -133,11 +133,11 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
         .build()
         .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
 
-    let mut cleanup = Cleanup::default();
+    let cleanup = Mutex::new(Cleanup::default());
     let staging_parent = parent_dir(&plan.outputs[0].dir)?;
     let staging = unique_path(&staging_parent, ".gslice-staging");
     fs::create_dir(&staging).map_err(|e| Error::io(&staging, "create", e))?;
-    cleanup.0.push(staging.clone());
+    lock(&cleanup).0.push(staging.clone());
 
     let hashing = plan.outputs.iter().any(|o| o.manifest.is_some());
     progress.total.store(if hashing { 2 * pieces_total } else { pieces_total }, Ordering::Relaxed);
@@ -149,40 +149,68 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     let band = plan.band_bytes.unwrap_or(STRIDED_ITEM).max(1);
     let stats: Vec<Mutex<Stats>> = layout.tensors.iter().map(|_| Mutex::default()).collect();
 
-    let fin = Finish { files: &files, staging: &staging, hashing, progress, cancel };
-    let mut copies = StagedCopies::default();
-    let mut done = vec![false; layout.pieces.len()];
-    let mut hashes: Vec<Option<String>> = vec![None; layout.pieces.len()];
-    let mut moved = Moved::default();
-    let mut hashed = 0;
-    let mut outputs = Vec::with_capacity(plan.outputs.len());
-    let mut since = start;
-    for (spec, ol) in plan.outputs.iter().zip(&layout.outputs) {
-        let fresh: Vec<usize> = ol.shards.iter().map(|s| s.1).filter(|&p| !done[p]).collect();
-        let (m, finished) = pool.install(|| write_pieces(&fresh, &layout, &ck, &fin, band, &stats))?;
-        moved.add(m);
-        for (p, digest) in finished {
-            if let Some(h) = digest {
-                hashed += layout.pieces[p].size;
-                hashes[p] = Some(h);
+    // Pieces in the order the outputs first need them, so that outputs complete in plan order.
+    let mut order = Vec::with_capacity(layout.pieces.len());
+    let mut outputs_of: Vec<Vec<usize>> = vec![Vec::new(); layout.pieces.len()];
+    for (o, ol) in layout.outputs.iter().enumerate() {
+        for &(_, p) in &ol.shards {
+            if outputs_of[p].is_empty() {
+                order.push(p);
             }
+            outputs_of[p].push(o);
         }
-        for &p in &fresh {
-            done[p] = true;
-        }
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
-        }
-        let mut out = assemble_output(spec, ol, &layout, &staging, &hashes, &mut copies, &mut cleanup)?;
-        out.seconds = since.elapsed().as_secs_f64();
-        since = Instant::now();
-        outputs.push(out);
     }
+    let waiting: Vec<AtomicUsize> = layout.outputs.iter().map(|ol| AtomicUsize::new(ol.shards.len())).collect();
+    let hashes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; layout.pieces.len()]);
+    let hashed = AtomicU64::new(0);
+    let copies = Mutex::new(StagedCopies::default());
+    let completed: Mutex<Vec<(usize, OutputReport, Instant)>> = Mutex::new(Vec::new());
+    // A finished piece (flushed, hashed) may be the last one an output waited for: the thread
+    // that finished it assembles that output while the others go on writing.
+    let piece_done = |p: usize, digest: Option<String>| -> Result<()> {
+        if let Some(h) = digest {
+            hashed.fetch_add(layout.pieces[p].size, Ordering::Relaxed);
+            lock(&hashes)[p] = Some(h);
+        }
+        for &o in &outputs_of[p] {
+            if waiting[o].fetch_sub(1, Ordering::AcqRel) != 1 {
+                continue;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let known = lock(&hashes).clone();
+            let out = assemble_output(&plan.outputs[o], &layout.outputs[o], &layout, &staging, &known, &copies, &cleanup)?;
+            lock(&completed).push((o, out, Instant::now()));
+        }
+        Ok(())
+    };
+    let fin = Finish { files: &files, staging: &staging, hashing, progress, cancel };
+    let moved = pool.install(|| write_pieces(&order, &layout, &ck, &fin, band, &stats, &piece_done))?;
     drop(files);
     let _ = fs::remove_dir_all(&staging);
+    let mut cleanup = cleanup.into_inner().unwrap_or_else(|e| e.into_inner());
     cleanup.0.clear();
+    let outputs = in_plan_order(completed.into_inner().unwrap_or_else(|e| e.into_inner()), start);
     let stats: Vec<Stats> = stats.into_iter().map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner())).collect();
-    Ok(report(outputs, &layout, moved, hashed, &stats, start, threads, false))
+    Ok(report(outputs, &layout, moved, hashed.into_inner(), &stats, start, threads, false))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Output reports in plan order, each with the time from the previous completion (or the
+/// start of the run) to its own.
+fn in_plan_order(mut done: Vec<(usize, OutputReport, Instant)>, start: Instant) -> Vec<OutputReport> {
+    done.sort_by_key(|d| d.2);
+    let mut since = start;
+    for (_, out, at) in done.iter_mut() {
+        out.seconds = at.duration_since(since).as_secs_f64();
+        since = *at;
+    }
+    done.sort_by_key(|d| d.0);
+    done.into_iter().map(|d| d.1).collect()
 }
 
 /// `stats` holds every tensor's quantization statistics (empty in a dry run, which quantizes
@@ -290,9 +318,6 @@ struct Finish<'a> {
     cancel: &'a AtomicBool,
 }
 
-/// A finished piece and its SHA-256 (when hashing).
-type Finished = (usize, Option<String>);
-
 /// Per piece: items still to run, and the hash of its written prefix.
 struct PieceState {
     remaining: AtomicUsize,
@@ -300,8 +325,8 @@ struct PieceState {
 }
 
 /// Fills the data sections of `pieces` (headers are already written) and finishes each piece
-/// as soon as it is complete; returns how bytes moved and each piece's digest (when hashing).
-/// Quantization statistics accumulate in `stats`.
+/// as soon as it is complete: flushes it and calls `piece_done(piece, digest)` (the digest when
+/// hashing). Returns how bytes moved; quantization statistics accumulate in `stats`.
 ///
 /// Items are handed out in file order to every thread of the pool (not split into halves, as a
 /// parallel iterator would), so each file fills from its start and its hash follows closely.
@@ -312,7 +337,8 @@ fn write_pieces(
     fin: &Finish,
     band: u64,
     stats: &[Mutex<Stats>],
-) -> Result<(Moved, Vec<Finished>)> {
+    piece_done: &(dyn Fn(usize, Option<String>) -> Result<()> + Sync),
+) -> Result<Moved> {
     let mut items = Vec::new();
     let mut states: Vec<Option<PieceState>> = layout.pieces.iter().map(|_| None).collect();
     for &p in pieces {
@@ -324,7 +350,6 @@ fn write_pieces(
         states[p] = Some(piece_state(p, items.len() - before, layout, fin)?);
     }
     let moved = Mutex::new(Moved::default());
-    let finished = Mutex::new(Vec::with_capacity(pieces.len()));
     // `item_done`: an item of the piece finished (else: the bytes known before any item ran).
     let completed = |p: usize, ranges: &[(u64, u64)], item_done: bool| -> Result<()> {
         let st = states[p].as_ref().expect("state of a piece being written");
@@ -339,8 +364,7 @@ fn write_pieces(
         };
         let path = piece_path(fin.staging, p);
         fin.files[p].sync_all().map_err(|e| Error::io(&path, "flush", e))?;
-        finished.lock().unwrap_or_else(|e| e.into_inner()).push((p, digest));
-        Ok(())
+        piece_done(p, digest)
     };
     for &p in pieces {
         let piece = &layout.pieces[p];
@@ -353,11 +377,10 @@ fn write_pieces(
         let (m, ranges) = run_item(item, layout, ck, fin.files, stats)?;
         let n: u64 = ranges.iter().map(|(b, e)| e - b).sum();
         fin.progress.done.fetch_add(n, Ordering::Relaxed);
-        moved.lock().unwrap_or_else(|e| e.into_inner()).add(m);
+        lock(&moved).add(m);
         completed(item.file(), &ranges, true)
     })?;
-    let moved = moved.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok((moved, finished.into_inner().unwrap_or_else(|e| e.into_inner())))
+    Ok(moved.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 fn piece_state(p: usize, items: usize, layout: &Layout, fin: &Finish) -> Result<PieceState> {
@@ -557,14 +580,14 @@ fn assemble_output(
     layout: &Layout,
     staging: &Path,
     hashes: &[Option<String>],
-    copies: &mut StagedCopies,
-    cleanup: &mut Cleanup,
+    copies: &Mutex<StagedCopies>,
+    cleanup: &Mutex<Cleanup>,
 ) -> Result<OutputReport> {
     let parent = parent_dir(&spec.dir)?;
     let name = spec.dir.file_name().expect("checked in preflight").to_string_lossy().into_owned();
     let tmp = unique_path(&parent, &format!(".{name}.gslice-partial"));
     fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    cleanup.0.push(tmp.clone());
+    lock(cleanup).0.push(tmp.clone());
 
     let shards = shard_reports(ol, layout);
     let mut files = Vec::new();
@@ -586,6 +609,7 @@ fn assemble_output(
         match f {
             FileSpec::Text { text, .. } => put(&mut files, f.name(), text.as_bytes())?,
             FileSpec::Copy { copy_from, .. } => {
+                let mut copies = lock(copies);
                 let staged = copies.get(copy_from, staging, hashing)?;
                 link_or_copy(&staged.path, &tmp.join(f.name()))?;
                 files.push(FileReport { name: f.name().into(), bytes: staged.bytes, sha256: staged.sha256.clone() });
@@ -599,7 +623,7 @@ fn assemble_output(
     }
     sync_dir(&tmp)?;
     commit(&tmp, &spec.dir, spec.overwrite)?;
-    cleanup.0.retain(|p| p != &tmp);
+    lock(cleanup).0.retain(|p| p != &tmp);
     Ok(finish_report(spec, ol, shards, files))
 }
 
