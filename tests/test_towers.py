@@ -133,3 +133,26 @@ def test_info_shows_tower_sizes(cli, e4b, tmp_path):
     audio = sum(a.size for n, a in shapes.items() if n.startswith(("model.audio_tower.", "model.embed_audio.")))
     assert d["towers"]["audio"]["params"] == audio
     assert d["towers"]["audio"]["bytes"] == 2 * audio
+
+
+def test_readme_tower_sizes_match_the_published_layout():
+    """The README's tower table, recomputed from the published E4B tensor list."""
+    import re
+    from pathlib import Path
+
+    from gslice import plan
+    from gslice.gemma3n import published_layout
+
+    sizes = {n: int(np.prod(s)) for n, s in published_layout().items()}
+    vision = sum(v for n, v in sizes.items() if n.startswith(("model.vision_tower.", "model.embed_vision.")))
+    audio = sum(v for n, v in sizes.items() if n.startswith(("model.audio_tower.", "model.embed_audio.")))
+    total = sum(sizes.values())
+    assert (vision, audio, total) == (298_587_456, 684_694_048, 7_849_978_192)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"{vision:,} parameters" in readme and f"{audio:,}." in readme
+    text_only = plan(None, preset="google-main", modalities="text")
+    assert text_only.params.total == total - vision - audio
+    bf16 = next(f for f in text_only.footprints if f.scheme == "bf16")
+    assert bf16.disk_bytes == 2 * (total - vision - audio)
+    row = re.search(r"\| `google-main --text-only` \| ([\d.]+)B \| ([\d.]+) GB \|", readme)
+    assert row and (row.group(1), row.group(2)) == (f"{(total - vision - audio) / 1e9:.2f}", f"{bf16.disk_bytes / 1e9:.2f}")
