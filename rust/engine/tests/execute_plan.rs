@@ -449,3 +449,18 @@ fn quantization_refuses_partial_groups_and_non_finite_values() {
     assert!(!out.exists());
     assert!(leftovers(tmp.path()).is_empty());
 }
+
+#[test]
+fn a_cancelled_run_removes_what_it_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let out = tmp.path().join("out");
+    let plan: Plan = serde_json::from_value(json!({"source": src, "outputs": [{"dir": out, "tensors": [
+        {"name": "w", "source": "w"}, {"name": "e", "source": "e", "op": {"kind": "cols", "ranges": [[0, 2]]}}]}]}))
+    .unwrap();
+    // Ctrl-C arrives (the binding sets this flag) after the staging folder exists.
+    let err = execute(&plan, &Progress::default(), &AtomicBool::new(true)).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(!out.exists());
+    assert!(leftovers(tmp.path()).is_empty());
+}
