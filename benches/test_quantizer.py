@@ -2,7 +2,7 @@
 
 Not part of the test run (``testpaths`` is ``tests``). Run it with
 
-    python -m pytest benches/bench_quantize.py --benchmark-enable -s
+    python -m pytest benches/test_quantizer.py --benchmark-enable -s
 
 Each case reads one [8192, 16384] BF16 tensor (256 MiB) from the page cache (a warm-up round
 reads it first) and writes its output with 2 threads; the time includes writing and fsync of the
