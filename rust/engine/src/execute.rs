@@ -318,10 +318,10 @@ struct Finish<'a> {
     cancel: &'a AtomicBool,
 }
 
-/// Per piece: items still to run, and the hash of its written prefix.
+/// Per piece: the cursor following its written prefix, and a map to hash it through.
 struct PieceState {
-    remaining: AtomicUsize,
-    cursor: Option<(HashCursor, Mmap)>,
+    cursor: HashCursor,
+    map: Option<Mmap>,
 }
 
 /// Fills the data sections of `pieces` (headers are already written) and finishes each piece
@@ -329,7 +329,7 @@ struct PieceState {
 /// hashing). Returns how bytes moved; quantization statistics accumulate in `stats`.
 ///
 /// Items are handed out in file order to every thread of the pool (not split into halves, as a
-/// parallel iterator would), so each file fills from its start and its hash follows closely.
+/// parallel iterator would), so each file fills from its start and its cursor follows closely.
 fn write_pieces(
     pieces: &[usize],
     layout: &Layout,
@@ -343,34 +343,28 @@ fn write_pieces(
     let mut states: Vec<Option<PieceState>> = layout.pieces.iter().map(|_| None).collect();
     for &p in pieces {
         let piece = &layout.pieces[p];
-        let before = items.len();
         for (&t, &dst) in piece.tensors.iter().zip(&piece.offsets) {
             push_items(&mut items, p, t, &layout.tensors[t], dst, band);
         }
-        states[p] = Some(piece_state(p, items.len() - before, layout, fin)?);
+        states[p] = Some(piece_state(p, layout, fin)?);
     }
     let moved = Mutex::new(Moved::default());
-    // `item_done`: an item of the piece finished (else: the bytes known before any item ran).
-    let completed = |p: usize, ranges: &[(u64, u64)], item_done: bool| -> Result<()> {
+    let completed = |p: usize, ranges: &[(u64, u64)]| -> Result<()> {
         let st = states[p].as_ref().expect("state of a piece being written");
-        let digest = match &st.cursor {
-            Some((cursor, map)) => match cursor.written(ranges, map, &fin.progress.done) {
-                Some(d) => Some(d),
-                None => return Ok(()),
-            },
-            None if !item_done && st.remaining.load(Ordering::Relaxed) == 0 => None,
-            None if item_done && st.remaining.fetch_sub(1, Ordering::AcqRel) == 1 => None,
-            None => return Ok(()),
+        let Some(done) = st.cursor.written(ranges, &fin.files[p], st.map.as_ref(), &fin.progress.done) else {
+            return Ok(());
         };
         let path = piece_path(fin.staging, p);
         fin.files[p].sync_all().map_err(|e| Error::io(&path, "flush", e))?;
-        piece_done(p, digest)
+        io::drop_cached(&fin.files[p], 0, layout.pieces[p].size);
+        piece_done(p, done.sha256)
     };
+    // What is written before any item runs: the header and the bytes known at planning time.
     for &p in pieces {
         let piece = &layout.pieces[p];
         let mut known = vec![(0, piece.header.len() as u64)];
         known.extend(piece.literals.iter().map(|(off, bytes)| (*off, off + bytes.len() as u64)));
-        completed(p, &known, false)?;
+        completed(p, &known)?;
     }
     in_file_order(items.len(), fin.cancel, |i| {
         let item = &items[i];
@@ -378,22 +372,21 @@ fn write_pieces(
         let n: u64 = ranges.iter().map(|(b, e)| e - b).sum();
         fin.progress.done.fetch_add(n, Ordering::Relaxed);
         lock(&moved).add(m);
-        completed(item.file(), &ranges, true)
+        completed(item.file(), &ranges)
     })?;
     Ok(moved.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
-fn piece_state(p: usize, items: usize, layout: &Layout, fin: &Finish) -> Result<PieceState> {
-    let cursor = if fin.hashing {
+fn piece_state(p: usize, layout: &Layout, fin: &Finish) -> Result<PieceState> {
+    let map = if fin.hashing {
         let path = piece_path(fin.staging, p);
         // SAFETY: a read-only view of a file this run created and sized; the page cache keeps
         // it coherent with our own writes.
-        let map = unsafe { Mmap::map(&fin.files[p]) }.map_err(|e| Error::io(&path, "memory-map", e))?;
-        Some((HashCursor::new(layout.pieces[p].size), map))
+        Some(unsafe { Mmap::map(&fin.files[p]) }.map_err(|e| Error::io(&path, "memory-map", e))?)
     } else {
         None
     };
-    Ok(PieceState { remaining: AtomicUsize::new(items), cursor })
+    Ok(PieceState { cursor: HashCursor::new(layout.pieces[p].size, fin.hashing), map })
 }
 
 /// Runs `f(0..n)` on every thread of the current pool, each taking the next index in turn;
@@ -452,6 +445,7 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats
             let shard = &ck.shards[layout.tensors[t].shard];
             let moved = io::copy_range(&shard.file, &shard.map, src_off, &files[file], dst_off, len)
                 .map_err(|e| write_error(layout, t, e))?;
+            io::drop_cached(&shard.file, src_off, len);
             io::start_writeback(&files[file], dst_off, len);
             Ok((moved, vec![(dst_off, dst_off + len)]))
         }
@@ -461,7 +455,9 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats
             let moved = io::gather(&shard.file, &shard.map, col_segments(r, rows), &files[file], dst_off)
                 .map_err(|e| write_error(layout, t, e))?;
             let src_row = src_row_bytes(r);
-            io::release(&shard.map, r.src.start + rows.0 * src_row, (rows.1 - rows.0) * src_row);
+            let (span_at, span) = (r.src.start + rows.0 * src_row, (rows.1 - rows.0) * src_row);
+            io::release(&shard.map, span_at, span);
+            io::drop_cached(&shard.file, span_at, span);
             let n = moved.kernel + moved.buffered;
             io::start_writeback(&files[file], dst_off, n);
             Ok((moved, vec![(dst_off, dst_off + n)]))

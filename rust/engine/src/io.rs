@@ -156,6 +156,27 @@ fn write_batch(map: &Mmap, batch: &mut Vec<(u64, u64)>, batch_len: &mut u64, dst
     Ok(total)
 }
 
+/// Waits for the writeback of a range we wrote (started earlier by [`start_writeback`]) and
+/// drops its pages from the page cache. Advisory: errors surface at the final flush.
+pub fn flush_and_drop(file: &File, off: u64, len: u64) {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: valid fd; both calls only act on the page cache of this range.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, flags);
+        libc::posix_fadvise(file.as_raw_fd(), off as libc::off_t, len as libc::off_t, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// Drops a source range we have finished reading from the page cache (clean pages only; a
+/// range another process maps or dirtied stays). The source is read once per run, so keeping
+/// it cached would only push other data out.
+pub fn drop_cached(file: &File, off: u64, len: u64) {
+    // SAFETY: valid fd; advisory.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), off as libc::off_t, len as libc::off_t, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
 /// Asks the kernel to start writing back a range we just wrote, without waiting for it: the
 /// final flush then has little left to do, and dirty pages do not pile up (which matters under
 /// a memory cap). Advisory: errors surface at the final flush.

@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Shard};
 use crate::error::Error;
 use crate::io;
 use crate::plan::{Op, QuantSpec, Resolved};
@@ -83,7 +83,7 @@ pub fn quantize_band<T>(
             st.merge(&row_st);
         }
         let out = sink(words, scales).map_err(QuantFailure::Io)?;
-        release_source_rows(r, &shard.map, (r0, r1));
+        release_source_rows(r, shard, (r0, r1));
         Ok((st, out))
     })
 }
@@ -110,15 +110,20 @@ fn source_row(ranges: &[(u64, u64)], mut k: u64) -> u64 {
     unreachable!("output rows are within the ranges' total")
 }
 
-fn release_source_rows(r: &Resolved, map: &memmap2::Mmap, (r0, r1): (u64, u64)) {
+/// Unmaps the source rows a band read and drops them from the page cache.
+fn release_source_rows(r: &Resolved, shard: &Shard, (r0, r1): (u64, u64)) {
     let src_row = r.src.shape[1] * r.dtype.size();
+    let release = |at: u64, len: u64| {
+        io::release(&shard.map, at, len);
+        io::drop_cached(&shard.file, at, len);
+    };
     match &r.op {
         Op::Rows { ranges } => {
             // Bands are short compared with blocks, so releasing row by row is cheap enough.
             for k in r0..r1 {
-                io::release(map, r.src.start + source_row(ranges, k) * src_row, src_row);
+                release(r.src.start + source_row(ranges, k) * src_row, src_row);
             }
         }
-        _ => io::release(map, r.src.start + r0 * src_row, (r1 - r0) * src_row),
+        _ => release(r.src.start + r0 * src_row, (r1 - r0) * src_row),
     }
 }
