@@ -455,6 +455,13 @@ def markdown(res: dict) -> str:
                if res.get("recycle_mib") else " Consider `--recycle 1024`."),
             "",
         ]
+    walls = {k: r["extra"].get("walls", []) for k, r in res["runs"].items()}
+    if any(len(w) > 1 for w in walls.values()):
+        lines += [
+            "Each row is the run with the median wall time of those made (the outcome column lists every "
+            "run's wall time).",
+            "",
+        ]
     lines += [
         "| run | wall s | user s | sys s | peak RSS MB | written GB | GB/s | outcome |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -471,6 +478,8 @@ def markdown(res: dict) -> str:
                         f"(incl. page cache), failcnt {c['failcnt']}, oom_kill {c['oom_kill']}")
         if "fsync_after" in r["extra"]:
             outcome += f"; its output then took {r['extra']['fsync_after']:.2f} s to fsync"
+        if len(r["extra"].get("walls", [])) > 1:
+            outcome += "; runs: " + ", ".join(f"{w:.1f}" for w in r["extra"]["walls"]) + " s"
         lines.append(f"| {r['label']} | {r['wall']:.2f} | {r['user']:.2f} | {r['sys']:.2f} | {r['peak_rss'] / 1e6:.0f} "
                      f"| {written / 1e9:.3f} | {written / 1e9 / r['wall'] if r['wall'] else 0:.2f} | {outcome} |")
     for key, why in res["notes"].items():
