@@ -1,11 +1,9 @@
 //! Running a plan: open and validate the source, lay out every output, reserve the shard
-//! files, then produce the outputs one after the other: write (in parallel, slicing and
-//! quantizing straight from the source mmap) the pieces the next output needs that are not
-//! written yet, flush and hash them, assemble that output in a hidden temporary folder (its
-//! manifest written last) and rename it into place. An interrupted run therefore leaves whole
-//! outputs or none; any failure removes the staging and partial folders.
+//! files, then write every piece in one pass (in parallel, slicing and quantizing straight from
+//! the source mmap), each flushed and hashed as it completes; an output is assembled and renamed
+//! into place as soon as its last piece is done (see `assemble`). An interrupted run therefore
+//! leaves whole outputs or none; any failure removes the staging and partial folders.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -14,97 +12,20 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use memmap2::Mmap;
-use serde::Serialize;
-use serde_json::{json, Value};
 
+use crate::assemble::{assemble_output, describe_output, parent_dir, unique_path, Cleanup, StagedCopies};
 use crate::checkpoint::{Checkpoint, INDEX_NAME};
 use crate::error::{Error, Result};
-use crate::hash::{sha256_bytes, sha256_file};
 use crate::hash_cursor::HashCursor;
 use crate::io::{self, Moved};
 use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
 use crate::layout::{self, Layout, OutputLayout};
-use crate::plan::{resolve, FileSpec, ManifestSpec, OutputSpec, Plan};
+use crate::plan::{resolve, OutputSpec, Plan};
 use crate::qband::{self, band_offsets};
 use crate::quant::Stats;
+pub use crate::report::{FileReport, OutputReport, Progress, QuantReport, Report, ShardReport};
+use crate::report::quant_reports;
 
-/// Shared with the caller, who polls it to draw a progress bar.
-#[derive(Default)]
-pub struct Progress {
-    pub done: AtomicU64,
-    pub total: AtomicU64,
-}
-
-#[derive(Serialize, Debug)]
-pub struct ShardReport {
-    pub name: String,
-    pub bytes: u64,
-    pub tensors: usize,
-    /// The physical file (piece) behind this shard, and how many outputs of the run link it.
-    pub piece: usize,
-    pub shared_by: usize,
-}
-
-/// Every file of an output folder. `sha256` is absent in a dry run.
-#[derive(Serialize, Debug)]
-pub struct FileReport {
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: Option<String>,
-}
-
-#[derive(Serialize, Debug)]
-pub struct OutputReport {
-    pub dir: PathBuf,
-    pub shards: Vec<ShardReport>,
-    pub files: Vec<FileReport>,
-    pub tensors: usize,
-    pub tensor_bytes: u64,
-    pub file_bytes: u64,
-    /// Time from the previous output's completion (or the start of the run) to this one's.
-    pub seconds: f64,
-}
-
-/// One quantized tensor: sizes and the error of `q * scale` against the (sliced) source.
-#[derive(Serialize, Debug)]
-pub struct QuantReport {
-    pub name: String,
-    pub scale_name: String,
-    pub shape_name: String,
-    pub source: String,
-    pub source_dtype: &'static str,
-    pub shape: Vec<u64>,
-    pub bits: u32,
-    pub group_size: u64,
-    /// The sliced tensor in its source dtype.
-    pub bytes_before: u64,
-    /// Packed words + scales + shape.
-    pub bytes_after: u64,
-    pub weight_rms: f64,
-    pub rms_error: f64,
-    pub max_abs_error: f64,
-    /// Both errors divided by the weight's RMS (0 for an all-zero weight).
-    pub rel_rms_error: f64,
-    pub rel_max_abs_error: f64,
-}
-
-#[derive(Serialize, Debug)]
-pub struct Report {
-    pub outputs: Vec<OutputReport>,
-    /// Every distinct quantized tensor, in layout order.
-    pub quantized: Vec<QuantReport>,
-    /// Bytes of shard files this run wrote (headers included), each shared piece counted once.
-    /// In a dry run: what it would write.
-    pub bytes_written: u64,
-    pub bytes_kernel_copied: u64,
-    pub bytes_gathered: u64,
-    pub bytes_hashed: u64,
-    pub distinct_tensors: usize,
-    pub shard_files_written: usize,
-    pub seconds: f64,
-    pub threads: usize,
-    pub dry_run: bool,
-}
 
 pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<Report> {
     let start = Instant::now();
@@ -196,7 +117,7 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     Ok(report(outputs, &layout, moved, hashed.into_inner(), &stats, start, threads, false))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -303,7 +224,7 @@ fn create_pieces(layout: &Layout, staging: &Path, progress: &Progress) -> Result
         .collect()
 }
 
-fn piece_path(staging: &Path, i: usize) -> PathBuf {
+pub(crate) fn piece_path(staging: &Path, i: usize) -> PathBuf {
     staging.join(format!("piece-{i:05}.safetensors"))
 }
 
@@ -465,36 +386,6 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats
     }
 }
 
-fn quant_reports(layout: &Layout, stats: &[Stats]) -> Vec<QuantReport> {
-    let rel = |a: f64, rms: f64| if rms > 0.0 { a / rms } else { 0.0 };
-    layout
-        .tensors
-        .iter()
-        .zip(stats)
-        .filter_map(|(r, st)| {
-            let q = r.quant.as_ref()?;
-            let (rms, rms_err) = (st.rms(), st.rms_err());
-            Some(QuantReport {
-                name: r.name.clone(),
-                scale_name: q.scale_name.clone(),
-                shape_name: q.shape_name.clone(),
-                source: r.src.name.clone(),
-                source_dtype: r.dtype.name(),
-                shape: r.shape.clone(),
-                bits: q.bits,
-                group_size: q.group_size,
-                bytes_before: r.shape.iter().product::<u64>() * r.dtype.size(),
-                bytes_after: r.nbytes,
-                weight_rms: rms,
-                rms_error: rms_err,
-                max_abs_error: st.max_abs_err,
-                rel_rms_error: rel(rms_err, rms),
-                rel_max_abs_error: rel(st.max_abs_err, rms),
-            })
-        })
-        .collect()
-}
-
 fn write_error(layout: &Layout, t: usize, e: std::io::Error) -> Error {
     Error::Io {
         path: PathBuf::from(&layout.tensors[t].name),
@@ -503,233 +394,3 @@ fn write_error(layout: &Layout, t: usize, e: std::io::Error) -> Error {
     }
 }
 
-fn shard_reports(ol: &OutputLayout, layout: &Layout) -> Vec<ShardReport> {
-    ol.shards
-        .iter()
-        .map(|(file, p)| ShardReport {
-            name: file.clone(),
-            bytes: layout.pieces[*p].size,
-            tensors: layout.pieces[*p].entries,
-            piece: *p,
-            shared_by: layout.outputs.iter().filter(|o| o.shards.iter().any(|s| s.1 == *p)).count(),
-        })
-        .collect()
-}
-
-fn index_text(ol: &OutputLayout) -> Result<Option<String>> {
-    if ol.shards.len() < 2 {
-        return Ok(None);
-    }
-    let index = json!({"metadata": {"total_size": ol.total_size}, "weight_map": ol.weight_map});
-    Ok(Some(serde_json::to_string_pretty(&index).map_err(|e| Error::Internal(e.to_string()))? + "\n"))
-}
-
-/// The manifest: the caller's fields plus the size and hash of every other file.
-fn manifest_text(m: &ManifestSpec, files: &[FileReport]) -> Result<String> {
-    let mut listed = BTreeMap::new();
-    for f in files {
-        // A dry run has no hashes yet; a placeholder of the same length keeps the size exact.
-        let sha = f.sha256.clone().unwrap_or_else(|| "0".repeat(64));
-        listed.insert(f.name.clone(), json!({"size": f.bytes, "sha256": sha}));
-    }
-    let mut fields = m.fields.clone();
-    fields.insert("files".into(), json!(listed));
-    Ok(serde_json::to_string_pretty(&Value::Object(fields)).map_err(|e| Error::Internal(e.to_string()))? + "\n")
-}
-
-fn finish_report(spec: &OutputSpec, ol: &OutputLayout, shards: Vec<ShardReport>, files: Vec<FileReport>) -> OutputReport {
-    OutputReport {
-        dir: spec.dir.clone(),
-        tensors: ol.weight_map.len(),
-        tensor_bytes: ol.total_size,
-        file_bytes: shards.iter().map(|s| s.bytes).sum(),
-        shards,
-        files,
-        seconds: 0.0,
-    }
-}
-
-/// What a dry run reports: every file the output would hold, with its size.
-fn describe_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout) -> Result<OutputReport> {
-    let shards = shard_reports(ol, layout);
-    let mut files: Vec<FileReport> = shards.iter().map(|s| FileReport { name: s.name.clone(), bytes: s.bytes, sha256: None }).collect();
-    if let Some(text) = index_text(ol)? {
-        files.push(FileReport { name: INDEX_NAME.into(), bytes: text.len() as u64, sha256: None });
-    }
-    for f in &spec.files {
-        let bytes = match f {
-            FileSpec::Text { text, .. } => text.len() as u64,
-            FileSpec::Copy { copy_from, .. } => fs::metadata(copy_from).map_err(|e| Error::io(copy_from, "stat", e))?.len(),
-        };
-        files.push(FileReport { name: f.name().into(), bytes, sha256: None });
-    }
-    if let Some(m) = &spec.manifest {
-        let bytes = manifest_text(m, &files)?.len() as u64;
-        files.push(FileReport { name: m.name.clone(), bytes, sha256: None });
-    }
-    Ok(finish_report(spec, ol, shards, files))
-}
-
-fn assemble_output(
-    spec: &OutputSpec,
-    ol: &OutputLayout,
-    layout: &Layout,
-    staging: &Path,
-    hashes: &[Option<String>],
-    copies: &Mutex<StagedCopies>,
-    cleanup: &Mutex<Cleanup>,
-) -> Result<OutputReport> {
-    let parent = parent_dir(&spec.dir)?;
-    let name = spec.dir.file_name().expect("checked in preflight").to_string_lossy().into_owned();
-    let tmp = unique_path(&parent, &format!(".{name}.gslice-partial"));
-    fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    lock(cleanup).0.push(tmp.clone());
-
-    let shards = shard_reports(ol, layout);
-    let mut files = Vec::new();
-    for s in &shards {
-        link_or_copy(&piece_path(staging, s.piece), &tmp.join(&s.name))?;
-        files.push(FileReport { name: s.name.clone(), bytes: s.bytes, sha256: hashes[s.piece].clone() });
-    }
-    let hashing = spec.manifest.is_some();
-    let put = |files: &mut Vec<FileReport>, name: &str, bytes: &[u8]| -> Result<()> {
-        write_synced(&tmp.join(name), bytes)?;
-        let sha256 = hashing.then(|| sha256_bytes(bytes));
-        files.push(FileReport { name: name.into(), bytes: bytes.len() as u64, sha256 });
-        Ok(())
-    };
-    if let Some(text) = index_text(ol)? {
-        put(&mut files, INDEX_NAME, text.as_bytes())?;
-    }
-    for f in &spec.files {
-        match f {
-            FileSpec::Text { text, .. } => put(&mut files, f.name(), text.as_bytes())?,
-            FileSpec::Copy { copy_from, .. } => {
-                let mut copies = lock(copies);
-                let staged = copies.get(copy_from, staging, hashing)?;
-                link_or_copy(&staged.path, &tmp.join(f.name()))?;
-                files.push(FileReport { name: f.name().into(), bytes: staged.bytes, sha256: staged.sha256.clone() });
-            }
-        }
-    }
-    if let Some(m) = &spec.manifest {
-        // Written last, once every other file is in place and hashed.
-        let text = manifest_text(m, &files)?;
-        put(&mut files, &m.name, text.as_bytes())?;
-    }
-    sync_dir(&tmp)?;
-    commit(&tmp, &spec.dir, spec.overwrite)?;
-    lock(cleanup).0.retain(|p| p != &tmp);
-    Ok(finish_report(spec, ol, shards, files))
-}
-
-/// Source files copied into outputs (tokenizer, chat template): each is copied once into the
-/// staging folder, then hard-linked into every output that lists it, like the shards.
-#[derive(Default)]
-struct StagedCopies(std::collections::HashMap<PathBuf, StagedCopy>);
-
-struct StagedCopy {
-    path: PathBuf,
-    bytes: u64,
-    sha256: Option<String>,
-}
-
-impl StagedCopies {
-    fn get(&mut self, from: &Path, staging: &Path, hashing: bool) -> Result<&StagedCopy> {
-        let n = self.0.len();
-        if !self.0.contains_key(from) {
-            let path = staging.join(format!("copy-{n:05}"));
-            let bytes = fs::copy(from, &path).map_err(|e| Error::io(from, "copy", e))?;
-            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, "flush", e))?;
-            self.0.insert(from.to_path_buf(), StagedCopy { path, bytes, sha256: None });
-        }
-        let staged = self.0.get_mut(from).expect("inserted above");
-        if hashing && staged.sha256.is_none() {
-            staged.sha256 = Some(sha256_file(&staged.path, &AtomicU64::new(0), &AtomicBool::new(false))?);
-        }
-        Ok(staged)
-    }
-}
-
-fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if fs::hard_link(from, to).is_ok() {
-        return Ok(());
-    }
-    // Another filesystem, or links not allowed: std's copy uses copy_file_range (a reflink
-    // where the filesystem can) before falling back to read/write.
-    fs::copy(from, to).map_err(|e| Error::io(to, "copy shard to", e))?;
-    File::open(to).and_then(|f| f.sync_all()).map_err(|e| Error::io(to, "flush", e))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let f = File::create(path).map_err(|e| Error::io(path, "create", e))?;
-    f.write_all_at(bytes, 0).map_err(|e| Error::io(path, "write", e))?;
-    f.sync_all().map_err(|e| Error::io(path, "flush", e))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, "flush", e))
-}
-
-/// Renames the finished folder into place; an existing one (allowed by `overwrite`) is moved
-/// aside first and deleted only once the new one is in place.
-fn commit(tmp: &Path, dest: &Path, overwrite: bool) -> Result<()> {
-    let parent = parent_dir(dest)?;
-    if dest.symlink_metadata().is_ok() {
-        if !overwrite {
-            return Err(Error::Exists(dest.to_path_buf()));
-        }
-        let name = dest.file_name().expect("checked").to_string_lossy().into_owned();
-        let old = unique_path(&parent, &format!(".{name}.gslice-old"));
-        fs::rename(dest, &old).map_err(|e| Error::io(dest, "move aside", e))?;
-        if let Err(e) = fs::rename(tmp, dest) {
-            let _ = fs::rename(&old, dest);
-            return Err(Error::io(dest, "rename into", e));
-        }
-        remove_any(&old);
-    } else {
-        fs::rename(tmp, dest).map_err(|e| Error::io(dest, "rename into", e))?;
-    }
-    sync_dir(&parent)
-}
-
-fn remove_any(path: &Path) {
-    if path.is_dir() {
-        let _ = fs::remove_dir_all(path);
-    } else {
-        let _ = fs::remove_file(path);
-    }
-}
-
-/// The folder an output will live in, created if needed (like `mkdir -p`).
-fn parent_dir(dest: &Path) -> Result<PathBuf> {
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "create", e))?;
-    Ok(parent)
-}
-
-fn unique_path(parent: &Path, prefix: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    loop {
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = parent.join(format!("{prefix}-{}-{n}", std::process::id()));
-        if p.symlink_metadata().is_err() {
-            return p;
-        }
-    }
-}
-
-/// Removes what a failed run created. Runs on early returns and on unwinding alike.
-#[derive(Default)]
-struct Cleanup(Vec<PathBuf>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for p in self.0.drain(..).rev() {
-            let _ = fs::remove_dir_all(&p);
-        }
-    }
-}

@@ -2,6 +2,7 @@
 //! according to a plan of per-tensor operations (slicing, and group-wise quantization). It knows
 //! the file formats, not any model.
 
+pub mod assemble;
 pub mod checkpoint;
 pub mod compare;
 pub mod dtype;
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod plan;
 pub mod qband;
 pub mod quant;
+pub mod report;
 
 pub use checkpoint::Checkpoint;
 pub use compare::{compare, Mismatch};

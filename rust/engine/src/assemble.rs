@@ -1,0 +1,251 @@
+//! Assembling an output folder: the shards it needs hard-linked from the staging folder (copied
+//! where links are impossible), its index, config and side files, and last its manifest, all in
+//! a hidden temporary folder that is flushed and renamed into place in one step.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+use crate::checkpoint::INDEX_NAME;
+use crate::error::{Error, Result};
+use crate::execute::{lock, piece_path};
+use crate::hash::{sha256_bytes, sha256_file};
+use crate::layout::{Layout, OutputLayout};
+use crate::plan::{FileSpec, ManifestSpec, OutputSpec};
+use crate::report::{FileReport, OutputReport, ShardReport};
+
+fn shard_reports(ol: &OutputLayout, layout: &Layout) -> Vec<ShardReport> {
+    ol.shards
+        .iter()
+        .map(|(file, p)| ShardReport {
+            name: file.clone(),
+            bytes: layout.pieces[*p].size,
+            tensors: layout.pieces[*p].entries,
+            piece: *p,
+            shared_by: layout.outputs.iter().filter(|o| o.shards.iter().any(|s| s.1 == *p)).count(),
+        })
+        .collect()
+}
+
+fn index_text(ol: &OutputLayout) -> Result<Option<String>> {
+    if ol.shards.len() < 2 {
+        return Ok(None);
+    }
+    let index = json!({"metadata": {"total_size": ol.total_size}, "weight_map": ol.weight_map});
+    Ok(Some(serde_json::to_string_pretty(&index).map_err(|e| Error::Internal(e.to_string()))? + "\n"))
+}
+
+/// The manifest: the caller's fields plus the size and hash of every other file.
+fn manifest_text(m: &ManifestSpec, files: &[FileReport]) -> Result<String> {
+    let mut listed = BTreeMap::new();
+    for f in files {
+        // A dry run has no hashes yet; a placeholder of the same length keeps the size exact.
+        let sha = f.sha256.clone().unwrap_or_else(|| "0".repeat(64));
+        listed.insert(f.name.clone(), json!({"size": f.bytes, "sha256": sha}));
+    }
+    let mut fields = m.fields.clone();
+    fields.insert("files".into(), json!(listed));
+    Ok(serde_json::to_string_pretty(&Value::Object(fields)).map_err(|e| Error::Internal(e.to_string()))? + "\n")
+}
+
+fn finish_report(spec: &OutputSpec, ol: &OutputLayout, shards: Vec<ShardReport>, files: Vec<FileReport>) -> OutputReport {
+    OutputReport {
+        dir: spec.dir.clone(),
+        tensors: ol.weight_map.len(),
+        tensor_bytes: ol.total_size,
+        file_bytes: shards.iter().map(|s| s.bytes).sum(),
+        shards,
+        files,
+        seconds: 0.0,
+    }
+}
+
+/// What a dry run reports: every file the output would hold, with its size.
+pub(crate) fn describe_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout) -> Result<OutputReport> {
+    let shards = shard_reports(ol, layout);
+    let mut files: Vec<FileReport> = shards.iter().map(|s| FileReport { name: s.name.clone(), bytes: s.bytes, sha256: None }).collect();
+    if let Some(text) = index_text(ol)? {
+        files.push(FileReport { name: INDEX_NAME.into(), bytes: text.len() as u64, sha256: None });
+    }
+    for f in &spec.files {
+        let bytes = match f {
+            FileSpec::Text { text, .. } => text.len() as u64,
+            FileSpec::Copy { copy_from, .. } => fs::metadata(copy_from).map_err(|e| Error::io(copy_from, "stat", e))?.len(),
+        };
+        files.push(FileReport { name: f.name().into(), bytes, sha256: None });
+    }
+    if let Some(m) = &spec.manifest {
+        let bytes = manifest_text(m, &files)?.len() as u64;
+        files.push(FileReport { name: m.name.clone(), bytes, sha256: None });
+    }
+    Ok(finish_report(spec, ol, shards, files))
+}
+
+pub(crate) fn assemble_output(
+    spec: &OutputSpec,
+    ol: &OutputLayout,
+    layout: &Layout,
+    staging: &Path,
+    hashes: &[Option<String>],
+    copies: &Mutex<StagedCopies>,
+    cleanup: &Mutex<Cleanup>,
+) -> Result<OutputReport> {
+    let parent = parent_dir(&spec.dir)?;
+    let name = spec.dir.file_name().expect("checked in preflight").to_string_lossy().into_owned();
+    let tmp = unique_path(&parent, &format!(".{name}.gslice-partial"));
+    fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    lock(cleanup).0.push(tmp.clone());
+
+    let shards = shard_reports(ol, layout);
+    let mut files = Vec::new();
+    for s in &shards {
+        link_or_copy(&piece_path(staging, s.piece), &tmp.join(&s.name))?;
+        files.push(FileReport { name: s.name.clone(), bytes: s.bytes, sha256: hashes[s.piece].clone() });
+    }
+    let hashing = spec.manifest.is_some();
+    let put = |files: &mut Vec<FileReport>, name: &str, bytes: &[u8]| -> Result<()> {
+        write_synced(&tmp.join(name), bytes)?;
+        let sha256 = hashing.then(|| sha256_bytes(bytes));
+        files.push(FileReport { name: name.into(), bytes: bytes.len() as u64, sha256 });
+        Ok(())
+    };
+    if let Some(text) = index_text(ol)? {
+        put(&mut files, INDEX_NAME, text.as_bytes())?;
+    }
+    for f in &spec.files {
+        match f {
+            FileSpec::Text { text, .. } => put(&mut files, f.name(), text.as_bytes())?,
+            FileSpec::Copy { copy_from, .. } => {
+                let mut copies = lock(copies);
+                let staged = copies.get(copy_from, staging, hashing)?;
+                link_or_copy(&staged.path, &tmp.join(f.name()))?;
+                files.push(FileReport { name: f.name().into(), bytes: staged.bytes, sha256: staged.sha256.clone() });
+            }
+        }
+    }
+    if let Some(m) = &spec.manifest {
+        // Written last, once every other file is in place and hashed.
+        let text = manifest_text(m, &files)?;
+        put(&mut files, &m.name, text.as_bytes())?;
+    }
+    sync_dir(&tmp)?;
+    commit(&tmp, &spec.dir, spec.overwrite)?;
+    lock(cleanup).0.retain(|p| p != &tmp);
+    Ok(finish_report(spec, ol, shards, files))
+}
+
+/// Source files copied into outputs (tokenizer, chat template): each is copied once into the
+/// staging folder, then hard-linked into every output that lists it, like the shards.
+#[derive(Default)]
+pub(crate) struct StagedCopies(std::collections::HashMap<PathBuf, StagedCopy>);
+
+struct StagedCopy {
+    path: PathBuf,
+    bytes: u64,
+    sha256: Option<String>,
+}
+
+impl StagedCopies {
+    fn get(&mut self, from: &Path, staging: &Path, hashing: bool) -> Result<&StagedCopy> {
+        let n = self.0.len();
+        if !self.0.contains_key(from) {
+            let path = staging.join(format!("copy-{n:05}"));
+            let bytes = fs::copy(from, &path).map_err(|e| Error::io(from, "copy", e))?;
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, "flush", e))?;
+            self.0.insert(from.to_path_buf(), StagedCopy { path, bytes, sha256: None });
+        }
+        let staged = self.0.get_mut(from).expect("inserted above");
+        if hashing && staged.sha256.is_none() {
+            staged.sha256 = Some(sha256_file(&staged.path, &AtomicU64::new(0), &AtomicBool::new(false))?);
+        }
+        Ok(staged)
+    }
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    // Another filesystem, or links not allowed: std's copy uses copy_file_range (a reflink
+    // where the filesystem can) before falling back to read/write.
+    fs::copy(from, to).map_err(|e| Error::io(to, "copy shard to", e))?;
+    File::open(to).and_then(|f| f.sync_all()).map_err(|e| Error::io(to, "flush", e))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let f = File::create(path).map_err(|e| Error::io(path, "create", e))?;
+    f.write_all_at(bytes, 0).map_err(|e| Error::io(path, "write", e))?;
+    f.sync_all().map_err(|e| Error::io(path, "flush", e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, "flush", e))
+}
+
+/// Renames the finished folder into place; an existing one (allowed by `overwrite`) is moved
+/// aside first and deleted only once the new one is in place.
+fn commit(tmp: &Path, dest: &Path, overwrite: bool) -> Result<()> {
+    let parent = parent_dir(dest)?;
+    if dest.symlink_metadata().is_ok() {
+        if !overwrite {
+            return Err(Error::Exists(dest.to_path_buf()));
+        }
+        let name = dest.file_name().expect("checked").to_string_lossy().into_owned();
+        let old = unique_path(&parent, &format!(".{name}.gslice-old"));
+        fs::rename(dest, &old).map_err(|e| Error::io(dest, "move aside", e))?;
+        if let Err(e) = fs::rename(tmp, dest) {
+            let _ = fs::rename(&old, dest);
+            return Err(Error::io(dest, "rename into", e));
+        }
+        remove_any(&old);
+    } else {
+        fs::rename(tmp, dest).map_err(|e| Error::io(dest, "rename into", e))?;
+    }
+    sync_dir(&parent)
+}
+
+fn remove_any(path: &Path) {
+    if path.is_dir() {
+        let _ = fs::remove_dir_all(path);
+    } else {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// The folder an output will live in, created if needed (like `mkdir -p`).
+pub(crate) fn parent_dir(dest: &Path) -> Result<PathBuf> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "create", e))?;
+    Ok(parent)
+}
+
+pub(crate) fn unique_path(parent: &Path, prefix: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    loop {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = parent.join(format!("{prefix}-{}-{n}", std::process::id()));
+        if p.symlink_metadata().is_err() {
+            return p;
+        }
+    }
+}
+
+/// Removes what a failed run created. Runs on early returns and on unwinding alike.
+#[derive(Default)]
+pub(crate) struct Cleanup(pub(crate) Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in self.0.drain(..).rev() {
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
+}
