@@ -58,6 +58,10 @@ class SlicePlan:
             for t in self.tensors
         )
 
+    def config_text(self) -> str:
+        """config.json as written into the output (and re-derived by `gslice verify`)."""
+        return json.dumps(self.new_config, indent=2) + "\n"
+
     def params(self) -> ParamCounts:
         return gemma3n.count_params(self.output_shapes(), gemma3n.output_prefix(self.arch, self.spec))
 
@@ -195,7 +199,7 @@ def output_plan(
         dir=Path(out).expanduser().absolute(),
         tensors=list(plan.tensors),
         text_files={
-            "config.json": json.dumps(plan.new_config, indent=2) + "\n",
+            "config.json": plan.config_text(),
             "README.md": model_card(plan, title=preset["name"] if preset else None),
         },
         copied_files=gemma3n.files_to_copy(plan.source.path, plan.spec),

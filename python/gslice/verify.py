@@ -83,7 +83,7 @@ def verify_output(
 def _side_files(folder: Path, plan) -> list[str]:
     problems = []
     config = folder / "config.json"
-    if config.is_file() and config.read_text() != json.dumps(plan.new_config, indent=2) + "\n":
+    if config.is_file() and config.read_text() != plan.config_text():
         problems.append("config.json differs from the config the spec derives from the source")
     for name, src in gemma3n.files_to_copy(plan.source.path, plan.spec).items():
         dest = folder / name

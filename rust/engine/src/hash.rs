@@ -22,16 +22,11 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 pub fn sha256_file(path: &Path, done: &AtomicU64, cancel: &AtomicBool) -> Result<String> {
     let f = File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
-    sha256_open(&f, len, path, done, cancel)
-}
-
-/// Hashes the first `len` bytes of an open file (`path` names it in errors).
-pub fn sha256_open(f: &File, len: u64, path: &Path, done: &AtomicU64, cancel: &AtomicBool) -> Result<String> {
     let mut hasher = Sha256::new();
     if len > 0 {
         // SAFETY: read-only map of a file this process wrote or is checking; a concurrent
         // truncation could fault, as for any mmap reader.
-        let map = unsafe { MmapOptions::new().len(len as usize).map(f) }.map_err(|e| Error::io(path, "memory-map", e))?;
+        let map = unsafe { MmapOptions::new().len(len as usize).map(&f) }.map_err(|e| Error::io(path, "memory-map", e))?;
         let _ = map.advise(Advice::Sequential);
         let mut at = 0u64;
         while at < len {
