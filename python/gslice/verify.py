@@ -3,7 +3,6 @@ is every tensor exactly what the manifest's spec derives from it?"""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
