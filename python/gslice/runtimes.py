@@ -53,7 +53,7 @@ TRANSFORMERS = Runtime(
 )
 VLLM = Runtime(
     "vllm",
-    "vLLM main, vllm/model_executor/models/gemma3n.py (read; vLLM does not install here)",
+    "vLLM 0.33.0, vllm/model_executor/models/gemma3n.py (read from its wheel; vLLM does not run here)",
 )
 LLAMA_CPP = Runtime(
     "llama.cpp",
@@ -68,7 +68,7 @@ LLAMA_CPP = Runtime(
 )
 OLLAMA = Runtime(
     "ollama",
-    "Ollama's own engine, model/models/gemma3n/model_text.go (read; Ollama does not run llama.cpp's Gemma 3n)",
+    "Ollama's own engine, model/models/gemma3n/model_text.go at 64f40bd (read; it does not use llama.cpp's Gemma 3n code)",
 )
 MLX_LM = Runtime(
     "mlx-lm",
