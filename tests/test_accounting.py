@@ -217,7 +217,7 @@ def test_slice_report_carries_the_figures(e4b, tmp_path):
 PLAN_ERRORS = [
     (dict(src_or_config="/nonexistent"), SourceError, "source /nonexistent does not exist"),
     (dict(preset="google-e2b", spec=SliceSpec(ffn_dims=8192)), SpecError, "give either a preset or layers_to_skip/ffn_dims, not both"),
-    (dict(context=0), SpecError, "context: 0 must be a positive integer"),
+    (dict(context=0), gslice.ArgumentError, "context = 0 is out of range: it must be at least 1"),
     (dict(modalities="video"), SpecError, "modalities: 'video' is not one of all, text+audio, text"),
 ]
 

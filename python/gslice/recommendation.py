@@ -8,12 +8,8 @@ from dataclasses import dataclass
 
 from .accounting import DEFAULT_CONTEXT, SCHEMES, SizePlan, plan
 from .catalogue import MODALITIES, presets
-from .errors import GsliceError, SpecError
+from .errors import NothingFitsError, SpecError
 from .units import fmt_bytes, parse_size
-
-
-class NothingFitsError(GsliceError):
-    """No preset fits the RAM budget."""
 
 
 @dataclass(frozen=True)
