@@ -89,7 +89,7 @@ OFFICIAL_EFFECTIVE = {
     "Config for E3.49B (block-level)": 3_477_174_768,
     "Config for E3.79B (block-level)": 3_728_833_008,
 }
-# Google's table and shape arithmetic differ by up to this much (DESIGN.md).
+# Google's table and shape arithmetic differ by up to this much (docs/design.md).
 PUBLISHED_TOLERANCE_B = 0.02
 
 

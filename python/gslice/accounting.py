@@ -134,8 +134,8 @@ def plan(
     audio_layers_to_skip). ``modalities``: "all", "text+audio" or "text" (towers dropped on
     top of the preset or spec).
     """
-    _check_positive(context, "context")
-    _check_positive(group_size, "group_size")
+    context = int_arg(context, "context")
+    group_size = int_arg(group_size, "group_size")
     bool_arg(from_hub, "from_hub")
     if src_or_config is not None and not isinstance(src_or_config, dict):
         path_arg(src_or_config, "src_or_config")
@@ -242,6 +242,3 @@ def _read_json(path: Path) -> dict:
         raise SourceError(f"config {path} holds {type(data).__name__}, not a JSON object")
     return data
 
-
-def _check_positive(value, what: str) -> None:
-    int_arg(value, what)

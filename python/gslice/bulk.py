@@ -20,7 +20,7 @@ from .errors import GsliceError, OutputExistsError, SpecError
 from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
 from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
-from .slicing import SlicePlan, output_plan, prepare_slice
+from .slicing import SlicePlan, output_plan, prepare_slice, source_files
 from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
@@ -108,7 +108,7 @@ def prepare_bulk(
     if not plans:
         raise SpecError("no presets to write")
     record = source_record(source, plans[0][1].checkpoint.shards, hash_source=hash_source, progress=hash_progress)
-    protected = [*plans[0][1].checkpoint.shards, source.path / "config.json"]
+    protected = source_files(plans[0][1])
     items = []
     for preset, plan in plans:
         d = out / preset.slug

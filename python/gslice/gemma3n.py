@@ -3,7 +3,7 @@
 Given a source ``config.json`` and tensor list, this module decides which output tensors a
 slicing spec produces (source tensor + engine operation), validates the spec against the
 architecture, rewrites the config, and counts parameters. The rules come from transformers'
-Gemma 3n implementation and the published checkpoints (see DESIGN.md):
+Gemma 3n implementation and the published checkpoints (docs/design.md, "Gemma 3n facts"):
 
 * decoder layers ``layers.{i}.*`` are dropped or renumbered; MLP ``gate/up_proj`` keep their
   leading rows and ``down_proj`` its leading columns (MatFormer nests the narrow FFN first);
@@ -147,7 +147,7 @@ class Architecture:
 
 def read_config(src: Path) -> dict:
     path = src / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise SourceError(f"{src} is not a Gemma 3n checkpoint: it has no config.json")
     config = read_json(path, "config")
     if not isinstance(config, dict):

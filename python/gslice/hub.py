@@ -44,7 +44,9 @@ PROBE_TIMEOUT = 5.0  # seconds
 
 def endpoint() -> str:
     """The Hub URL huggingface_hub uses (``HF_ENDPOINT``, read when it was imported)."""
-    return huggingface_hub.constants.ENDPOINT
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def unreachable() -> str | None:

@@ -76,9 +76,11 @@ def _refusal(subject: str) -> Callable[[str], ProtectedPathError]:
 
 def _check_source(path: Path, real: Path, source: Path, protected: Iterable, refuse) -> None:
     src = Path(os.path.realpath(source))
-    for p in [src, *(Path(os.path.realpath(q)) for q in protected)]:
-        if real == p or real in p.parents:
-            raise refuse(f"holds the source checkpoint {source}")
+    files = [Path(os.path.realpath(q)) for q in protected]
+    if real == src or real in src.parents or any(real in f.parents for f in files):
+        raise refuse(f"holds the source checkpoint {source}")
+    if real in files:
+        raise refuse(f"is part of the source checkpoint {source}")
     if src in real.parents and _lstat(path) is not None:
         raise refuse(f"lies inside the source checkpoint {source}")
 

@@ -21,18 +21,23 @@ class ByteProgress:
         self._phase = 0
         self._bar: tqdm | None = None
         self._last = (0, 0)  # the latest (done, total) of the current call
+        self._finished = False  # the current call's bar reached its total and was closed
 
     def __call__(self, done: int, total: int) -> None:
         last_done, last_total = self._last
         if done < last_done or (total != last_total and last_total != 0):  # another call started
             self._finish_bar()
             self._phase += 1
+            self._finished = False
         self._last = (done, total)
-        if not self._enabled or total == 0:
+        if not self._enabled or total == 0 or self._finished:
             return
         if self._bar is None:  # created once the size is known, so it never shows 0 B
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=self._label())
         self._bar.update(done - self._bar.n)
+        if done == total:  # closed at once, so a bar never sits unfinished below the next one
+            self._finish_bar()
+            self._finished = True
 
     def _label(self) -> str:
         if self._phase < len(self._phases):

@@ -181,8 +181,8 @@ def slice_model(
                  quant_embeddings=quant_embeddings, quant_audio=quant_audio)
     for name, value in flags.items():
         bool_arg(value, name)
-    int_arg(max_shard_size, "max_shard_size")
-    threads_arg(threads)
+    max_shard_size = int_arg(max_shard_size, "max_shard_size")
+    threads = threads_arg(threads)
     callback_arg(progress, "progress")
     opts = QuantOptions.build(quant, group_size, quant_embeddings, quant_audio)
     if spec is None:
@@ -247,9 +247,7 @@ def write_slice(
     from .manifest import source_record
 
     started = time.perf_counter()
-    target = ownership.check_output(
-        out, overwrite=overwrite, source=plan.source.path, protected=[*plan.checkpoint.shards, plan.source.path / "config.json"]
-    )
+    target = ownership.check_output(out, overwrite=overwrite, source=plan.source.path, protected=source_files(plan))
     record = source_record(plan.source, plan.checkpoint.shards, hash_source=hash_source and not dry_run, progress=hash_progress)
     output = output_plan(plan, target, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size)
     figures = _figures(plan)
@@ -258,6 +256,11 @@ def write_slice(
         plan.source.path, [output], max_shard_size=max_shard_size, threads=threads, progress=progress, dry_run=dry_run
     )
     return slice_report(plan, figures, result, result.outputs[0], time.perf_counter() - started, leftovers)
+
+
+def source_files(plan: SlicePlan) -> list[Path]:
+    """Every file of the source that slicing reads (they may be links into a Hub cache)."""
+    return [*plan.checkpoint.shards, plan.source.path / "config.json", *gemma3n.files_to_copy(plan.source.path, plan.spec).values()]
 
 
 def _figures(plan: SlicePlan) -> dict:

@@ -85,8 +85,8 @@ def load_spec_file(path: str | os.PathLike) -> SliceSpec:
 
 
 def spec_from_mapping(data: Any, where: str) -> SliceSpec:
-    """A spec from a JSON object: known keys only (one spelling each), values of JSON's types
-    (a null is refused: leave the key out instead), at least one key that says what to cut."""
+    """A spec from a JSON object: known keys only (one spelling each), values of the right JSON
+    types (null means not given, as None does in Python), at least one key that says what to cut."""
     if not isinstance(data, dict):
         raise SpecError(f"spec {where} must be a JSON object, not {_json_type(data)}")
     kwargs: dict[str, Any] = {}
@@ -100,8 +100,6 @@ def spec_from_mapping(data: Any, where: str) -> SliceSpec:
         field = _SPEC_KEYS[key]
         if field in given:
             raise SpecError(f"spec {where}: {given[field]!r} and {key!r} are two spellings of one key; give one")
-        if value is None:
-            raise SpecError(f"spec {where}: {key} is null; leave the key out instead")
         given[field] = key
         kwargs[field] = value
     if not kwargs:
@@ -152,11 +150,16 @@ def _is_int(v: Any) -> bool:
     return not isinstance(v, bool) and hasattr(v, "__index__")
 
 
+def _is_list(v: Any) -> bool:
+    """A list, tuple or range, or a one-dimensional array (numpy's)."""
+    return isinstance(v, (list, tuple, range)) or getattr(v, "ndim", None) == 1
+
+
 def int_list(value: Any, what: str) -> tuple[int, ...]:
-    """A list of integers (a list, tuple or range; numpy integers count as integers)."""
+    """A list of integers (numpy integers count as integers)."""
     if value is None:
         return ()
-    if not isinstance(value, (list, tuple, range)):
+    if not _is_list(value):
         raise SpecError(f"{what} must be a list of integers, not {_shown(value)}")
     for i, v in enumerate(value):
         if not _is_int(v):
@@ -169,7 +172,7 @@ def _widths(value: Any) -> int | tuple[int, ...] | None:
         return None
     if _is_int(value):
         return operator.index(value)
-    if not isinstance(value, (list, tuple)):
+    if not _is_list(value):
         raise SpecError(f"ffn_dims must be an integer or a list of integers, not {_shown(value)}")
     for i, v in enumerate(value):
         if _is_int(v):

@@ -303,7 +303,8 @@ fn piece_state(p: usize, layout: &Layout, fin: &Finish) -> Result<PieceState> {
 }
 
 /// Runs `f(0..n)` on every thread of the current pool, each taking the next index in turn;
-/// the first error stops the others.
+/// the first error stops the others. Cancelled only if a cancel left items unrun: once every
+/// item has run, the work is done (and its outputs may already be in place).
 fn in_file_order(n: usize, cancel: &AtomicBool, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -328,7 +329,8 @@ fn in_file_order(n: usize, cancel: &AtomicBool, f: impl Fn(usize) -> Result<()> 
     if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    if cancel.load(Ordering::Relaxed) {
+    // Every item taken has run; a cancel that came after the last one was taken changes nothing.
+    if cancel.load(Ordering::Relaxed) && next.load(Ordering::Relaxed) < n {
         return Err(Error::Cancelled);
     }
     Ok(())

@@ -134,7 +134,11 @@ fn with_progress(
         })
     });
     if let Some(e) = interrupt {
-        return Err(e);
+        // The work may have finished before it saw the cancel flag: then a failing callback
+        // does not undo it. An interruption is still raised; the caller reports what is on disk.
+        if result.is_err() || e.is_instance_of::<PyKeyboardInterrupt>(py) {
+            return Err(e);
+        }
     }
     let text = result.map_err(to_py)?;
     if let Some(cb) = progress.as_ref() {
