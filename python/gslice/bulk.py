@@ -221,6 +221,7 @@ def write_bulk(
     dry_run: bool = False,
 ) -> BulkReport:
     started = time.perf_counter()
+    figures = {id(it): _figures(it) for it in bp.items}  # all that can fail, before any write
     leftovers = [f.describe(dry_run) for f in staging.clear(bp.out_dir, dry_run=dry_run)]
     todo = [it for it in bp.items if it.action != "skip"]
     outputs = [
@@ -239,8 +240,7 @@ def write_bulk(
     reports = dict(zip((id(it) for it in todo), result.outputs if result else ()))
     rows, first_user = [], set()
     for it in bp.items:
-        rep = reports.get(id(it))
-        rows.append(_row(it, rep, first_user, dry_run))
+        rows.append(_row(it, figures[id(it)], reports.get(id(it)), first_user, dry_run))
     return BulkReport(
         source=bp.source.label,
         output_dir=str(bp.out_dir),
@@ -255,17 +255,24 @@ def write_bulk(
     )
 
 
-def _row(it: BulkItem, rep: engine.OutputReport | None, first_user: set[int], dry_run: bool) -> BulkRow:
+def _figures(it: BulkItem) -> dict:
+    """A row's fields known before writing; for an output kept from an earlier run, its sizes
+    from its manifest."""
     plan = it.plan
     common = dict(
         preset=it.preset.name, slug=it.preset.slug, dir=str(it.dir), layers=len(plan.resolved.kept),
         ffn_dims=list(plan.resolved.widths), params=asdict(plan.params()), tensors=len(plan.tensors), reason=it.reason,
     )
-    if rep is None:  # skipped: finished by an earlier run
+    if it.action == "skip":
         files = read_manifest(it.dir)["files"]
-        shard_bytes = sum(m["size"] for n, m in files.items() if n.endswith(".safetensors"))
-        total = sum(m["size"] for m in files.values()) + (it.dir / MANIFEST_NAME).stat().st_size
-        return BulkRow(status="skipped", bytes=total, shard_bytes=shard_bytes, written=0, shared_bytes=0, seconds=0.0, **common)
+        common["shard_bytes"] = sum(m["size"] for n, m in files.items() if n.endswith(".safetensors"))
+        common["bytes"] = sum(m["size"] for m in files.values()) + (it.dir / MANIFEST_NAME).stat().st_size
+    return common
+
+
+def _row(it: BulkItem, common: dict, rep: engine.OutputReport | None, first_user: set[int], dry_run: bool) -> BulkRow:
+    if rep is None:  # skipped: finished by an earlier run
+        return BulkRow(status="skipped", written=0, shared_bytes=0, seconds=0.0, **common)
     written = 0
     for s in rep.shards:
         if s.piece not in first_user:
