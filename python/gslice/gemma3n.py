@@ -446,11 +446,12 @@ def check_source(config: dict, arch: Architecture, ck: CheckpointInfo, res: Reso
     towers may lack tensors (nothing reads them), and so may the k/v projections of KV-sharing
     layers (transformers >= 4.56 does not save them). The vision tower's own tensors are
     compared only when the config names the published tower: no config field describes it."""
-    _check_dtypes(ck)
-    _check_counts(arch, ck)
     expected, tower = _expected_shapes(config, arch)
-    free = tower is None and arch.has_vision  # an undescribed vision tower: kept as it is
-    unknown = [n for n in ck.tensors if n not in expected and not (free and n.startswith(VISION_TOWER_PREFIX))]
+    # An undescribed vision tower is kept as it is, integer buffers (BatchNorm counters) included.
+    free = (lambda n: n.startswith(VISION_TOWER_PREFIX)) if tower is None and arch.has_vision else (lambda n: False)
+    _check_dtypes(ck, free)
+    _check_counts(arch, ck)
+    unknown = [n for n in ck.tensors if n not in expected and not free(n)]
     if unknown:
         raise SourceError(f"the source holds {_tensors(unknown)} that config.json does not describe")
     wrong = [n for n, t in ck.tensors.items() if n in expected and tuple(t.shape) != expected[n]]
@@ -464,18 +465,22 @@ def check_source(config: dict, arch: Architecture, ck: CheckpointInfo, res: Reso
         raise SourceError(f"missing {_tensors(missing)}: config.json implies {them} and the output holds {them}")
 
 
-def _check_dtypes(ck: CheckpointInfo) -> None:
+def _check_dtypes(ck: CheckpointInfo, free) -> None:
+    """Weights are floating point, all of one dtype; ``free(name)`` tensors may be integers."""
+    floats = {}
     for name, t in ck.tensors.items():
-        if t.dtype not in FLOAT_DTYPES:
+        if t.dtype in FLOAT_DTYPES:
+            floats[name] = t.dtype
+        elif not free(name):
             raise SourceError(
                 f"tensor {name} has dtype {t.dtype}; Gemma 3n weights are floating point ({', '.join(FLOAT_DTYPES)})"
             )
-    counts = Counter(t.dtype for t in ck.tensors.values())
+    counts = Counter(floats.values())
     if len(counts) > 1:
         common, n = counts.most_common(1)[0]
-        odd = sorted((name for name, t in ck.tensors.items() if t.dtype != common), key=_natural_key)
+        odd = sorted((name for name, d in floats.items() if d != common), key=_natural_key)
         raise SourceError(
-            f"{_tensors(odd)} {'is' if len(odd) == 1 else 'are'} {ck.tensors[odd[0]].dtype} but the other {n} "
+            f"{_tensors(odd)} {'is' if len(odd) == 1 else 'are'} {floats[odd[0]]} but the other {n} "
             f"tensors are {common}: a checkpoint holds one dtype, and its config one torch_dtype"
         )
 

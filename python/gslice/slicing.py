@@ -13,7 +13,7 @@ from typing import Callable
 
 from . import __version__, accounting, engine, gemma3n, ownership, quantization, staging
 from .arguments import ArgumentError, bool_arg, callback_arg, int_arg, optional_str, path_arg, threads_arg
-from .catalogue import Preset, spec_with_preset
+from .catalogue import spec_with_preset
 from .engine import CheckpointInfo, EngineReport, TensorPlan
 from .errors import SourceError
 from .gemma3n import Architecture, ParamCounts, QuantPlan, Resolved
@@ -82,10 +82,6 @@ def prepare_slice(
     """Checks the spec (or the preset, with the spec's tower options) and the quantization
     against the source's config and tensors. Raises before any write. ``src`` may be a folder
     or a Hub repo id (fetched into the Hugging Face cache)."""
-    if spec is not None and not isinstance(spec, SliceSpec):
-        raise ArgumentError(f"spec must be a SliceSpec or None, not {type(spec).__name__}")
-    if preset is not None and not isinstance(preset, (str, Preset)):
-        raise ArgumentError(f"preset must be a preset id or name (str), not {type(preset).__name__}")
     if quant is not None and not isinstance(quant, QuantOptions):
         raise ArgumentError(f"quant must be a QuantOptions or None, not {type(quant).__name__}")
     source = src if isinstance(src, Source) else resolve_source(path_arg(src, "src"), optional_str(revision, "revision"))
@@ -247,7 +243,7 @@ def write_slice(
     from .manifest import source_record
 
     started = time.perf_counter()
-    target = ownership.check_output(out, overwrite=overwrite, source=plan.source.path, protected=source_files(plan))
+    target = output_target(plan, out, overwrite=overwrite)
     record = source_record(plan.source, plan.checkpoint.shards, hash_source=hash_source and not dry_run, progress=hash_progress)
     output = output_plan(plan, target, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size)
     figures = _figures(plan)
@@ -256,6 +252,11 @@ def write_slice(
         plan.source.path, [output], max_shard_size=max_shard_size, threads=threads, progress=progress, dry_run=dry_run
     )
     return slice_report(plan, figures, result, result.outputs[0], time.perf_counter() - started, leftovers)
+
+
+def output_target(plan: SlicePlan, out: str | os.PathLike, *, overwrite: bool) -> Path:
+    """The path to write ``out`` to, once :func:`gslice.ownership.check_output` allows it."""
+    return ownership.check_output(out, overwrite=overwrite, source=plan.source.path, protected=source_files(plan))
 
 
 def source_files(plan: SlicePlan) -> list[Path]:

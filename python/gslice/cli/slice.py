@@ -11,7 +11,7 @@ from .. import gemma3n, hub, interrupts
 from ..errors import HubError, SpecError
 from ..progress import ByteProgress
 from ..quantization import DEFAULT_GROUP_SIZE, GROUP_SIZES, SCHEMES, QuantOptions
-from ..slicing import SliceReport, prepare_slice, write_slice
+from ..slicing import SliceReport, output_target, prepare_slice, write_slice
 from ..sources import resolve_source
 from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list, parse_int
 from ..units import fmt_bytes, fmt_params, parse_size
@@ -98,6 +98,7 @@ def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, a
     if push_repo:
         hub.check_repo_id(push_repo)
     plan = prepare_slice(resolve_source(src, revision), spec, preset=preset, quant=quant_opts)
+    output_target(plan, out, overwrite=overwrite)  # a refused output path fails before the Hub is asked
     if push_repo and not dry_run:
         hub.create_repo(push_repo, private=private)  # fails in seconds on a missing login, before the slice
     show = not (quiet or as_json or dry_run)
