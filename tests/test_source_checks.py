@@ -7,11 +7,13 @@ plan, info and verify --against alike."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from conftest import hidden_leftovers, read_json, tree_digest
+from gslice import engine
 from gslice.testing import TinyGemma3n, write_tiny_checkpoint
 from test_bad_input import drop_tensor, rewrite_header
 
@@ -35,15 +37,15 @@ def edit_config(ckpt: Path, edit) -> None:
     (ckpt / "config.json").write_text(json.dumps(config))
 
 
-def add_tensor(ckpt: Path, name: str, shape: list[int]) -> None:
-    """Appends a BF16 tensor of zeros to the first shard (and the index)."""
+def add_tensor(ckpt: Path, name: str, shape: list[int], dtype: str = "BF16") -> None:
+    """Appends a tensor of zeros to the first shard (and the index)."""
     shard = ckpt / "model-00001-of-00002.safetensors"
     raw = shard.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + n])
     data = raw[8 + n :]
-    size = 2 * shape[0] * shape[1]
-    header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [len(data), len(data) + size]}
+    size = {"BF16": 2, "I64": 8}[dtype] * math.prod(shape)
+    header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + size]}
     text = json.dumps(header).encode()
     shard.write_bytes(len(text).to_bytes(8, "little") + text + data + b"\0" * size)
     index = read_json(ckpt / "model.safetensors.index.json")
@@ -144,3 +146,15 @@ def test_a_skipped_layer_and_a_dropped_tower_need_no_tensors(cli, e4b_copy, tmp_
     out = tmp_path / "out"
     assert cli("slice", e4b_copy, "-o", out, "--layers-to-skip", "7", "--drop-audio", "-q").code == 0
     assert cli("verify", out, "--against", e4b_copy, "-q").code == 0
+
+
+def test_an_undescribed_vision_tower_is_kept_as_it_is(cli, e4b_copy, tmp_path):
+    """No config field describes the tiny test tower (only the published MobileNet-V5 is
+    known): its tensors, integer BatchNorm counters included, are copied as they are."""
+    counter = "model.vision_tower.timm_model.blocks.0.0.bn1.num_batches_tracked"
+    add_tensor(e4b_copy, counter, [], "I64")
+    out = tmp_path / "out"
+    assert cli("slice", e4b_copy, "-o", out, "-q").code == 0
+    assert cli("verify", out, "--against", e4b_copy, "-q").code == 0
+    t = engine.inspect(out).tensors[counter]
+    assert (t.dtype, t.shape) == ("I64", ())
