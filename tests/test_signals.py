@@ -83,8 +83,9 @@ def test_a_signal_while_replacing_keeps_the_previous_output(big, tmp_path):
 def test_a_bulk_run_stopped_between_outputs_says_which_are_complete(big, tmp_path):
     out = tmp_path / "presets"
     first = out / "google-main"
-    # Without de-duplication the second output's files are all its own, written after the first's.
-    proc = stopped_when(["bulk", big, "--presets", "google-main,google-e2b", "-o", out, "--no-dedupe", "-q"],
+    # Without de-duplication the second output's files are all its own; with one thread they are
+    # written only once the first output is in place (the thread that ends a piece assembles it).
+    proc = stopped_when(["bulk", big, "--presets", "google-main,google-e2b", "-o", out, "--no-dedupe", "--jobs", "1", "-q"],
                         lambda: first.exists() and staging_exists(out))
     assert not (out / "google-e2b").exists()
     code, _, err = deliver(proc, signal.SIGTERM)

@@ -404,8 +404,10 @@ class WriteOutcome:
                 text = f"nothing was written: {self.absent[0]} does not exist"
         else:
             names = ", ".join(d.name for d in self.complete[:5]) + (", ..." if len(self.complete) > 5 else "")
-            text = f"{len(self.complete)} of {n} outputs are complete" + (f" ({names})" if names else "")
-            text += f"; the other {n - len(self.complete)} were not written"
+            done = f"all {n}" if len(self.complete) == n else f"{len(self.complete)} of {n}"
+            text = f"{done} outputs are complete" + (f" ({names})" if names else "")
+            if len(self.complete) < n:
+                text += f"; the other {n - len(self.complete)} were not written"
             if self.unchanged:
                 text += f" ({len(self.unchanged)} previous outputs among them are unchanged)"
         if self.temporary:
