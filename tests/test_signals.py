@@ -115,22 +115,28 @@ def test_a_killed_run_is_cleaned_up_by_the_next_one(big, tmp_path):
 def test_stale_leftovers_are_removed_and_a_live_run_is_left_alone(e4b, tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
+    dead = subprocess.Popen(["true"])  # ended but not reaped yet: a zombie writes nothing either
+    while not Path(f"/proc/{dead.pid}/stat").read_text().rsplit(")", 1)[1].startswith(" Z"):
+        time.sleep(0.01)
     live = subprocess.Popen(["sleep", "60"])
     try:
         stale = [tmp_path / f".gslice-staging-{gone.pid}-0", tmp_path / f".out.gslice-partial-{gone.pid}-3"]
+        zombie = tmp_path / f".gslice-staging-{dead.pid}-0"
         running = tmp_path / f".gslice-staging-{live.pid}-1"
-        for d in [*stale, running]:
+        for d in [*stale, zombie, running]:
             d.mkdir()
             (d / "piece-00000.safetensors").write_bytes(b"partial")
         result = subprocess.run([*GSLICE, "slice", e4b, "-o", tmp_path / "out"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         said = {running: f"note: left {running} alone: process {live.pid} is still writing it"}
         said.update({d: f"note: removed {d}, left by process {gone.pid}, which is no longer running" for d in stale})
+        said[zombie] = f"note: removed {zombie}, left by process {dead.pid}, which is no longer running"
         assert result.stderr.splitlines() == [said[d] for d in sorted(said)]
         assert hidden_leftovers(tmp_path) == [running.name] and (running / "piece-00000.safetensors").read_bytes() == b"partial"
     finally:
         live.kill()
         live.wait()
+        dead.wait()
 
 
 # A signal that lands just as the engine returns, or while the report is printed: the output

@@ -70,8 +70,8 @@ def _probe(url: str) -> str | None:
         return (getattr(reason, "strerror", None) or str(reason)).lower()
     except (socket.timeout, TimeoutError):
         return f"no answer within {PROBE_TIMEOUT:g} s"
-    except (OSError, ValueError) as e:
-        return str(e) or type(e).__name__
+    except (OSError, ValueError) as e:  # e.g. the connection reset before any answer
+        return (getattr(e, "strerror", None) or str(e) or type(e).__name__).lower()
 
 
 def _require_reachable(what: str) -> None:

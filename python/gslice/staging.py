@@ -98,4 +98,13 @@ def _live(pid: int, parent: Path) -> bool:
         return False
     except (PermissionError, OSError):
         return True  # it exists (another user's) or we cannot tell: leave it alone
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has ended but not been reaped yet (Linux): it writes nothing any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :][:1] in ("Z", "X")
