@@ -52,8 +52,8 @@ def rows(case: str, n: int, width: int, seed: int = 0) -> np.ndarray:
     elif case == "zero_sub_blocks":  # whole 16- and 32-element runs of zeros among normal values
         x = normal * 0.02
         for size in (16, 32):
-            runs = rng.random((n, width // size)) < 0.3
-            x *= ~np.repeat(runs, size, axis=1)
+            runs = rng.random((n, -(-width // size))) < 0.3
+            x *= ~np.repeat(runs, size, axis=1)[:, :width]
     elif case == "sparse":
         x = normal * 0.02 * (rng.random((n, width)) < 0.1)
     elif case == "huge":  # up to bf16's largest finite value, 3.39e38: squares overflow
