@@ -21,6 +21,7 @@ fn c_f32_to_i8(v: f32) -> i8 {
 }
 
 /// `d = amax / 127`, `q = round(x / d)` half away from zero.
+#[inline(always)]
 pub fn q8_0(x: &[f32], out: &mut [u8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
         let mut amax = 0f32;
@@ -39,6 +40,7 @@ pub fn q8_0(x: &[f32], out: &mut [u8]) {
 
 /// `d = max / -8` with `max` the element of largest magnitude (the first such), levels
 /// `trunc(x / d + 8.5)` capped at 15.
+#[inline(always)]
 pub fn q4_0(x: &[f32], out: &mut [u8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_0_BYTES)) {
         let (mut amax, mut max) = (0f32, 0f32);
@@ -59,25 +61,52 @@ pub fn q4_0(x: &[f32], out: &mut [u8]) {
     }
 }
 
+/// Blocks searched side by side by the importance-matrix variant of Q4_0.
+const GROUP: usize = 8;
+
 /// Q4_0 with an importance matrix: each block's scale is searched with weights
 /// `imatrix[j] * sqrt(sigma2 + x[j]^2)`, sigma2 the row's mean square.
+#[inline(always)]
 pub fn q4_0_weighted(x: &[f32], out: &mut [u8], imatrix: &[f32]) {
     let mut sum_x2 = 0f32;
     for &v in x {
         sum_x2 += v * v;
     }
     let sigma2 = sum_x2 / x.len() as f32;
-    let mut weight = [0f32; QK];
-    let mut levels = [0i8; QK];
-    let blocks = x.chunks_exact(QK).zip(imatrix.chunks_exact(QK)).zip(out.chunks_exact_mut(Q4_0_BYTES));
-    for ((xb, qw), yb) in blocks {
-        for ((w, &q), &v) in weight.iter_mut().zip(qw).zip(xb) {
-            *w = q * (sigma2 + v * v).sqrt();
+    let full = x.len() / (GROUP * QK) * GROUP;
+    let groups = x[..full * QK]
+        .chunks_exact(GROUP * QK)
+        .zip(imatrix.chunks_exact(GROUP * QK))
+        .zip(out[..full * Q4_0_BYTES].chunks_exact_mut(GROUP * Q4_0_BYTES));
+    for ((xg, qg), og) in groups {
+        q4_0_group::<GROUP>(sigma2, xg, qg, og);
+    }
+    let rest = x[full * QK..]
+        .chunks_exact(QK)
+        .zip(imatrix[full * QK..].chunks_exact(QK))
+        .zip(out[full * Q4_0_BYTES..].chunks_exact_mut(Q4_0_BYTES));
+    for ((xb, qb), ob) in rest {
+        q4_0_group::<1>(sigma2, xb, qb, ob);
+    }
+}
+
+/// `L` consecutive blocks, block `k` in lane `k`.
+#[inline(always)]
+fn q4_0_group<const L: usize>(sigma2: f32, x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let mut xt = [[0f32; L]; QK];
+    let mut wt = [[0f32; L]; QK];
+    for (k, (xb, qb)) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).enumerate() {
+        for ((xi, wi), (&v, &q)) in xt.iter_mut().zip(wt.iter_mut()).zip(xb.iter().zip(qb)) {
+            xi[k] = v;
+            wi[k] = q * (sigma2 + v * v).sqrt();
         }
-        let d = signed_scale(xb, 8, &mut levels, Some(&weight));
-        yb[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+    }
+    let mut levels = [[0i8; L]; QK];
+    let d = signed_scale::<QK, L>(&xt, 8, Some(&wt), &mut levels);
+    for (k, yb) in out.chunks_exact_mut(Q4_0_BYTES).enumerate() {
+        yb[..2].copy_from_slice(&f32_to_f16(d[k]).to_le_bytes());
         for (j, q) in yb[2..].iter_mut().enumerate() {
-            *q = levels[j] as u8 | ((levels[j + QK / 2] as u8) << 4);
+            *q = levels[j][k] as u8 | ((levels[j + QK / 2][k] as u8) << 4);
         }
     }
 }
