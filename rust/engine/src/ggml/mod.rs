@@ -189,6 +189,43 @@ mod tests {
         assert_eq!(GgmlType::from_id(3), None);
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_and_baseline_kernels_agree() {
+        if !crate::quant::has_avx2() {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        // 7 super-blocks (K-quant groups of 4 and 1), and 59 blocks of 32 (Q4_0 groups of 16, 4, 1)
+        for width in [7 * 256, 59 * 32] {
+            compare_kernels(width);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn compare_kernels(width: usize) {
+        let mut s = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let row: Vec<f32> = (0..width).map(|i| if i % 97 < 40 { 0.0 } else { next() * (1 + i % 13) as f32 }).collect();
+        let imatrix: Vec<f32> = (0..width).map(|_| next() + 0.5).collect();
+        for t in ALL {
+            for m in [None, Some(&imatrix[..])] {
+                let Ok(bytes) = t.row_bytes(width as u64) else { continue };
+                let (mut a, mut b) = (vec![0u8; bytes as usize], vec![0u8; bytes as usize]);
+                let m = m.filter(|_| t.uses_imatrix());
+                kernels(t, &row, &mut a, m);
+                // SAFETY: AVX2 support was checked above.
+                unsafe { kernels_avx2(t, &row, &mut b, m) };
+                assert_eq!(a, b, "{} imatrix {}", t.name(), m.is_some());
+            }
+        }
+    }
+
     #[test]
     fn widths_that_are_not_whole_blocks_are_refused() {
         assert_eq!(GgmlType::Q4_K.row_bytes(2048), Ok(8 * 144));
