@@ -19,82 +19,45 @@ pub const Q6_K_BYTES: usize = 210;
 /// Super-blocks searched side by side: their sub-blocks are the lanes of the searches.
 const GROUP: usize = 4;
 
+/// The candidate scales of the sub-block searches: Q4_K and Q5_K without an importance matrix,
+/// and both with one.
+const Q4_K_STEPS: Steps = Steps { rmin: -1.0, rdelta: 0.1, nstep: 20 };
+const Q5_K_STEPS: Steps = Steps { rmin: -0.5, rdelta: 0.1, nstep: 15 };
+const WEIGHTED_STEPS: Steps = Steps { rmin: -0.9, rdelta: 0.05, nstep: 36 };
+
 /// Q4_K (`bits` 4) or Q5_K (`bits` 5) of whole super-blocks.
 #[inline(always)]
 pub fn q45_k(bits: u32, x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     let bytes = if bits == 4 { Q4_K_BYTES } else { Q5_K_BYTES };
     let full = x.len() / (GROUP * QK_K) * GROUP;
-    let (x_full, x_rest) = x.split_at(full * QK_K);
-    let (out_full, out_rest) = out.split_at_mut(full * bytes);
-    let qw_full = |i: usize, n: usize| imatrix.map(|m| &m[i * n * QK_K..(i + 1) * n * QK_K]);
-    for (i, (xg, og)) in x_full.chunks_exact(GROUP * QK_K).zip(out_full.chunks_exact_mut(GROUP * bytes)).enumerate() {
-        q45_group::<{ 8 * GROUP }>(bits, xg, og, qw_full(i, GROUP));
+    let groups = x[..full * QK_K].chunks_exact(GROUP * QK_K).zip(out[..full * bytes].chunks_exact_mut(GROUP * bytes));
+    for (i, (xg, og)) in groups.enumerate() {
+        q45_group::<{ 8 * GROUP }>(bits, xg, og, imatrix.map(|m| &m[i * GROUP * QK_K..(i + 1) * GROUP * QK_K]));
     }
-    let qw_rest = imatrix.map(|m| &m[full * QK_K..]);
-    for (i, (xb, yb)) in x_rest.chunks_exact(QK_K).zip(out_rest.chunks_exact_mut(bytes)).enumerate() {
-        q45_group::<8>(bits, xb, yb, qw_rest.map(|m| &m[i * QK_K..(i + 1) * QK_K]));
+    let rest = x[full * QK_K..].chunks_exact(QK_K).zip(out[full * bytes..].chunks_exact_mut(bytes));
+    for (i, (xb, yb)) in rest.enumerate() {
+        let at = (full + i) * QK_K;
+        q45_group::<8>(bits, xb, yb, imatrix.map(|m| &m[at..at + QK_K]));
     }
 }
 
 /// `L / 8` consecutive super-blocks; lane `k` is their sub-block `k` (elements `32k..32k+32`).
 #[inline(always)]
 fn q45_group<const L: usize>(bits: u32, x: &[f32], out: &mut [u8], qw: Option<&[f32]>) {
-    let bytes = out.len() / (L / 8);
     let xt = transpose::<32, L>(x);
-    let mut wt = [[0f32; L]; 32];
-    let steps = match qw {
-        None => {
-            // weights rms + |x|, the rms over the sub-block
-            let mut sum_x2 = [0f32; L];
-            for xi in &xt {
-                for k in 0..L {
-                    sum_x2[k] += xi[k] * xi[k];
-                }
-            }
-            let av_x: [f32; L] = std::array::from_fn(|k| (sum_x2[k] / 32.0).sqrt());
-            for (wi, xi) in wt.iter_mut().zip(&xt) {
-                for k in 0..L {
-                    wi[k] = av_x[k] + xi[k].abs();
-                }
-            }
-            if bits == 4 {
-                Steps { rmin: -1.0, rdelta: 0.1, nstep: 20 }
-            } else {
-                Steps { rmin: -0.5, rdelta: 0.1, nstep: 15 }
-            }
-        }
-        Some(qw) => {
-            // weights qw * sqrt(sigma2 + x^2), sigma2 twice the super-block's mean square
-            let sigma2: [f32; L] = {
-                let mut s = [0f32; L];
-                for (g, xb) in x.chunks_exact(QK_K).enumerate() {
-                    let mut sum_x2 = 0f32;
-                    for &v in xb {
-                        sum_x2 += v * v;
-                    }
-                    s[g] = 2.0 * sum_x2 / QK_K as f32;
-                }
-                std::array::from_fn(|k| s[k / 8])
-            };
-            let qwt = transpose::<32, L>(qw);
-            for ((wi, xi), qi) in wt.iter_mut().zip(&xt).zip(&qwt) {
-                for k in 0..L {
-                    wi[k] = qi[k] * (sigma2[k] + xi[k] * xi[k]).sqrt();
-                }
-            }
-            Steps { rmin: -0.9, rdelta: 0.05, nstep: 36 }
-        }
+    let (wt, steps) = match qw {
+        None => (rms_weights(&xt), if bits == 4 { Q4_K_STEPS } else { Q5_K_STEPS }),
+        Some(qw) => (imatrix_weights(x, &xt, qw), WEIGHTED_STEPS),
     };
     let mut lv = [[0u8; L]; 32];
     let (scales, mins) = offset_scale::<32, L>(&xt, &wt, nmax(bits), steps, &mut lv);
     let mut sw = [0f32; L];
-    if qw.is_some() {
-        for wi in &wt {
-            for k in 0..L {
-                sw[k] += wi[k];
-            }
+    for wi in &wt {
+        for k in 0..L {
+            sw[k] += wi[k];
         }
     }
+    let bytes = out.len() / (L / 8);
     for (g, (xb, yb)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(bytes)).enumerate() {
         let lanes = 8 * g..8 * g + 8;
         let header = match qw {
@@ -113,6 +76,34 @@ fn q45_group<const L: usize>(bits: u32, x: &[f32], out: &mut [u8], qw: Option<&[
         yb[4..16].copy_from_slice(&header.scales);
         pack_45(bits, &levels, &mut yb[16..]);
     }
+}
+
+/// Without an importance matrix: `rms + |x|`, the rms over the sub-block.
+#[inline(always)]
+fn rms_weights<const L: usize>(xt: &[[f32; L]; 32]) -> [[f32; L]; 32] {
+    let mut sum_x2 = [0f32; L];
+    for xi in xt {
+        for k in 0..L {
+            sum_x2[k] += xi[k] * xi[k];
+        }
+    }
+    let av_x: [f32; L] = std::array::from_fn(|k| (sum_x2[k] / 32.0).sqrt());
+    xt.map(|xi| std::array::from_fn(|k| av_x[k] + xi[k].abs()))
+}
+
+/// With one: `qw * sqrt(sigma2 + x^2)`, sigma2 twice the super-block's mean square.
+#[inline(always)]
+fn imatrix_weights<const L: usize>(x: &[f32], xt: &[[f32; L]; 32], qw: &[f32]) -> [[f32; L]; 32] {
+    let mut sigma2 = [0f32; L];
+    for (g, xb) in x.chunks_exact(QK_K).enumerate() {
+        let mut sum_x2 = 0f32;
+        for &v in xb {
+            sum_x2 += v * v;
+        }
+        sigma2[8 * g..8 * g + 8].fill(2.0 * sum_x2 / QK_K as f32);
+    }
+    let qwt = transpose::<32, L>(qw);
+    std::array::from_fn(|i| std::array::from_fn(|k| qwt[i][k] * (sigma2[k] + xt[i][k] * xt[i][k]).sqrt()))
 }
 
 /// `x` as `L` runs of `N` values, run `k` becoming lane `k`: `t[i][k] = x[N * k + i]`.
@@ -269,24 +260,10 @@ fn q6_group<const L: usize>(x: &[f32], out: &mut [u8], qw: Option<&[f32]>) {
     let mut lv = [[0i8; L]; 16];
     let all_scales = signed_scale::<16, L>(&xt, 32, qwt.as_ref(), &mut lv);
     for (g, (xb, yb)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q6_K_BYTES)).enumerate() {
-        let scales = &all_scales[16 * g..16 * g + 16];
-        let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-        for &s in scales {
-            if s.abs() > max_abs_scale {
-                max_abs_scale = s.abs();
-                max_scale = s;
-            }
-        }
-        if max_abs_scale < GROUP_MAX_EPS {
+        let Some((d, sc)) = q6_scales(&all_scales[16 * g..16 * g + 16]) else {
             yb.fill(0);
             continue;
-        }
-        let iscale = -128.0 / max_scale;
-        let d = f32_to_f16(1.0 / iscale);
-        let mut sc = [0i8; 16];
-        for (o, &s) in sc.iter_mut().zip(scales) {
-            *o = nearest_int(iscale * s).min(127) as i8;
-        }
+        };
         let mut levels = [0i8; QK_K];
         for (j, sub) in levels.chunks_exact_mut(16).enumerate() {
             for (i, l) in sub.iter_mut().enumerate() {
@@ -309,6 +286,28 @@ fn q6_group<const L: usize>(x: &[f32], out: &mut [u8], qw: Option<&[f32]>) {
         }
         yb[208..].copy_from_slice(&d.to_le_bytes());
     }
+}
+
+/// The super-block scale (f16) and the sixteen int8 sub-block scales relative to the largest
+/// one; None when every sub-block scale is below `GROUP_MAX_EPS` (the block is stored as zeros).
+#[inline(always)]
+fn q6_scales(scales: &[f32]) -> Option<(u16, [i8; 16])> {
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for &s in scales {
+        if s.abs() > max_abs_scale {
+            max_abs_scale = s.abs();
+            max_scale = s;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        return None;
+    }
+    let iscale = -128.0 / max_scale;
+    let mut sc = [0i8; 16];
+    for (o, &s) in sc.iter_mut().zip(scales) {
+        *o = nearest_int(iscale * s).min(127) as i8;
+    }
+    Some((f32_to_f16(1.0 / iscale), sc))
 }
 
 /// 6-bit levels into low nibbles and high bit pairs, per half of 128: bytes l and l + 32 of the
