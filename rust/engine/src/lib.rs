@@ -8,6 +8,7 @@ pub mod compare;
 pub mod dtype;
 pub mod error;
 pub mod execute;
+pub mod ggml;
 pub mod hash;
 pub mod hash_cursor;
 pub mod header;
