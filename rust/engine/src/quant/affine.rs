@@ -63,6 +63,9 @@ impl Affine {
         ]
     }
 
+    /// In three passes over the row's groups, so that the per-group arithmetic (two divisions
+    /// and a rounding) runs vectorized across groups rather than as a scalar chain per group:
+    /// extremes, then scales and biases, then the values.
     #[inline(always)]
     pub(super) fn row(&self, buf: &mut RowBuf, outs: &mut [Vec<u8>], stats: &mut Stats) {
         let [words, scales, biases] = outs else { unreachable!("three row parts") };
@@ -70,32 +73,42 @@ impl Affine {
         debug_assert_eq!(buf.xs.len() % g, 0);
         buf.prepare();
         let top = ((1u32 << self.bits) - 1) as f32;
-        let groups = buf.xs.chunks_exact(g).zip(buf.fields.chunks_exact_mut(g)).zip(buf.errs.chunks_exact_mut(g));
-        for ((xg, fg), eg) in groups {
-            let (lo, hi) = min_max(xg);
-            let (s, b) = scale_and_bias(lo, hi, top);
-            let (sb, bb) = (bf16_bits(s), bf16_bits(b));
-            scales.extend_from_slice(&sb.to_le_bytes());
-            biases.extend_from_slice(&bb.to_le_bytes());
-            quantize_group(xg, fg, eg, s, b, top, bf16_to_f32(sb), bf16_to_f32(bb));
+        let RowBuf { xs, fields, errs, group_a, group_b } = buf;
+        let n_groups = xs.len() / g;
+        group_a.resize(n_groups, 0.0);
+        group_b.resize(n_groups, 0.0);
+        for ((xg, lo), hi) in xs.chunks_exact(g).zip(group_a.iter_mut()).zip(group_b.iter_mut()) {
+            (*lo, *hi) = min_max(xg);
         }
-        accumulate(&buf.xs, &buf.errs, stats);
-        pack(&buf.fields, self.bits, words);
+        // (lo, hi) -> (s, b) in place.
+        for (a, b) in group_a.iter_mut().zip(group_b.iter_mut()) {
+            (*a, *b) = scale_and_bias(*a, *b, top);
+        }
+        scales.extend(group_a.iter().flat_map(|&s| bf16_bits(s).to_le_bytes()));
+        biases.extend(group_b.iter().flat_map(|&b| bf16_bits(b).to_le_bytes()));
+        let groups = xs.chunks_exact(g).zip(fields.chunks_exact_mut(g)).zip(errs.chunks_exact_mut(g));
+        for (((xg, fg), eg), (&s, &b)) in groups.zip(group_a.iter().zip(group_b.iter())) {
+            let stored = (bf16_to_f32(bf16_bits(s)), bf16_to_f32(bf16_bits(b)));
+            quantize_group(xg, fg, eg, (s, b), top, stored);
+        }
+        accumulate(xs, errs, stats);
+        pack(fields, self.bits, words);
     }
 }
 
-/// The f32 step and offset of a group whose extremes are `lo` and `hi`.
+/// The f32 step and offset of a group whose extremes are `lo` and `hi`; branch-free so that
+/// the loop over groups vectorizes (both divisions are computed, one result is selected).
 #[inline(always)]
 fn scale_and_bias(lo: f32, hi: f32, top: f32) -> (f32, f32) {
     let step = (hi - lo) / top;
     let step = if step < MIN_STEP { MIN_STEP } else { step };
-    let (s, edge) = if lo.abs() > hi.abs() { (step, lo) } else { (-step, hi) };
+    let low_edge = lo.abs() > hi.abs();
+    let s = if low_edge { step } else { -step };
+    let edge = if low_edge { lo } else { hi };
     let q0 = (edge / s).round_ties_even();
-    if q0 != 0.0 {
-        (edge / q0, edge)
-    } else {
-        (s, 0.0)
-    }
+    let on_grid = q0 != 0.0;
+    let s_grid = edge / q0;
+    (if on_grid { s_grid } else { s }, if on_grid { edge } else { 0.0 })
 }
 
 /// Minimum and maximum in lane accumulators (order-independent: the only values whose order
@@ -126,9 +139,8 @@ fn min_max(xs: &[f32]) -> (f32, f32) {
 /// `field = clamp(rint((x - b) / s), 0, top)` and the error against the stored scale and bias.
 /// Clamping before rounding gives the same integers as mlx's rounding first (the bounds are
 /// integers), and keeps the value below 2^22 for the rounding trick (see `ROUND_MAGIC`).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn quantize_group(xs: &[f32], fields: &mut [u8], errs: &mut [f32], s: f32, b: f32, top: f32, s_stored: f32, b_stored: f32) {
+fn quantize_group(xs: &[f32], fields: &mut [u8], errs: &mut [f32], (s, b): (f32, f32), top: f32, (s_stored, b_stored): (f32, f32)) {
     for ((f, e), &x) in fields.iter_mut().zip(errs.iter_mut()).zip(xs) {
         let v = (x - b) / s;
         let v = if v < 0.0 { 0.0 } else if v > top { top } else { v };

@@ -231,6 +231,9 @@ pub struct RowBuf {
     pub(crate) fields: Vec<u8>,
     /// Each element's error.
     pub(crate) errs: Vec<f32>,
+    /// Two values per group, for kernels that compute group parameters in a pass of their own.
+    pub(crate) group_a: Vec<f32>,
+    pub(crate) group_b: Vec<f32>,
 }
 
 impl RowBuf {
