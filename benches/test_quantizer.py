@@ -7,8 +7,9 @@ Not part of the test run (``testpaths`` is ``tests``). Run it with
 Each case reads one [8192, 16384] BF16 tensor (256 MiB) from the page cache (a warm-up round
 reads it first) and writes its output with 2 threads; the time includes writing and fsync of the
 output shard, as in a real slice. Cases: a plain copy (the I/O floor), int4 and int8 of the
-whole tensor, and int4 fused with a leading-column slice (half the columns, as
-``down_proj`` of an FFN narrowed from 16384 to 8192). The ``tmpfs`` variants write to
+whole tensor (compressed-tensors, groups of 128), MLX's affine 4-bit and 8-bit (groups of 64,
+``mlx_lm.convert``'s default), and int4 / MLX 4-bit fused with a leading-column slice (half the
+columns, as ``down_proj`` of an FFN narrowed from 16384 to 8192). The ``tmpfs`` variants write to
 /dev/shm, which takes the disk out and leaves the quantizer's own speed.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from gslice import engine
-from gslice.engine import OutputPlan, Quantization, TensorPlan
+from gslice.engine import AffineQuantization, OutputPlan, Quantization, TensorPlan
 from gslice.testing import random_bf16, write_safetensors
 
 ROWS, COLS = 8192, 16384
@@ -42,11 +43,18 @@ def quantized(bits: int, op) -> TensorPlan:
     return TensorPlan("w.weight_packed", "w", op, q)
 
 
+def mlx(bits: int, op) -> TensorPlan:
+    return TensorPlan("w.weight", "w", op, AffineQuantization(bits, 64, "w.scales", "w.biases", "w.weight"))
+
+
 CASES = {
     "copy": (TensorPlan("w", "w"), COLS),
     "int4": (quantized(4, engine.copy()), COLS),
     "int8": (quantized(8, engine.copy()), COLS),
     "int4_cols_half": (quantized(4, engine.keep_cols(COLS // 2)), COLS // 2),
+    "mlx4": (mlx(4, engine.copy()), COLS),
+    "mlx8": (mlx(8, engine.copy()), COLS),
+    "mlx4_cols_half": (mlx(4, engine.keep_cols(COLS // 2)), COLS // 2),
 }
 
 

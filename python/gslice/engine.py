@@ -13,7 +13,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, ClassVar, Iterable, Sequence
 
 from . import _core, interrupts, staging
 from .errors import (
@@ -116,19 +116,58 @@ def _block_ranges(block: int, indices: Iterable[int]) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class Quantization:
-    """Group-wise symmetric quantization of a 2-D tensor (after its operation). The engine
-    writes the packed int32 words under the TensorPlan's name, BF16 scales [rows, cols /
-    group_size] under ``scale_name`` and the I64 shape [rows, cols] under ``shape_name``.
-    ``weight`` is the name the unquantized tensor would have had (not sent to the engine)."""
+    """Group-wise symmetric quantization of a 2-D tensor (after its operation), in
+    compressed-tensors' ``pack-quantized`` layout. The engine writes the packed int32 words
+    under the TensorPlan's name, BF16 scales [rows, cols / group_size] under ``scale_name`` and
+    the I64 shape [rows, cols] under ``shape_name``. ``weight`` is the name the unquantized
+    tensor would have had (not sent to the engine)."""
 
     bits: int
     group_size: int
     scale_name: str
     shape_name: str
     weight: str
+    scheme: ClassVar[str] = "compressed_tensors"
 
     def to_json(self) -> dict:
-        return {"bits": self.bits, "group_size": self.group_size, "scale_name": self.scale_name, "shape_name": self.shape_name}
+        return {"scheme": self.scheme, "bits": self.bits, "group_size": self.group_size,
+                "scale_name": self.scale_name, "shape_name": self.shape_name}
+
+    def entries(self, name: str, rows: int, cols: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {
+            name: ((rows, -(-cols * self.bits // 32)), "I32"),
+            self.scale_name: ((rows, cols // self.group_size), "BF16"),
+            self.shape_name: ((2,), "I64"),
+        }
+
+
+@dataclass(frozen=True)
+class AffineQuantization:
+    """Group-wise affine (min/max) quantization of a 2-D tensor (after its operation), bit for
+    bit what ``mx.quantize`` computes on CPU (see ``rust/engine/src/quant/affine.rs``). The
+    engine writes U32 words [rows, cols * bits / 32] (32 / bits values per word, the first in
+    the lowest bits) under the TensorPlan's name, then BF16 scales and BF16 biases [rows,
+    cols / group_size] under ``scales_name`` and ``biases_name``. ``bits`` is 4 or 8,
+    ``group_size`` 32, 64 or 128. ``weight`` is the name the unquantized tensor would have had."""
+
+    bits: int
+    group_size: int
+    scales_name: str
+    biases_name: str
+    weight: str
+    scheme: ClassVar[str] = "mlx_affine"
+
+    def to_json(self) -> dict:
+        return {"scheme": self.scheme, "bits": self.bits, "group_size": self.group_size,
+                "scales_name": self.scales_name, "biases_name": self.biases_name}
+
+    def entries(self, name: str, rows: int, cols: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        groups = (rows, cols // self.group_size)
+        return {
+            name: ((rows, cols * self.bits // 32), "U32"),
+            self.scales_name: (groups, "BF16"),
+            self.biases_name: (groups, "BF16"),
+        }
 
 
 @dataclass(frozen=True)
@@ -136,7 +175,7 @@ class TensorPlan:
     name: str
     source: str
     op: Op = field(default_factory=copy)
-    quant: Quantization | None = None
+    quant: Quantization | AffineQuantization | None = None
 
     @property
     def weight_name(self) -> str:
@@ -153,15 +192,10 @@ class TensorPlan:
         """Name -> (shape, dtype) of every safetensors entry the engine writes for this tensor
         (computed the same way as the engine does before writing)."""
         shape = output_shape(source_shape, self.op)
-        q = self.quant
-        if q is None:
+        if self.quant is None:
             return {self.name: (shape, source_dtype)}
         rows, cols = shape
-        return {
-            self.name: ((rows, -(-cols * q.bits // 32)), "I32"),
-            q.scale_name: ((rows, cols // q.group_size), "BF16"),
-            q.shape_name: ((2,), "I64"),
-        }
+        return self.quant.entries(self.name, rows, cols)
 
     def nbytes(self, source_shape: Sequence[int], source_dtype: str) -> int:
         """Bytes this tensor occupies in the output."""
@@ -268,12 +302,14 @@ class OutputReport:
 
 @dataclass(frozen=True)
 class QuantReport:
-    """One quantized tensor. Errors compare ``q * scale`` with the sliced source values;
-    the ``rel_`` figures divide them by the weight's RMS."""
+    """One quantized tensor. Errors compare the dequantized values (``q * scale``, or
+    ``q * scale + bias`` for the affine scheme) with the sliced source values; the ``rel_``
+    figures divide them by the weight's RMS. ``parts`` names the entries written after the
+    first (scales, shape or biases)."""
 
     name: str
-    scale_name: str
-    shape_name: str
+    scheme: str
+    parts: tuple[str, ...]
     source: str
     source_dtype: str
     shape: tuple[int, ...]
@@ -363,7 +399,9 @@ def _engine_report(raw: dict) -> EngineReport:
         )
         for o in raw.pop("outputs")
     )
-    quantized = tuple(QuantReport(**{**q, "shape": tuple(q["shape"])}) for q in raw.pop("quantized"))
+    quantized = tuple(
+        QuantReport(**{**q, "shape": tuple(q["shape"]), "parts": tuple(q["parts"])}) for q in raw.pop("quantized")
+    )
     return EngineReport(outputs=outs, quantized=quantized, **raw)
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "read_checkpoint",
     "reference_slice",
     "reference_quantize",
+    "reference_affine_quantize",
+    "affine_edge_weights",
     "as_float32",
     "write_safetensors",
 ]
@@ -314,7 +316,8 @@ def _spec(dtype: str, array: np.ndarray) -> "safetensors.TensorSpec":
 
 # -- reading, and the reference slicer ----------------------------------------------------
 
-_NP = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "U8": np.uint8}
+_NP = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "I32": np.int32, "U32": np.uint32, "I64": np.int64,
+       "U8": np.uint8}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
@@ -468,3 +471,102 @@ def reference_quantize(w: np.ndarray, bits: int, group_size: int) -> QuantizedRe
         rms_error=float(np.sqrt(np.mean(err**2))),
         max_abs_error=float(np.abs(err).max()),
     )
+
+
+@dataclass(frozen=True)
+class AffineReference:
+    words: np.ndarray  # uint32 [rows, cols * bits / 32]
+    scales: np.ndarray  # uint16 bf16 bits [rows, cols / group]
+    biases: np.ndarray  # uint16 bf16 bits [rows, cols / group]
+    scales_f32: np.ndarray  # float32: the step the values were rounded with
+    biases_f32: np.ndarray
+    q: np.ndarray  # uint8 [rows, cols], 0 .. 2**bits - 1
+    dequantized: np.ndarray  # float32 q * bf16(scale) + bf16(bias), in float32
+    weight_rms: float
+    rms_error: float
+    max_abs_error: float
+
+
+def reference_affine_quantize(w: np.ndarray, bits: int, group_size: int) -> AffineReference:
+    """``mx.quantize`` (mlx 0.32, CPU) in numpy: affine group quantization, all in float32.
+
+    Per row and group, n = 2**bits - 1: ``lo, hi`` = min, max; if ``|lo| > |hi|`` the step is
+    ``s = max((hi - lo) / n, 1e-7)`` and the edge ``lo``, otherwise ``s = -max(...)`` and the
+    edge ``hi``; ``q0 = rint(edge / s)`` (half to even); if ``q0 != 0`` then ``s = edge / q0``
+    and the bias is the edge, else the bias is 0; ``q = clip(rint((w - bias) / s), 0, n)``
+    with that float32 ``s``. Scales and biases are stored as bf16 (round to nearest even);
+    32 / bits values per uint32 word, element k at bits ``k * bits``. The dequantized values
+    (for the error figures) are ``q * bf16(s) + bf16(bias)`` in float32, and each error
+    ``w - dequantized`` is also taken in float32.
+    """
+    w = as_float32(w)
+    rows, cols = w.shape
+    assert cols % group_size == 0 and (cols * bits) % 32 == 0, (cols, group_size, bits)
+    top = np.float32(2**bits - 1)
+    groups = w.reshape(rows, cols // group_size, group_size)
+    lo, hi = groups.min(axis=2), groups.max(axis=2)
+    step = np.maximum((hi - lo) / top, np.float32(1e-7))
+    negative_edge = np.abs(lo) > np.abs(hi)
+    s = np.where(negative_edge, step, -step).astype(np.float32)
+    edge = np.where(negative_edge, lo, hi).astype(np.float32)
+    q0 = np.rint(edge / s)
+    on_grid = q0 != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(on_grid, edge / np.where(on_grid, q0, np.float32(1)), s).astype(np.float32)
+    b = np.where(on_grid, edge, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint((groups - b[..., None]) / s[..., None]), 0, top).astype(np.uint8)
+    scales, biases = f32_to_bf16_bits(s), f32_to_bf16_bits(b)
+    deq = q.astype(np.float32) * bf16_bits_to_f32(scales)[..., None] + bf16_bits_to_f32(biases)[..., None]
+    err = (groups - deq).reshape(rows, cols).astype(np.float64)
+    q = q.reshape(rows, cols)
+    per = 32 // bits
+    fields = q.astype(np.uint32).reshape(rows, -1, per)
+    words = np.zeros(fields.shape[:2], dtype=np.uint32)
+    for k in range(per):
+        words |= fields[:, :, k] << np.uint32(bits * k)
+    return AffineReference(
+        words=words,
+        scales=scales,
+        biases=biases,
+        scales_f32=s,
+        biases_f32=b,
+        q=q,
+        dequantized=deq.reshape(rows, cols),
+        weight_rms=float(np.sqrt(np.mean(w.astype(np.float64) ** 2))),
+        rms_error=float(np.sqrt(np.mean(err**2))),
+        max_abs_error=float(np.abs(err).max()),
+    )
+
+
+def affine_edge_weights(rows_of_noise: int = 6, cols: int = 256, seed: int = 0) -> np.ndarray:
+    """float32 weights whose groups reach every branch of the affine rule (for any group size
+    of 32, 64 or 128), then ``rows_of_noise`` rows of small random values. The crafted values
+    are exact in BF16 (and in F16, except the subnormals, which F16 flushes to zero).
+
+    Rows: all zeros; zeros of both signs; a positive constant; a negative constant; ties of
+    ``(w - bias) / s`` for 4 bits (s = 1, bias = -8) and for 8 bits (s = 1, bias = -128); a
+    tie of ``edge / s`` (14.5 / -1 -> q0 = -14); negative-dominant and positive-dominant
+    groups; BF16 subnormals; one huge value among small ones.
+    """
+    rng = np.random.default_rng(seed)
+
+    def tiled(pattern) -> np.ndarray:
+        p = np.asarray(pattern, dtype=np.float32)
+        return np.resize(p, cols)
+
+    small = (rng.standard_normal(32) * 0.02).astype(np.float32)
+    rows = [
+        np.zeros(cols, np.float32),
+        tiled([0.0, -0.0, -0.0, 0.0]),
+        tiled([0.375]),
+        tiled([-3.0]),
+        tiled([-8.0, 7.0, *(np.arange(15) - 7.5)]),
+        tiled([-128.0, 127.0, *(np.arange(30) * 8 - 127.5)]),
+        tiled([14.5, -0.5, 0.0, 3.0]),
+        tiled(-np.abs(small) * 0.5 + np.float32(0.001)),
+        tiled(np.abs(small) - np.float32(0.002)),
+        tiled(np.arange(-16, 16) * np.float32(2.0**-133)),
+        tiled([300.0, *small[:31]]),
+    ]
+    rows += list((rng.standard_normal((rows_of_noise, cols)) * 0.02).astype(np.float32))
+    return np.stack(rows)

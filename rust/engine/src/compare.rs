@@ -68,14 +68,14 @@ pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> 
         if places.len() != r.parts.len() {
             continue;
         }
-        if let Some(bytes) = r.parts.get(2).and_then(|p| p.literal.as_ref()) {
-            let (shard, start) = places[2];
+        for (part, &(shard, start)) in r.parts.iter().zip(&places) {
+            let Some(bytes) = &part.literal else { continue };
             if &out.shards[shard].map[start as usize..start as usize + bytes.len()] != bytes.as_slice() {
-                mismatches.push(Mismatch { tensor: r.parts[2].name.clone(), problem: "does not hold the weight's shape".into() });
+                mismatches.push(Mismatch { tensor: part.name.clone(), problem: "does not hold what the plan says (written at planning time)".into() });
             }
         }
         push_items(&mut items, places[0].0, checked.len(), &r, places[0].1, STRIDED_ITEM);
-        checked.push(Checked { out_start: places[0].1, scales: places.get(1).copied(), r });
+        checked.push(Checked { places, r });
     }
     for shard in &out.shards {
         for t in &shard.header.tensors {
@@ -121,25 +121,24 @@ pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> 
     Ok(CompareReport { tensors: plan.tensors.len(), bytes_compared: total, mismatches })
 }
 
-/// A tensor being checked: where its (first) part starts in the output, and for a quantized
-/// tensor where its scales are (shard, offset).
+/// A tensor being checked, and where each of its parts starts in the output (shard, offset).
 struct Checked {
     r: Resolved,
-    out_start: u64,
-    scales: Option<(usize, u64)>,
+    places: Vec<(usize, u64)>,
 }
 
 /// Returns the tensor and the offset (within it) of the first differing byte of this item.
 fn compare_item(item: &Item, checked: &[Checked], src: &Checkpoint, out: &Checkpoint, progress: &Progress) -> Result<Option<(usize, u64)>> {
-    if let Item::Quant { file, t, rows, dst_off } = *item {
-        return compare_quant_band(&checked[t], t, file, rows, dst_off, src, out, progress);
+    if let Item::Quant { t, rows, .. } = *item {
+        return compare_quant_band(&checked[t], t, rows, src, out, progress);
     }
     let (segments, file, t, mut dst): (Vec<(u64, u64)>, usize, usize, u64) = match *item {
         Item::Contig { file, t, src_off, dst_off, len } => (vec![(src_off, len)], file, t, dst_off),
         Item::Rows { file, t, rows, dst_off } => (col_segments(&checked[t].r, rows).collect(), file, t, dst_off),
         Item::Quant { .. } => unreachable!("handled above"),
     };
-    let Checked { r, out_start, .. } = &checked[t];
+    let Checked { r, places } = &checked[t];
+    let out_start = places[0].1;
     let smap = &src.shards[r.shard].map;
     let omap = &out.shards[file].map;
     let begin = dst;
@@ -169,37 +168,36 @@ fn compare_item(item: &Item, checked: &[Checked], src: &Checkpoint, out: &Checkp
     Ok(found)
 }
 
-/// Re-quantizes a band from the source and compares it with the stored packed words and
-/// scales. A difference in the scales is reported at its offset past the packed words.
-#[allow(clippy::too_many_arguments)]
+/// Re-quantizes a band from the source and compares it with the stored row parts. A
+/// difference is reported at its offset in the parts laid out back to back.
 fn compare_quant_band(
     c: &Checked,
     t: usize,
-    file: usize,
     rows: (u64, u64),
-    packed_start: u64,
     src: &Checkpoint,
     out: &Checkpoint,
     progress: &Progress,
 ) -> Result<Option<(usize, u64)>> {
     let r = &c.r;
-    let (words_row, scales_row) = qband::row_bytes(r);
-    let (scale_shard, scale_start) = c.scales.expect("quantized tensors have scales");
-    let (words_at, scales_at) = (packed_start + rows.0 * words_row, scale_start + rows.0 * scales_row);
-    let omap = &out.shards[file].map;
-    let smap = &out.shards[scale_shard].map;
-    let (_, found) = qband::quantize_band(r, src, rows, |words, scales| {
-        let stored_words = &omap[words_at as usize..words_at as usize + words.len()];
-        let stored_scales = &smap[scales_at as usize..scales_at as usize + scales.len()];
-        let diff = |a: &[u8], b: &[u8]| a.iter().zip(b).position(|(x, y)| x != y).map(|i| i as u64);
-        Ok(diff(words, stored_words)
-            .map(|i| words_at - c.out_start + i)
-            .or_else(|| diff(scales, stored_scales).map(|i| r.shape[0] * words_row + rows.0 * scales_row + i)))
+    let row_bytes = qband::row_bytes(r);
+    let offsets = qband::band_offsets(r, rows.0);
+    let n_rows = rows.1 - rows.0;
+    // Where this band of each row part is stored: (shard, offset).
+    let stored: Vec<(usize, u64)> = c.places.iter().zip(&row_bytes).map(|(&(shard, start), b)| (shard, start + rows.0 * b)).collect();
+    let (_, found) = qband::quantize_band(r, src, rows, |parts| {
+        for (k, bytes) in parts.iter().enumerate() {
+            let (shard, at) = stored[k];
+            let have = &out.shards[shard].map[at as usize..at as usize + bytes.len()];
+            if let Some(i) = bytes.iter().zip(have).position(|(x, y)| x != y) {
+                return Ok(Some(offsets[k] + i as u64));
+            }
+        }
+        Ok(None)
     })
     .map_err(|e| qband::failure_error(r, src, e, "compare tensor"))?;
-    let n = (rows.1 - rows.0) * (words_row + scales_row);
-    io::release(omap, words_at, (rows.1 - rows.0) * words_row);
-    io::release(smap, scales_at, (rows.1 - rows.0) * scales_row);
-    progress.done.fetch_add(n, Ordering::Relaxed);
+    for (&(shard, at), b) in stored.iter().zip(&row_bytes) {
+        io::release(&out.shards[shard].map, at, n_rows * b);
+    }
+    progress.done.fetch_add(n_rows * row_bytes.iter().sum::<u64>(), Ordering::Relaxed);
     Ok(found.map(|off| (t, off)))
 }

@@ -341,15 +341,17 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats
     match *item {
         Item::Quant { file, t, rows, dst_off } => {
             let r = &layout.tensors[t];
-            let (words_at, scales_at) = band_offsets(r, rows.0);
-            let (st, ranges) = qband::quantize_band(r, ck, rows, |words, scales| {
+            let offsets = band_offsets(r, rows.0);
+            let (st, ranges) = qband::quantize_band(r, ck, rows, |parts| {
                 let f = &files[file];
-                let parts = [(dst_off + words_at, words), (dst_off + scales_at, scales)];
-                for (at, bytes) in parts {
+                let mut ranges = Vec::with_capacity(parts.len());
+                for (off, bytes) in offsets.iter().zip(parts) {
+                    let at = dst_off + off;
                     f.write_all_at(bytes, at)?;
                     io::start_writeback(f, at, bytes.len() as u64);
+                    ranges.push((at, at + bytes.len() as u64));
                 }
-                Ok(parts.map(|(at, bytes)| (at, at + bytes.len() as u64)).to_vec())
+                Ok(ranges)
             })
             .map_err(|e| qband::failure_error(r, ck, e, "write tensor"))?;
             stats[t].lock().unwrap_or_else(|p| p.into_inner()).merge(&st);

@@ -217,7 +217,7 @@ mod tests {
 
     /// A quantized tensor: packed words, scales, and a literal shape.
     fn q(name: &str, src: &str, group_size: u64) -> Resolved {
-        let spec = QuantSpec { bits: 4, group_size, scale_name: format!("{name}.s"), shape_name: format!("{name}.shape") };
+        let spec = QuantSpec::CompressedTensors { bits: 4, group_size, scale_name: format!("{name}.s"), shape_name: format!("{name}.shape") };
         let part = |n: String, dtype, nbytes, literal: Option<Vec<u8>>| Part { name: n, dtype, shape: vec![nbytes], nbytes, literal };
         Resolved {
             quant: Some(spec),

@@ -12,7 +12,7 @@ use crate::checkpoint::Checkpoint;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::{byte_size, TensorInfo};
-use crate::quant::Scheme;
+use crate::quant::{Affine, Kernel, Symmetric};
 
 pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
 
@@ -81,25 +81,67 @@ pub struct TensorSpec {
     pub source: String,
     #[serde(default)]
     pub op: Op,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "quant_with_default_scheme")]
     pub quant: Option<QuantSpec>,
 }
 
-/// Quantize the (sliced) 2-D tensor group-wise; `name` receives the packed int32 words.
+/// How the (sliced) 2-D tensor is quantized, tagged by `scheme`. A plan without `scheme` means
+/// `compressed_tensors`, the one scheme plans had before the tag existed. The tensor's own
+/// `name` receives the first part (the packed values); the scheme's other parts follow it in
+/// the output under the names given here. What each scheme computes is in `quant`.
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
-pub struct QuantSpec {
-    pub bits: u32,
-    pub group_size: u64,
-    /// BF16 [rows, cols / group_size]
-    pub scale_name: String,
-    /// I64 [2]: rows, cols
-    pub shape_name: String,
+#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
+pub enum QuantSpec {
+    /// Symmetric, compressed-tensors' `pack-quantized` layout: I32 words [rows, ceil(cols *
+    /// bits / 32)], BF16 scales [rows, cols / group_size], I64 shape [2] = rows, cols.
+    CompressedTensors { bits: u32, group_size: u64, scale_name: String, shape_name: String },
+    /// Affine as `mx.quantize` computes it: U32 words [rows, cols * bits / 32], BF16 scales and
+    /// BF16 biases [rows, cols / group_size].
+    MlxAffine { bits: u32, group_size: u64, scales_name: String, biases_name: String },
+}
+
+fn quant_with_default_scheme<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<QuantSpec>, D::Error> {
+    use serde::de::Error as _;
+    let Some(mut v) = Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    v.entry("scheme").or_insert_with(|| "compressed_tensors".into());
+    QuantSpec::deserialize(serde_json::Value::Object(v)).map(Some).map_err(D::Error::custom)
 }
 
 impl QuantSpec {
-    pub fn scheme(&self) -> Scheme {
-        Scheme { bits: self.bits, group_size: self.group_size }
+    pub fn kernel(&self) -> Kernel {
+        match *self {
+            QuantSpec::CompressedTensors { bits, group_size, .. } => Kernel::Symmetric(Symmetric { bits, group_size }),
+            QuantSpec::MlxAffine { bits, group_size, .. } => Kernel::Affine(Affine { bits, group_size }),
+        }
+    }
+
+    /// The scheme's name in plans and reports.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            QuantSpec::CompressedTensors { .. } => "compressed_tensors",
+            QuantSpec::MlxAffine { .. } => "mlx_affine",
+        }
+    }
+
+    /// Names of the parts after the first: the kernel's other row parts, then literal parts.
+    pub fn other_names(&self) -> Vec<&str> {
+        match self {
+            QuantSpec::CompressedTensors { scale_name, shape_name, .. } => vec![scale_name, shape_name],
+            QuantSpec::MlxAffine { scales_name, biases_name, .. } => vec![scales_name, biases_name],
+        }
+    }
+
+    /// Parts known at planning time, written after the row parts: (dtype, shape, bytes).
+    fn literal_parts(&self, rows: u64, cols: u64) -> Vec<(Dtype, Vec<u64>, Vec<u8>)> {
+        match self {
+            QuantSpec::CompressedTensors { .. } => {
+                let bytes = [rows as i64, cols as i64].iter().flat_map(|v| v.to_le_bytes()).collect();
+                vec![(Dtype::I64, vec![2], bytes)]
+            }
+            QuantSpec::MlxAffine { .. } => Vec::new(),
+        }
     }
 }
 
@@ -185,34 +227,34 @@ pub fn resolve(ck: &Checkpoint, spec: &TensorSpec) -> Result<Resolved> {
     })
 }
 
-/// The compressed-tensors `pack-quantized` entries of a quantized weight.
+/// The entries of a quantized tensor: the kernel's row parts (the first under the tensor's own
+/// name), then the scheme's literal parts.
 fn quant_parts(name: &str, dtype: Dtype, shape: &[u64], q: &QuantSpec) -> std::result::Result<Vec<Part>, String> {
-    let s = q.scheme();
-    s.check()?;
     if !matches!(dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
         return Err(format!("dtype {} cannot be quantized (BF16, F16 or F32 needed)", dtype.name()));
     }
     let &[rows, cols] = shape else {
         return Err(format!("cannot quantize shape {shape:?}: group quantization needs a 2-D weight"));
     };
-    if cols % s.group_size != 0 {
-        return Err(format!(
-            "width {cols} is not a multiple of the quantization group size {} (every group must be whole)",
-            s.group_size
-        ));
+    let kernel = q.kernel();
+    kernel.check(cols)?;
+    let names: Vec<&str> = std::iter::once(name).chain(q.other_names()).collect();
+    let distinct: std::collections::HashSet<&&str> = names.iter().collect();
+    if names.iter().any(|n| n.is_empty()) || distinct.len() != names.len() {
+        return Err(format!("the parts of a {} tensor need {} distinct names, got {names:?}", q.scheme(), names.len()));
     }
-    let names = [name, q.scale_name.as_str(), q.shape_name.as_str()];
-    if names.iter().any(|n| n.is_empty()) || names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
-        return Err(format!("packed, scale and shape tensors need three distinct names, got {names:?}"));
+    let row_parts = kernel.row_parts(cols);
+    let literals = q.literal_parts(rows, cols);
+    debug_assert_eq!(row_parts.len() + literals.len(), names.len());
+    let mut parts: Vec<Part> = row_parts
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| Part { name: n.to_string(), dtype: p.dtype, shape: vec![rows, p.width], nbytes: rows * p.row_bytes(), literal: None })
+        .collect();
+    for ((dtype, shape, bytes), n) in literals.into_iter().zip(&names[row_parts.len()..]) {
+        parts.push(Part { name: n.to_string(), dtype, shape, nbytes: bytes.len() as u64, literal: Some(bytes) });
     }
-    let words = s.words(cols);
-    let groups = s.groups(cols);
-    let literal: Vec<u8> = [rows as i64, cols as i64].iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(vec![
-        Part { name: name.into(), dtype: Dtype::I32, shape: vec![rows, words], nbytes: rows * words * 4, literal: None },
-        Part { name: q.scale_name.clone(), dtype: Dtype::BF16, shape: vec![rows, groups], nbytes: rows * groups * 2, literal: None },
-        Part { name: q.shape_name.clone(), dtype: Dtype::I64, shape: vec![2], nbytes: 16, literal: Some(literal) },
-    ])
+    Ok(parts)
 }
 
 fn out_shape(shape: &[u64], op: &Op) -> std::result::Result<Vec<u64>, String> {
@@ -269,7 +311,38 @@ mod tests {
     }
 
     fn quant(bits: u32, group_size: u64) -> QuantSpec {
-        QuantSpec { bits, group_size, scale_name: "w.s".into(), shape_name: "w.shape".into() }
+        QuantSpec::CompressedTensors { bits, group_size, scale_name: "w.s".into(), shape_name: "w.shape".into() }
+    }
+
+    fn affine(bits: u32, group_size: u64) -> QuantSpec {
+        QuantSpec::MlxAffine { bits, group_size, scales_name: "w.scales".into(), biases_name: "w.biases".into() }
+    }
+
+    fn tensor_spec(json: &str) -> std::result::Result<TensorSpec, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn quant_is_tagged_by_scheme_and_defaults_to_compressed_tensors() {
+        let old = tensor_spec(r#"{"name":"w","source":"w","quant":{"bits":4,"group_size":4,"scale_name":"w.s","shape_name":"w.shape"}}"#);
+        assert_eq!(old.unwrap().quant, Some(quant(4, 4)));
+        let tagged = tensor_spec(
+            r#"{"name":"w","source":"w","quant":{"scheme":"compressed_tensors","bits":4,"group_size":4,"scale_name":"w.s","shape_name":"w.shape"}}"#,
+        );
+        assert_eq!(tagged.unwrap().quant, Some(quant(4, 4)));
+        let mlx = tensor_spec(
+            r#"{"name":"w","source":"w","quant":{"scheme":"mlx_affine","bits":8,"group_size":64,"scales_name":"w.scales","biases_name":"w.biases"}}"#,
+        );
+        assert_eq!(mlx.unwrap().quant, Some(affine(8, 64)));
+        assert_eq!(tensor_spec(r#"{"name":"w","source":"w"}"#).unwrap().quant, None);
+        let err = tensor_spec(r#"{"name":"w","source":"w","quant":{"scheme":"nf4","bits":4}}"#).unwrap_err();
+        assert!(err.contains("unknown variant `nf4`, expected `compressed_tensors` or `mlx_affine`"), "{err}");
+        // A field of another scheme is refused, not ignored.
+        let err = tensor_spec(
+            r#"{"name":"w","source":"w","quant":{"scheme":"mlx_affine","bits":4,"group_size":64,"scales_name":"s","biases_name":"b","shape_name":"x"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown field `shape_name`"), "{err}");
     }
 
     #[test]
@@ -290,7 +363,38 @@ mod tests {
         assert_eq!(err(Dtype::BF16, &[6, 32], quant(4, 0)), "quantization group size must be positive");
         assert_eq!(err(Dtype::I32, &[6, 32], quant(4, 32)), "dtype I32 cannot be quantized (BF16, F16 or F32 needed)");
         assert_eq!(err(Dtype::BF16, &[32], quant(8, 32)), "cannot quantize shape [32]: group quantization needs a 2-D weight");
-        let same = QuantSpec { scale_name: "w.p".into(), ..quant(4, 4) };
-        assert!(quant_parts("w.p", Dtype::BF16, &[2, 4], &same).unwrap_err().contains("three distinct names"));
+        let same = QuantSpec::CompressedTensors { scale_name: "w.p".into(), bits: 4, group_size: 4, shape_name: "w.shape".into() };
+        assert_eq!(
+            quant_parts("w.p", Dtype::BF16, &[2, 4], &same).unwrap_err(),
+            r#"the parts of a compressed_tensors tensor need 3 distinct names, got ["w.p", "w.p", "w.shape"]"#
+        );
+    }
+
+    #[test]
+    fn affine_parts_and_refusals() {
+        let parts = quant_parts("w", Dtype::F16, &[3, 256], &affine(4, 64)).unwrap();
+        let layout: Vec<_> = parts.iter().map(|p| (p.name.as_str(), p.dtype, p.shape.clone(), p.nbytes, p.literal.is_some())).collect();
+        assert_eq!(
+            layout,
+            [
+                ("w", Dtype::U32, vec![3, 32], 384, false),
+                ("w.scales", Dtype::BF16, vec![3, 4], 24, false),
+                ("w.biases", Dtype::BF16, vec![3, 4], 24, false)
+            ]
+        );
+        let parts = quant_parts("w", Dtype::BF16, &[1, 128], &affine(8, 128)).unwrap();
+        assert_eq!(parts[0].shape, [1, 32]);
+        let err = |shape: &[u64], q| quant_parts("w", Dtype::BF16, shape, &q).unwrap_err();
+        assert_eq!(
+            err(&[2, 96], affine(4, 64)),
+            "width 96 is not a multiple of the quantization group size 64 (every group must be whole)"
+        );
+        assert_eq!(
+            err(&[2, 96], affine(4, 48)),
+            "affine quantization group size must be 32, 64 or 128 (what mlx computes with), not 48"
+        );
+        assert_eq!(err(&[2, 64], affine(3, 32)), "affine quantization bits must be 4 or 8, not 3");
+        let same = QuantSpec::MlxAffine { bits: 4, group_size: 32, scales_name: "w.b".into(), biases_name: "w.b".into() };
+        assert!(err(&[2, 64], same).contains("need 3 distinct names"));
     }
 }

@@ -1,18 +1,19 @@
-//! Quantizing a band of rows of one output tensor straight from the source map. Writing and
-//! verifying both call this, so a verified checkpoint is checked against the very bytes the
-//! writer would produce.
+//! Quantizing a band of rows of one output tensor straight from the source map, for every
+//! scheme: the kernel turns each row into its row parts (see the contract in `quant`), and a
+//! band of rows is one contiguous byte range of each row part. Writing and verifying both call
+//! this, so a verified checkpoint is checked against the very bytes the writer would produce.
 
 use std::cell::RefCell;
 
 use crate::checkpoint::{Checkpoint, Shard};
 use crate::error::Error;
 use crate::io;
-use crate::plan::{Op, QuantSpec, Resolved};
-use crate::quant::{self, RowBuf, Stats};
+use crate::plan::{Op, Resolved};
+use crate::quant::{self, Kernel, RowBuf, Stats};
 
 thread_local! {
-    /// One row as f32, its integer values, and the band's packed words and scales.
-    static QBUF: RefCell<(RowBuf, Vec<u8>, Vec<u8>)> = RefCell::default();
+    /// One row as f32 with the kernel's scratch, and the band's bytes of each row part.
+    static QBUF: RefCell<(RowBuf, Vec<Vec<u8>>)> = RefCell::default();
 }
 
 pub enum QuantFailure {
@@ -21,42 +22,50 @@ pub enum QuantFailure {
     NonFinite(u64),
 }
 
-/// Byte offsets, relative to the tensor's first part, of the packed words and of the scales of
-/// output row `r0`.
-pub fn band_offsets(r: &Resolved, r0: u64) -> (u64, u64) {
-    let (words_row, scales_row) = row_bytes(r);
-    (r0 * words_row, r.shape[0] * words_row + r0 * scales_row)
+fn kernel(r: &Resolved) -> Kernel {
+    r.quant.as_ref().expect("quant bands are made for quantized tensors").kernel()
 }
 
-/// Bytes per row of the packed words and of the scales.
-pub fn row_bytes(r: &Resolved) -> (u64, u64) {
-    let scheme = spec(r).scheme();
-    let cols = r.shape[1];
-    (scheme.words(cols) * 4, scheme.groups(cols) * 2)
+/// Bytes per row of each row part.
+pub fn row_bytes(r: &Resolved) -> Vec<u64> {
+    kernel(r).row_parts(r.shape[1]).iter().map(|p| p.row_bytes()).collect()
 }
 
-fn spec(r: &Resolved) -> &QuantSpec {
-    r.quant.as_ref().expect("quant bands are made for quantized tensors")
+/// Byte offsets, relative to the tensor's first part, of output row `r0` in each row part
+/// (the parts are laid out back to back, each `rows * row_bytes` long).
+pub fn band_offsets(r: &Resolved, r0: u64) -> Vec<u64> {
+    let rows = r.shape[0];
+    let mut start = 0;
+    row_bytes(r)
+        .into_iter()
+        .map(|b| {
+            let at = start + r0 * b;
+            start += rows * b;
+            at
+        })
+        .collect()
 }
 
-/// Quantizes output rows [r0, r1): each row is read through the tensor's operation into f32,
-/// quantized and packed into the thread's buffers, which `sink(words, scales)` then consumes.
+/// Quantizes output rows [r0, r1): each row is read through the tensor's operation into f32
+/// and quantized into the thread's buffers, which `sink(parts)` then consumes (`parts[k]`: the
+/// band's bytes of row part `k`).
 pub fn quantize_band<T>(
     r: &Resolved,
     ck: &Checkpoint,
     (r0, r1): (u64, u64),
-    sink: impl FnOnce(&[u8], &[u8]) -> std::io::Result<T>,
+    sink: impl FnOnce(&[Vec<u8>]) -> std::io::Result<T>,
 ) -> Result<(Stats, T), QuantFailure> {
-    let scheme = spec(r).scheme();
+    let kernel = kernel(r);
+    let n_parts = kernel.row_parts(r.shape[1]).len();
     let shard = &ck.shards[r.shard];
     let map = &shard.map[..];
     let es = r.dtype.size();
     let cols = r.shape[1];
     let src_row = r.src.shape[1] * es;
     QBUF.with(|cell| {
-        let (row, words, scales) = &mut *cell.borrow_mut();
-        words.clear();
-        scales.clear();
+        let (row, outs) = &mut *cell.borrow_mut();
+        outs.resize_with(n_parts, Vec::new);
+        outs.iter_mut().for_each(Vec::clear);
         let mut st = Stats::default();
         row.xs.resize(cols as usize, 0.0);
         for out_row in r0..r1 {
@@ -76,13 +85,13 @@ pub fn quantize_band<T>(
                 }
             }
             let mut row_st = Stats::default();
-            quant::quantize_row(row, scheme, words, scales, &mut row_st);
+            kernel.quantize_row(row, outs, &mut row_st);
             if !row_st.finite() {
                 return Err(QuantFailure::NonFinite(out_row));
             }
             st.merge(&row_st);
         }
-        let out = sink(words, scales).map_err(QuantFailure::Io)?;
+        let out = sink(outs).map_err(QuantFailure::Io)?;
         release_source_rows(r, shard, (r0, r1));
         Ok((st, out))
     })

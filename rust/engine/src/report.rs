@@ -46,12 +46,14 @@ pub struct OutputReport {
     pub seconds: f64,
 }
 
-/// One quantized tensor: sizes and the error of `q * scale` against the (sliced) source.
+/// One quantized tensor: sizes and the error of its dequantized values against the (sliced)
+/// source.
 #[derive(Serialize, Debug)]
 pub struct QuantReport {
     pub name: String,
-    pub scale_name: String,
-    pub shape_name: String,
+    pub scheme: &'static str,
+    /// The names of its other parts (scales, ...), in output order.
+    pub parts: Vec<String>,
     pub source: String,
     pub source_dtype: &'static str,
     pub shape: Vec<u64>,
@@ -59,7 +61,7 @@ pub struct QuantReport {
     pub group_size: u64,
     /// The sliced tensor in its source dtype.
     pub bytes_before: u64,
-    /// Packed words + scales + shape.
+    /// All parts.
     pub bytes_after: u64,
     pub weight_rms: f64,
     pub rms_error: f64,
@@ -98,13 +100,13 @@ pub(crate) fn quant_reports(layout: &Layout, stats: &[Stats]) -> Vec<QuantReport
             let (rms, rms_err) = (st.rms(), st.rms_err());
             Some(QuantReport {
                 name: r.name.clone(),
-                scale_name: q.scale_name.clone(),
-                shape_name: q.shape_name.clone(),
+                scheme: q.scheme(),
+                parts: r.parts[1..].iter().map(|p| p.name.clone()).collect(),
                 source: r.src.name.clone(),
                 source_dtype: r.dtype.name(),
                 shape: r.shape.clone(),
-                bits: q.bits,
-                group_size: q.group_size,
+                bits: q.kernel().bits(),
+                group_size: q.kernel().group_size(),
                 bytes_before: r.shape.iter().product::<u64>() * r.dtype.size(),
                 bytes_after: r.nbytes,
                 weight_rms: rms,

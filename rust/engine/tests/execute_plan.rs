@@ -380,7 +380,7 @@ fn compare_finds_changed_bytes_and_missing_or_unexpected_tensors() {
 
 // -- quantization -------------------------------------------------------------------------
 
-use gslice_engine::quant::{self, Scheme};
+use gslice_engine::quant::{self, Affine, Kernel, Symmetric};
 
 /// Writes one BF16 tensor holding a deterministic, sign-varying pattern (and exact zeros in
 /// row 1 so that all-zero groups occur).
@@ -402,20 +402,25 @@ fn write_bf16(path: &Path, name: &str, rows: u64, cols: u64) -> Vec<f32> {
 }
 
 /// Quantizes an already-sliced matrix row by row with the kernel: the fused engine path
-/// (slicing and quantizing straight from the map, in bands) must give the same bytes.
-fn quantize_whole(rows: &[Vec<f32>], s: Scheme) -> (Vec<u8>, Vec<u8>) {
-    let (mut words, mut scales, mut st) = (Vec::new(), Vec::new(), quant::Stats::default());
-    let mut buf = quant::RowBuf::default();
+/// (slicing and quantizing straight from the map, in bands) must give the same bytes of each
+/// row part.
+fn quantize_whole(rows: &[Vec<f32>], k: Kernel) -> Vec<Vec<u8>> {
+    let mut outs = vec![Vec::new(); k.row_parts(rows[0].len() as u64).len()];
+    let (mut st, mut buf) = (quant::Stats::default(), quant::RowBuf::default());
     for r in rows {
         buf.xs.clear();
         buf.xs.extend_from_slice(r);
-        quant::quantize_row(&mut buf, s, &mut words, &mut scales, &mut st);
+        k.quantize_row(&mut buf, &mut outs, &mut st);
     }
-    (words, scales)
+    outs
 }
 
 fn quant_spec(name: &str, bits: u32, group_size: u64) -> serde_json::Value {
     json!({"bits": bits, "group_size": group_size, "scale_name": format!("{name}_scale"), "shape_name": format!("{name}_shape")})
+}
+
+fn affine_spec(name: &str, bits: u32, group_size: u64) -> serde_json::Value {
+    json!({"scheme": "mlx_affine", "bits": bits, "group_size": group_size, "scales_name": format!("{name}.scales"), "biases_name": format!("{name}.biases")})
 }
 
 #[test]
@@ -444,13 +449,13 @@ fn quantization_is_fused_with_every_slicing_operation() {
         .map(|r| col_ranges.iter().flat_map(|&(b, e)| row(r)[b as usize..e as usize].to_vec()).collect())
         .collect();
     for (name, m, s) in [
-        ("copy4", &copy, Scheme { bits: 4, group_size: 32 }),
-        ("rows8", &picked, Scheme { bits: 8, group_size: 64 }),
-        ("cols4", &narrowed, Scheme { bits: 4, group_size: 32 }),
+        ("copy4", &copy, Symmetric { bits: 4, group_size: 32 }),
+        ("rows8", &picked, Symmetric { bits: 8, group_size: 64 }),
+        ("cols4", &narrowed, Symmetric { bits: 4, group_size: 32 }),
     ] {
-        let (words, scales) = quantize_whole(m, s);
+        let [words, scales] = <[Vec<u8>; 2]>::try_from(quantize_whole(m, Kernel::Symmetric(s))).unwrap();
         let (n, c) = (m.len() as u64, m[0].len() as u64);
-        assert_eq!(tensor_bytes(&out, name), (vec![n, s.words(c)], words), "{name}");
+        assert_eq!(tensor_bytes(&out, name), (vec![n, quant::words(c, s.bits)], words), "{name}");
         assert_eq!(tensor_bytes(&out, &format!("{name}_scale")), (vec![n, c / s.group_size], scales), "{name}");
         let shape: Vec<u8> = [n as i64, c as i64].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(tensor_bytes(&out, &format!("{name}_shape")), (vec![2], shape), "{name}");
@@ -472,6 +477,71 @@ fn quantization_is_fused_with_every_slicing_operation() {
         assert!(r.max_abs_error > 0.0 && r.max_abs_error <= r.rel_max_abs_error * r.weight_rms * 1.000001);
     }
     assert!(report.outputs[0].shards.len() > 1);
+}
+
+#[test]
+fn affine_quantization_is_fused_with_every_slicing_operation_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.safetensors");
+    let (rows, cols) = (210u64, 1024u64);
+    let vals = write_bf16(&src, "w", rows, cols);
+    let row = |r: u64| vals[(r * cols) as usize..((r + 1) * cols) as usize].to_vec();
+    let out = tmp.path().join("out");
+    let row_ranges = [(0u64, 4u64), (200, 210), (10, 203)];
+    let col_ranges = [(0u64, 64u64), (512, 768), (896, 1024)];
+    let tensors = json!([
+        {"name": "copy4", "source": "w", "quant": affine_spec("copy4", 4, 64)},
+        {"name": "rows8", "source": "w", "op": {"kind": "rows", "ranges": row_ranges}, "quant": affine_spec("rows8", 8, 128)},
+        {"name": "cols4", "source": "w", "op": {"kind": "cols", "ranges": col_ranges}, "quant": affine_spec("cols4", 4, 32)},
+        {"name": "ct4", "source": "w", "quant": quant_spec("ct4", 4, 32)}
+    ]);
+    let report = run(json!({"source": src, "max_shard_size": 200_000, "band_bytes": 5 * 2048,
+        "outputs": [{"dir": out, "tensors": tensors}]}))
+    .unwrap();
+
+    let copy: Vec<Vec<f32>> = (0..rows).map(row).collect();
+    let picked: Vec<Vec<f32>> = row_ranges.iter().flat_map(|&(b, e)| (b..e).map(row)).collect();
+    let narrowed: Vec<Vec<f32>> = (0..rows)
+        .map(|r| col_ranges.iter().flat_map(|&(b, e)| row(r)[b as usize..e as usize].to_vec()).collect())
+        .collect();
+    for (name, m, k) in [
+        ("copy4", &copy, Affine { bits: 4, group_size: 64 }),
+        ("rows8", &picked, Affine { bits: 8, group_size: 128 }),
+        ("cols4", &narrowed, Affine { bits: 4, group_size: 32 }),
+    ] {
+        let [words, scales, biases] = <[Vec<u8>; 3]>::try_from(quantize_whole(m, Kernel::Affine(k))).unwrap();
+        let (n, c) = (m.len() as u64, m[0].len() as u64);
+        let g = c / k.group_size;
+        assert_eq!(tensor_bytes(&out, name), (vec![n, c * k.bits as u64 / 32], words), "{name}");
+        assert_eq!(tensor_bytes(&out, &format!("{name}.scales")), (vec![n, g], scales), "{name}");
+        assert_eq!(tensor_bytes(&out, &format!("{name}.biases")), (vec![n, g], biases), "{name}");
+    }
+    let ck = Checkpoint::open(&out).unwrap();
+    let dtype = |n: &str| ck.get(n).unwrap().1.dtype.name();
+    assert_eq!([dtype("copy4"), dtype("copy4.scales"), dtype("copy4.biases")], ["U32", "BF16", "BF16"]);
+
+    let q = &report.quantized;
+    assert_eq!(q.iter().map(|r| (r.name.as_str(), r.scheme)).collect::<Vec<_>>(), [
+        ("copy4", "mlx_affine"), ("rows8", "mlx_affine"), ("cols4", "mlx_affine"), ("ct4", "compressed_tensors")
+    ]);
+    assert_eq!(q[0].parts, ["copy4.scales", "copy4.biases"]);
+    assert_eq!(q[3].parts, ["ct4_scale", "ct4_shape"]);
+    assert_eq!(q[0].bytes_after, rows * cols / 2 + 2 * rows * (cols / 64) * 2);
+    for r in q {
+        assert!(r.rel_rms_error > 0.0 && r.rel_rms_error < if r.bits == 4 { 0.2 } else { 0.02 }, "{r:?}");
+    }
+
+    // Verification re-quantizes every band; one changed bias is found at its offset.
+    assert!(compare_plan(&src, &out, tensors.clone()).is_empty());
+    let (s, info) = ck.get("rows8.biases").map(|(s, t)| (s, t.clone())).unwrap();
+    let shard = ck.shards[s].path.clone();
+    drop(ck);
+    let mut bytes = fs::read(&shard).unwrap();
+    bytes[info.start as usize + 2 * 3] ^= 1; // the 4th bias of row 0
+    fs::write(&shard, bytes).unwrap();
+    let (words, scales) = (207 * 1024 * 8 / 32 * 4, 207 * 8 * 2);
+    let problem = format!("bytes differ from the source's slice (first difference at byte {} of the tensor)", words + scales + 6);
+    assert_eq!(compare_plan(&src, &out, tensors), [("rows8".to_string(), problem)]);
 }
 
 #[test]
