@@ -41,3 +41,34 @@ class ByteProgress:
         if exc_type is not None and self._bar is not None:
             self._bar.leave = False
         self.close()
+
+
+class TokenProgress:
+    """A tokens bar per model run, fed with (label, done, total); a new label starts a new bar.
+    Like ByteProgress, it draws only on an interactive terminal."""
+
+    def __init__(self, enabled: bool = True):
+        self._enabled = enabled and sys.stderr.isatty()
+        self._bar: tqdm | None = None
+        self._label: str | None = None
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        if label != self._label:
+            self.close()
+            self._bar, self._label = tqdm(total=total, unit="tok", desc=label), label
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> "TokenProgress":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self._bar is not None:
+            self._bar.leave = False
+        self.close()
