@@ -14,6 +14,8 @@ activation sparsity on exactly layers 0-9. Also:
 * q/k norm scales are drawn near 0.1, not 1: Gemma 3n's attention is unscaled, and random
   models with unit-scale norms are chaotic (tiny numeric differences between runtimes flip
   the argmax);
+* the final norm's scale is multiplied by LOGIT_SCALE, so that next-token distributions are
+  peaked like a trained model's (a few likely tokens) rather than nearly uniform;
 * the tokenizer is a 256-piece SentencePiece BPE model trained here on gslice's sample text,
   with identity normalization (so "\\n" stays a piece) and no dummy prefix, which
   transformers' GemmaTokenizer reproduces exactly; pad 0, eos 1, bos 2, unk 3.
@@ -39,6 +41,7 @@ from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 from .tiny_gemma3n import randomize
 
 VOCAB = 256
+LOGIT_SCALE = 4.0  # on the final norm: next-token distributions peaked like a trained model's
 NUM_LAYERS, NUM_KV_SHARED = 22, 2
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -75,6 +78,7 @@ def build_text_model(seed: int = 0, **config) -> Gemma3nForCausalLM:
         for name, p in model.named_parameters():
             if name.endswith(("q_norm.weight", "k_norm.weight")):
                 p.mul_(0.1)
+        model.model.norm.weight.mul_(LOGIT_SCALE)
     return model.to(torch.float32).eval()
 
 
@@ -131,15 +135,26 @@ def llama_cpp_source() -> Path:
     raise FileNotFoundError("llama.cpp's source (convert_hf_to_gguf.py) not found: run .ci/llama-cpp-wheel or set GSLICE_LLAMA_CPP_SRC")
 
 
-def convert_to_gguf(hf_folder: Path, out: Path, outtype: str = "f32") -> Path:
-    """llama.cpp's convert_hf_to_gguf.py, from the llama-cpp-python sdist, with its own gguf-py."""
+def convert_to_gguf(pairs: list[tuple[Path, Path]], outtype: str = "f32") -> None:
+    """llama.cpp's convert_hf_to_gguf.py (from the llama-cpp-python sdist, with its own gguf-py)
+    on each (HF folder, GGUF path), all in one Python process: the script's imports (torch,
+    transformers) cost more than converting a tiny model."""
     script = llama_cpp_source() / "convert_hf_to_gguf.py"
-    subprocess.run(
-        [sys.executable, str(script), str(hf_folder), "--outfile", str(out), "--outtype", outtype],
-        check=True, capture_output=True, text=True,
+    driver = (
+        "import os, runpy, sys\n"
+        "script, outtype, *rest = sys.argv[1:]\n"
+        "sys.path.insert(0, os.path.dirname(script))  # as `python script` would\n"
+        "for hf, out in zip(rest[::2], rest[1::2]):\n"
+        "    sys.argv = [script, hf, '--outfile', out, '--outtype', outtype]\n"
+        "    runpy.run_path(script, run_name='__main__')\n"
+    )
+    args = [str(x) for pair in pairs for x in pair]
+    done = subprocess.run(
+        [sys.executable, "-c", driver, str(script), outtype, *args], capture_output=True, text=True,
         env={k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"},  # its own gguf-py, not an installed one
     )
-    return out
+    if done.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{done.stderr[-3000:]}")
 
 
 def convert_to_mlx(hf_folder: Path, out: Path, quantize: bool = False) -> Path:

@@ -5,6 +5,9 @@ from disk rather than refused. Extra buffer types are disabled (``use_extra_buft
 on CPUs with AMX, llama.cpp 0.3.36's repacking path crashes on quantized Gemma 3n GGUFs
 (issue 13), and the plain CPU path computes the same logits.
 
+Every other setting is llama.cpp's default, as its own tools use it: an f16 KV cache, and flash
+attention "auto", which llama.cpp resolves to enabled on the CPU.
+
 Logits for every position: each window is decoded from an empty KV cache in batches of
 ``BATCH`` tokens with the logits flag set on every token, and each batch's logits
 [rows, V] are read straight from llama.cpp's output buffer. (``Llama(logits_all=True)`` would
@@ -100,7 +103,7 @@ class LlamaRunner(Runner):
         self.vocab_size = int(lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self._model)))
         self._batch = lc.llama_batch_init(cp.n_batch, 0, 1)
         self._n_batch = cp.n_batch
-        self.settings = {"batch": self._n_batch, "use_extra_bufts": False}
+        self.settings = {"batch": self._n_batch, "use_extra_bufts": False, "flash_attn": "auto (llama.cpp's default)"}
 
     def window_logits(self, tokens: np.ndarray) -> Iterator[np.ndarray]:
         lc, b = self._lc, self._batch

@@ -1,6 +1,9 @@
-"""transformers: a Hugging Face checkpoint folder, loaded as the checkpoint says (its dtype,
-AutoModelForCausalLM: Gemma3nForConditionalGeneration for a multimodal checkpoint,
-Gemma3nForCausalLM for a text-only one), one forward pass per window without a cache.
+"""transformers: a Hugging Face checkpoint folder in its own dtype, one forward pass per window
+without a cache. Only the text model is built (AutoModelForCausalLM with the text config:
+Gemma3nForCausalLM, which transformers loads from a multimodal checkpoint's
+``model.language_model.*`` tensors too), so the towers of a multimodal checkpoint take no RAM;
+its text logits are those of Gemma3nForConditionalGeneration
+(tests/interop/test_eval_runtimes.py compares them).
 
 transformers' Gemma 3n passes the keys and values of the KV-producer layers to the sharing
 layers inside the forward pass (``shared_kv_states``), so a cacheless pass computes the same
@@ -30,12 +33,16 @@ class HFTokenizer(Tokenizer):
 class TransformersRunner(Runner):
     def __init__(self, path: Path, context: int, threads: int | None):
         import torch
-        from transformers import AutoModelForCausalLM
+        import transformers
+        from transformers import AutoConfig, AutoModelForCausalLM
 
+        transformers.logging.set_verbosity_error()  # the towers' tensors are "unexpected" here, on purpose
+        transformers.utils.logging.disable_progress_bar()
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
+        config = AutoConfig.from_pretrained(path).get_text_config()
+        self.model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype="auto").eval()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.settings = {"dtype": str(self.model.dtype).removeprefix("torch."), "class": type(self.model).__name__}
 
