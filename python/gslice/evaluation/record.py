@@ -39,7 +39,9 @@ def check_recordable(folder: str | os.PathLike) -> Path:
     p = Path(folder)
     if p.is_file():
         raise SourceError(f"--record: {p} is a single file; recording into a GGUF's metadata is not supported yet (record into a folder output)")
-    data = read_manifest(p)  # refuses folders gslice did not write
+    if p.is_dir() and not (p / MANIFEST_NAME).is_file():
+        raise SourceError(f"--record: {p} has no {MANIFEST_NAME}: gslice records results only into outputs it wrote")
+    data = read_manifest(p)
     listed = data["files"].get(CARD)
     card = p / CARD
     if listed is None or not card.is_file():
@@ -101,18 +103,19 @@ def section(evaluations: list[dict]) -> str:
         "Figures of this model on the texts named, in the runtime named, against its source: they describe that",
         "text in that runtime on the machine that measured them, and are not a general quality claim.",
         "",
-        "| measured on | perplexity (source) | KL(source ‖ slice) mean / median / p99 | top-1 agreement | tokens/s | peak RSS |",
-        "|---|---|---|---|---|---|",
+        "| measured on | context | perplexity (source) | KL(source ‖ slice) mean / median / p99 | top-1 agreement | tokens/s | peak RSS |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in evaluations:
         threads = f" ({e['threads']} threads)" if e.get("threads") else ""
         lines.append(
-            f"| {e['measured_on']} | {e['perplexity']:.3f} ({e['against']['perplexity']:.3f}) | "
+            f"| {e['measured_on']} | {e['context']} | {e['perplexity']:.3f} ({e['against']['perplexity']:.3f}) | "
             f"{e['kl_mean']:.4f} / {e['kl_median']:.4f} / {e['kl_p99']:.4f} | {100 * e['top1_agreement']:.1f}% | "
             f"{e['tokens_per_second']:.1f}{threads} | {fmt_bytes(e['peak_rss_bytes'])} |"
         )
-    lines += ["", f"KL: {evaluations[-1]['kl']}. Context {evaluations[-1]['context']} tokens per window; "
-              f"measured with `gslice eval` ({evaluations[-1]['tool']}).", END]
+    last = evaluations[-1]
+    lines += ["", f"KL: {last['kl']}. Context: tokens per window, BOS included. Measured with `gslice eval` ({last['tool']}) "
+              f"against `{last['against']['path']}` ({last['against']['runtime']}).", END]
     return "\n".join(lines)
 
 
