@@ -103,3 +103,13 @@ def test_record_refuses_what_gslice_did_not_write(tmp_path, cli, installed):
     single = gguf_file(tmp_path / "slice.gguf")
     r = cli("eval", single, "--against", src, "--record")
     assert (r.code, r.err) == (2, f"error: --record: {single} is a single file; recording into a GGUF's metadata is not supported yet (record into a folder output)\n")
+
+
+def test_bulk_eval_checks_everything_before_writing_anything(e4b, tmp_path, cli, installed):
+    out = tmp_path / "out"
+    r = cli("bulk", e4b, "--presets", "google-e2b", "-o", out, "--eval", tmp_path / "nowhere.txt")
+    assert (r.code, r.err) == (2, f"error: --eval {tmp_path / 'nowhere.txt'}: no such file or folder\n")
+    installed()  # no runtime at all
+    r = cli("bulk", e4b, "--presets", "google-e2b", "-o", out, "--eval", "sample")
+    assert (r.code, r.err) == (2, f"error: {e4b} runs in transformers, which is not installed (torch, transformers missing): pip install 'gslice[transformers]'\n")
+    assert not out.exists()

@@ -12,6 +12,7 @@ from .. import hub
 from ..evaluation import DEFAULT_CONTEXT, check_models, evaluate
 from ..evaluation import runners as eval_runners
 from ..evaluation.record import record
+from ..evaluation.report import fmt_kl
 from .slice import quant_option_decorators, quant_options
 from ..bulk import BulkReport, prepare_bulk, select_presets, write_bulk
 from ..manifest import MANIFEST_NAME
@@ -88,7 +89,7 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
 
 def _eval_settings(text, context, max_tokens, jobs, plan):
     """--eval's settings, the texts read and the runtimes checked before anything is written."""
-    settings = eval_settings([] if text == "sample" else [text], context, None, max_tokens, threads=jobs)
+    settings = eval_settings([] if text == "sample" else [text], context, None, max_tokens, threads=jobs, text_option="--eval")
     check_models([plan.source.path])
     eval_runners.require("transformers", "each output")  # bulk writes Hugging Face folders
     return settings
@@ -105,7 +106,7 @@ def _evaluate(report: BulkReport, source, settings, show: bool) -> BulkReport:
 def _eval_cells(e: dict | None) -> tuple[str, ...]:
     if not e:
         return ("-",) * 5
-    return (f"{e['perplexity']:.3f}", f"{e['kl_mean']:.4f}", f"{e['kl_p99']:.4f}", f"{100 * e['top1_agreement']:.1f}%", f"{e['tokens_per_second']:.1f}")
+    return (f"{e['perplexity']:.3f}", fmt_kl(e["kl_mean"]), fmt_kl(e["kl_p99"]), f"{100 * e['top1_agreement']:.1f}%", f"{e['tokens_per_second']:.1f}")
 
 
 def _repos(template: str | None, presets) -> dict[str, str]:

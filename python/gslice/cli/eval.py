@@ -15,10 +15,11 @@ from . import main
 from .common import friendly_errors
 
 
-def eval_settings(texts, context, stride, max_tokens, threads=None, cache_dir=None, no_cache=False, top_k=TOP_K) -> EvalSettings:
+def eval_settings(texts, context, stride, max_tokens, threads=None, cache_dir=None, no_cache=False, top_k=TOP_K,
+                  text_option="--text") -> EvalSettings:
     """The settings from the command-line options, checked (also used by `gslice bulk --eval`)."""
     return EvalSettings(texts=list(texts), context=context, stride=stride, max_tokens=max_tokens, top_k=top_k, threads=threads,
-                        cache_dir=cache_dir, use_cache=not no_cache).checked()
+                        cache_dir=cache_dir, use_cache=not no_cache, text_option=text_option).checked()
 
 
 @main.command("eval")

@@ -12,7 +12,7 @@ compared with it (metrics.py): N slices cost N runs plus at most one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,6 +42,7 @@ class EvalSettings:
     cache_dir: str | os.PathLike | None = None  # None: ~/.cache/gslice/eval
     use_cache: bool = True
     isolate: bool = True  # each model in its own process (peak RSS is then its own)
+    text_option: str = "--text"  # how messages name the texts' option
     _texts: tuple[Text, ...] = field(default=(), repr=False)
 
     def checked(self) -> "EvalSettings":
@@ -53,9 +54,8 @@ class EvalSettings:
             raise SpecError(f"top_k {self.top_k}: must be between 1 and 4096")
         if self.threads is not None and self.threads < 1:
             raise SpecError(f"--threads {self.threads}: must be at least 1")
-        texts = tuple(read_texts(list(self.texts)))
-        return EvalSettings(self.texts, self.context, stride, self.max_tokens, self.top_k, self.threads or os.cpu_count(),
-                            self.cache_dir, self.use_cache, self.isolate, texts)
+        texts = tuple(read_texts(list(self.texts), self.text_option))
+        return replace(self, stride=stride, threads=self.threads or os.cpu_count(), _texts=texts)
 
 
 def model_path(given: str | os.PathLike) -> Path:

@@ -28,7 +28,7 @@ from .. import __version__
 from ..errors import SourceError
 from ..manifest import MANIFEST_NAME, read_manifest
 from ..units import fmt_bytes
-from .report import EvalReport, ModelResult
+from .report import EvalReport, ModelResult, fmt_kl, fmt_threads
 
 CARD = "README.md"
 START, END = "<!-- gslice-eval:start -->", "<!-- gslice-eval:end -->"
@@ -107,11 +107,10 @@ def section(evaluations: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for e in evaluations:
-        threads = f" ({e['threads']} threads)" if e.get("threads") else ""
         lines.append(
             f"| {e['measured_on']} | {e['context']} | {e['perplexity']:.3f} ({e['against']['perplexity']:.3f}) | "
-            f"{e['kl_mean']:.4f} / {e['kl_median']:.4f} / {e['kl_p99']:.4f} | {100 * e['top1_agreement']:.1f}% | "
-            f"{e['tokens_per_second']:.1f}{threads} | {fmt_bytes(e['peak_rss_bytes'])} |"
+            f"{fmt_kl(e['kl_mean'])} / {fmt_kl(e['kl_median'])} / {fmt_kl(e['kl_p99'])} | {100 * e['top1_agreement']:.1f}% | "
+            f"{e['tokens_per_second']:.1f}{fmt_threads(e.get('threads'))} | {fmt_bytes(e['peak_rss_bytes'])} |"
         )
     last = evaluations[-1]
     lines += ["", f"KL: {last['kl']}. Context: tokens per window, BOS included. Measured with `gslice eval` ({last['tool']}) "

@@ -71,6 +71,15 @@ class EvalReport:
         return f"measured on {self.text_name}, {self.tokens_scored:,} tokens, {result.run.runtime}"
 
 
+def fmt_kl(x: float) -> str:
+    """4 decimals, or 3 significant digits for a KL too small to show in 4 decimals."""
+    return f"{x:.2e}" if 0 < abs(x) < 5e-5 else f"{x:.4f}"
+
+
+def fmt_threads(n: int | None) -> str:
+    return "" if not n else f" ({n} thread{'s' if n > 1 else ''})"
+
+
 HEAD = ("model", "runtime", "perplexity", "KL mean", "KL median", "KL p99", "top-1 agree", "tokens/s", "peak RSS")
 
 
@@ -81,9 +90,9 @@ def cells(r: ModelResult) -> tuple[str, ...]:
         name,
         r.run.runtime.split(" (")[0],
         f"{s.perplexity:.3f}",
-        f"{s.kl_mean:.4f}",
-        f"{s.kl_median:.4f}",
-        f"{s.kl_p99:.4f}",
+        fmt_kl(s.kl_mean),
+        fmt_kl(s.kl_median),
+        fmt_kl(s.kl_p99),
         f"{100 * s.top1_agreement:.1f}%",
         f"{r.run.tokens_per_second:.1f}",
         fmt_bytes(r.run.peak_rss_bytes),

@@ -39,9 +39,10 @@ def sample_text() -> Text:
     return _text(SAMPLE_NAME, data, SAMPLE_FILE)
 
 
-def read_texts(paths: list[str | os.PathLike]) -> list[Text]:
+def read_texts(paths: list[str | os.PathLike], option: str = "--text") -> list[Text]:
     """Each path is a text file or a folder, whose regular, non-hidden files are read in name
-    order (sub-folders are not entered). None given: the shipped sample."""
+    order (sub-folders are not entered). None given: the shipped sample. ``option`` names the
+    command-line option in messages."""
     if not paths:
         return [sample_text()]
     texts: list[Text] = []
@@ -50,12 +51,12 @@ def read_texts(paths: list[str | os.PathLike]) -> list[Text]:
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
             if not files:
-                raise SourceError(f"--text {given}: the folder holds no files")
+                raise SourceError(f"{option} {given}: the folder holds no files")
             texts += [_text(f"{p.name}/{f.name}", f.read_bytes(), str(f)) for f in files]
         elif p.is_file():
             texts.append(_text(p.name, p.read_bytes(), str(p)))
         else:
-            raise SourceError(f"--text {given}: no such file or folder")
+            raise SourceError(f"{option} {given}: no such file or folder")
     return texts
 
 
