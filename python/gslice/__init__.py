@@ -21,6 +21,7 @@ from .catalogue import Preset, presets  # noqa: E402
 from .proposals import ProposalVerdict, proposals  # noqa: E402
 from .accounting import Footprint, SizePlan, plan  # noqa: E402
 from .recommendation import Recommendation, recommend  # noqa: E402
+from .evaluation import EvalReport, EvalSettings, evaluate  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -39,6 +40,9 @@ __all__ = [
     "Footprint",
     "recommend",
     "Recommendation",
+    "evaluate",
+    "EvalSettings",
+    "EvalReport",
     "GsliceError",
     "SpecError",
     "SourceError",

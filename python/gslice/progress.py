@@ -1,7 +1,5 @@
-"""A bytes progress bar fed by the engine's progress callback. It draws only on an
-interactive terminal, and erases itself when the run fails so the error line stands alone.
-One bar may follow several engine calls in a row (hashing, then comparing): each call counts
-from zero, so a call's counts are added to those of the calls before it."""
+"""Progress bars: bytes for the engine's work, tokens for evaluation runs. They draw only on an
+interactive terminal, and erase themselves when the run fails so the error line stands alone."""
 
 from __future__ import annotations
 
@@ -10,7 +8,28 @@ import sys
 from tqdm import tqdm  # the terminal bar; tqdm.auto would probe for notebooks at import
 
 
-class ByteProgress:
+class _Bar:
+    _bar: tqdm | None = None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self._bar is not None:
+            self._bar.leave = False
+        self.close()
+
+
+class ByteProgress(_Bar):
+    """Fed by the engine's progress callback. One bar may follow several engine calls in a row
+    (hashing, then comparing): each call counts from zero, so a call's counts are added to
+    those of the calls before it."""
+
     def __init__(self, desc: str, enabled: bool = True):
         self._desc, self._enabled = desc, enabled and sys.stderr.isatty()
         self._bar: tqdm | None = None
@@ -30,22 +49,9 @@ class ByteProgress:
             self._bar.total = total
         self._bar.update(done - self._bar.n)
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
-    def __enter__(self) -> "ByteProgress":
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None and self._bar is not None:
-            self._bar.leave = False
-        self.close()
-
-
-class TokenProgress:
-    """A tokens bar per model run, fed with (label, done, total); a new label starts a new bar.
-    Like ByteProgress, it draws only on an interactive terminal."""
+class TokenProgress(_Bar):
+    """A tokens bar per model run, fed with (label, done, total); a new label starts a new bar."""
 
     def __init__(self, enabled: bool = True):
         self._enabled = enabled and sys.stderr.isatty()
@@ -59,16 +65,3 @@ class TokenProgress:
             self.close()
             self._bar, self._label = tqdm(total=total, unit="tok", desc=label), label
         self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def __enter__(self) -> "TokenProgress":
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None and self._bar is not None:
-            self._bar.leave = False
-        self.close()

@@ -1,7 +1,8 @@
 """How good is a slice, on the user's own text, in the runtime it will be deployed with.
 
-    from gslice.evaluation import evaluate, EvalSettings
-    report = evaluate(["e2b.gguf", "e1.gguf"], against="source.gguf", settings=EvalSettings(texts=["my.txt"]))
+    import gslice
+    report = gslice.evaluate(["e2b.gguf", "e1.gguf"], against="source.gguf", settings=gslice.EvalSettings(texts=["my.txt"]))
+    print(report.slices[0].summary.kl_mean)
 
 Each model runs in the runtime its path calls for (runners/), over the same windows
 (windows.py), in a process of its own (run.py). The source runs first - or not at all when its
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .. import __version__
 from ..errors import SourceError, SpecError
 from . import runners
 from .cache import SourceCache, default_dir, fingerprint, tokens_sha256
@@ -106,6 +108,7 @@ def evaluate(
         {
             "source": fingerprint(src),
             "runtime": runners.version(src_rt),
+            "tool": f"gslice {__version__}",  # how gslice drives the runtime may change between versions
             "texts": [t.sha256 for t in s._texts],
             "tokens": tokens_sha256(ids),
             "context": s.context,
