@@ -263,3 +263,20 @@ def test_gslice_eval_command_runs_each_model_in_its_own_process(runtime_models, 
                                              "top-1", "agree", "tokens/s", "peak", "RSS"]
     assert f"{m.gguf['source']} (source, cached)" in table
     assert "Measured on chapter-1.txt: 200 tokens scored (context 64, stride 63, 4 windows)." in table
+
+
+def test_a_script_calling_evaluate_at_top_level_runs_once(runtime_models, tmp_path):
+    """Isolated runs start a fresh interpreter on gslice's worker, never the caller's script
+    again (as multiprocessing's spawn would, without an `if __name__ == "__main__"` guard)."""
+    m = runtime_models
+    script = tmp_path / "measure.py"
+    script.write_text(
+        "import gslice\n"
+        "print('script ran')\n"
+        f"r = gslice.evaluate([{str(m.gguf['wrong'])!r}], {str(m.gguf['source'])!r}, gslice.EvalSettings("
+        f"texts=[{str(m.texts['a'])!r}], context=32, max_tokens=40, threads=1, use_cache=False))\n"
+        "print(r.slices[0].run.isolated, r.tokens_scored)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "script ran\nTrue 40\n"

@@ -91,23 +91,59 @@ def evaluate(
     settings: EvalSettings = EvalSettings(),
     progress: Progress | None = None,
 ) -> EvalReport:
+    """Every slice against the source ``against`` on the settings' texts (see the module
+    docstring); checks everything it can before the first model runs."""
     s = settings if settings._texts else settings.checked()
     (src, src_rt), *models = check_models([against, *slices])
-    tokenizer = runners.module(src_rt).load_tokenizer(src)
+    ids, kept, windows = _windows(s, src, src_rt)
+    job = dict(context=s.context, threads=s.threads, windows=windows, top_k=s.top_k)
+    cache = _source_cache(s, src, src_rt, ids)
+    hit = cache.load() if s.use_cache else None
+    if hit:
+        ref, meta = hit
+        run, vocab = RunStats.from_dict(meta["stats"]), meta["vocab_size"]
+    else:
+        ref, run, vocab = run_model(Job(src_rt, str(src), reference=None, vocab_size=None, **job),
+                                    _bar(progress, f"source {src.name}", windows), s.isolate)
+        if s.use_cache:
+            cache.save(ref, {"stats": run.to_dict(), "vocab_size": vocab})
+    results = []
+    for path, rt in models:
+        rows, stats, _ = run_model(Job(rt, str(path), reference=ref, vocab_size=vocab, **job), _bar(progress, path.name, windows), s.isolate)
+        results.append(ModelResult("slice", str(path), summarize_slice(rows, ref), stats))
+    return EvalReport(
+        texts=[TextInfo(t.name, t.bytes, t.sha256, len(k)) for t, k in zip(s._texts, kept)],
+        text_name=describe(list(s._texts)),
+        context=s.context,
+        stride=s.stride,
+        top_k=s.top_k,
+        max_tokens=s.max_tokens,
+        windows=len(windows),
+        tokens_scored=scored_count(windows),
+        source=ModelResult("source", str(src), summarize_source(ref), run, cached=bool(hit)),
+        slices=results,
+        cache_path=str(cache.path) if s.use_cache else None,
+    )
+
+
+def _windows(s: EvalSettings, src: Path, runtime: str):
+    """(token ids per text, those kept by --max-tokens, the windows), with the source's tokenizer."""
+    tokenizer = runners.module(runtime).load_tokenizer(src)
     ids = [tokenizer.encode(t.text) for t in s._texts]
     kept = truncate(ids, s.max_tokens)
     windows = make_windows(kept, tokenizer.bos, s.context, s.stride)
     if not windows:
         raise SourceError("the texts hold no token to score")
-    texts = [TextInfo(t.name, t.bytes, t.sha256, len(k)) for t, k in zip(s._texts, kept)]
-    job = dict(context=s.context, threads=s.threads, windows=windows, top_k=s.top_k)
+    return ids, kept, windows
 
-    cache = SourceCache(
+
+def _source_cache(s: EvalSettings, src: Path, runtime: str, ids) -> SourceCache:
+    return SourceCache(
         s.cache_dir or default_dir(),
         src.name,
         {
             "source": fingerprint(src),
-            "runtime": runners.version(src_rt),
+            "runtime": runners.version(runtime),
             "tool": f"gslice {__version__}",  # how gslice drives the runtime may change between versions
             "texts": [t.sha256 for t in s._texts],
             "tokens": tokens_sha256(ids),
@@ -116,33 +152,6 @@ def evaluate(
             "max_tokens": s.max_tokens,
             "top_k": s.top_k,
         },
-    )
-    hit = cache.load() if s.use_cache else None
-    if hit:
-        ref, meta = hit
-        run, vocab = RunStats.from_dict(meta["stats"]), meta["vocab_size"]
-    else:
-        ref, run, vocab = run_model(Job(src_rt, str(src), reference=None, vocab_size=None, **job), _bar(progress, f"source {src.name}", windows), s.isolate)
-        if s.use_cache:
-            cache.save(ref, {"stats": run.to_dict(), "vocab_size": vocab})
-    source = ModelResult("source", str(src), summarize_source(ref), run, cached=bool(hit))
-
-    results = []
-    for path, rt in models:
-        rows, stats, _ = run_model(Job(rt, str(path), reference=ref, vocab_size=vocab, **job), _bar(progress, path.name, windows), s.isolate)
-        results.append(ModelResult("slice", str(path), summarize_slice(rows, ref), stats))
-    return EvalReport(
-        texts=texts,
-        text_name=describe(list(s._texts)),
-        context=s.context,
-        stride=s.stride,
-        top_k=s.top_k,
-        max_tokens=s.max_tokens,
-        windows=len(windows),
-        tokens_scored=scored_count(windows),
-        source=source,
-        slices=results,
-        cache_path=str(cache.path) if s.use_cache else None,
     )
 
 

@@ -104,7 +104,7 @@ def render(report: EvalReport) -> str:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(HEAD)]
     fmt = lambda cs: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cs, widths))).rstrip()  # noqa: E731
     lines = [fmt(HEAD), *map(fmt, rows), ""]
-    geometry = f"context {report.context}, stride {report.stride}, {report.windows} windows"
+    geometry = f"context {report.context}, stride {report.stride}, {report.windows} window{'s' if report.windows != 1 else ''}"
     lines.append(f"Measured on {report.text_name}: {report.tokens_scored:,} tokens scored ({geometry}).")
     lines.append(report.kl_definition + "; top-1 agree: the slice's most likely token is the source's.")
     lines.append(

@@ -1,6 +1,6 @@
 """Running one model over the windows, normally in a child process of its own.
 
-A child process per model makes "peak RSS" mean that model in that runtime (the child's own
+A child process per model (a fresh ``python -m gslice.evaluation.worker``) makes "peak RSS" mean that model in that runtime (the child's own
 high-water mark: interpreter, runtime libraries, weights paged in, activations), frees all of
 it before the next model loads, and turns a runtime that crashes (a segfault in native code)
 into one error line instead of a dead gslice. The child receives the windows (and, for a
@@ -14,8 +14,12 @@ are timed separately.
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
+import os
+import pickle
 import resource
+import subprocess
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -126,27 +130,38 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _child(conn, job: Job) -> None:
+def serve() -> None:
+    """The child's side (``python -m gslice.evaluation.worker``): a pickled Job on stdin, pickled
+    messages on the stdout it started with; anything a library prints goes to stderr instead."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    send = functools.partial(_send, out)
     try:
+        job = pickle.load(sys.stdin.buffer)
         pending = 0
 
         def progress(n: int) -> None:
             nonlocal pending
             pending += n
             if pending >= 64:
-                conn.send(("progress", pending))
+                send(("progress", pending))
                 pending = 0
 
         result = _compute(job, progress)
         if pending:
-            conn.send(("progress", pending))
-        conn.send(("done", result, _peak_rss()))
+            send(("progress", pending))
+        send(("done", result, _peak_rss()))
     except GsliceError as e:
-        conn.send(("error", type(e).__name__, str(e)))
+        send(("error", type(e).__name__, str(e)))
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent as one line
-        conn.send(("crash", f"{type(e).__name__}: {e}", traceback.format_exc()))
+        send(("crash", f"{type(e).__name__}: {e}", traceback.format_exc()))
     finally:
-        conn.close()
+        out.close()
+
+
+def _send(out, message) -> None:
+    pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+    out.flush()
 
 
 def run_model(job: Job, progress: Callable[[int], None] | None = None, isolate: bool = True):
@@ -173,18 +188,20 @@ def run_model(job: Job, progress: Callable[[int], None] | None = None, isolate: 
 
 
 def _run_isolated(job: Job, progress: Callable[[int], None]):
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch/mlx threads
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, job), name=f"gslice-eval-{job.runtime}", daemon=True)
-    proc.start()
-    child.close()
+    # A fresh interpreter, not multiprocessing: spawn would re-run the caller's __main__ (a
+    # script calling gslice.evaluate() at top level would run again), fork would copy a
+    # process that may hold torch or mlx threads.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "gslice.evaluation.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     try:
+        pickle.dump(job, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        proc.stdin.close()
         while True:
             try:
-                msg = parent.recv()
+                msg = pickle.load(proc.stdout)
             except EOFError:
-                proc.join()
-                raise InternalError(f"the {job.runtime} run of {job.path} died ({_exit_reason(proc.exitcode)}) before it finished") from None
+                proc.wait()
+                raise InternalError(f"the {job.runtime} run of {job.path} died ({_exit_reason(proc.returncode)}) before it finished") from None
             if msg[0] == "progress":
                 progress(msg[1])
             elif msg[0] == "done":
@@ -194,10 +211,10 @@ def _run_isolated(job: Job, progress: Callable[[int], None]):
             else:
                 raise InternalError(f"the {job.runtime} run of {job.path} failed: {msg[1]}")
     finally:
-        if proc.is_alive():
+        if proc.poll() is None:
             proc.kill()
-        proc.join()
-        parent.close()
+        proc.wait()
+        proc.stdout.close()
 
 
 def _error_class(name: str) -> type[GsliceError]:
