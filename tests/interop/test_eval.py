@@ -280,3 +280,15 @@ def test_a_script_calling_evaluate_at_top_level_runs_once(runtime_models, tmp_pa
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "script ran\nTrue 40\n"
+
+
+def test_a_damaged_gguf_is_one_line_from_the_child_process_too(runtime_models, tmp_path):
+    m = runtime_models
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(m.gguf["wrong"].read_bytes()[:100_000])
+    cmd = [sys.executable, "-m", "gslice", "eval", str(cut), "--against", str(m.gguf["source"]), "--max-tokens", "20",
+           "--no-cache", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.endswith(f"error: llama.cpp cannot load {cut}: tensor 'altup_unembd_proj.weight' data is not within "
+                                "the file bounds, model is corrupted or incomplete\n")

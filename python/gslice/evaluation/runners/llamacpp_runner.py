@@ -57,7 +57,9 @@ def _load_model(path: Path, vocab_only: bool):
     _log_lines.clear()
     model = lc.llama_model_load_from_file(str(path).encode(), params)
     if not model:
-        why = next((line for line in reversed(_log_lines) if line), "no reason given")
+        # llama.cpp's own reason ("error loading model: ...") comes before the generic last line
+        why = next((line.split("error loading model: ", 1)[1] for line in _log_lines if "error loading model: " in line),
+                   _log_lines[-1] if _log_lines else "no reason given")
         raise SourceError(f"llama.cpp cannot load {path}: {why}")
     return model
 
