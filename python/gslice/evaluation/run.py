@@ -76,9 +76,9 @@ class Job:
 
 
 def _compute(job: Job, progress: Callable[[int], None]) -> tuple[SourceRows | SliceRows, int, dict, float, float, float]:
-    mod = runners.module(job.runtime)
+    """(rows, vocabulary size, runner settings, load, forward and metric seconds)."""
     t0 = time.perf_counter()
-    runner = mod.load(Path(job.path), job.context, job.threads)
+    runner = runners.module(job.runtime).load(Path(job.path), job.context, job.threads)
     load_s = time.perf_counter() - t0
     try:
         if job.vocab_size is not None and runner.vocab_size != job.vocab_size:
@@ -90,20 +90,8 @@ def _compute(job: Job, progress: Callable[[int], None]) -> tuple[SourceRows | Sl
         for w in job.windows:
             if int(w.tokens.max()) >= runner.vocab_size:
                 raise SourceError(f"token id {int(w.tokens.max())} is outside {job.path}'s vocabulary of {runner.vocab_size}")
-            blocks = runner.window_logits(w.tokens)
-            pos = 0
-            while True:
-                t = time.perf_counter()
-                block = next(blocks, None)
-                eval_s += time.perf_counter() - t
-                if block is None:
-                    break
-                t = time.perf_counter()
-                parts += _score_block(job, w, pos, block, done)
-                metric_s += time.perf_counter() - t
-                pos += len(block)
-                progress(len(block))
-            done += len(w.scored_positions)
+            e, m = _run_window(runner, job, w, done, parts, progress)
+            eval_s, metric_s, done = eval_s + e, metric_s + m, done + len(w.scored_positions)
         if job.reference is None:
             rows = SourceRows.concat(parts, min(job.top_k, runner.vocab_size))
         else:
@@ -111,6 +99,22 @@ def _compute(job: Job, progress: Callable[[int], None]) -> tuple[SourceRows | Sl
         return rows, runner.vocab_size, getattr(runner, "settings", {}), load_s, eval_s, metric_s
     finally:
         runner.close()
+
+
+def _run_window(runner, job: Job, w: Window, done: int, parts: list, progress) -> tuple[float, float]:
+    """Scores one window into ``parts``; returns (seconds in the runtime, seconds in metrics)."""
+    blocks, pos, eval_s, metric_s = runner.window_logits(w.tokens), 0, 0.0, 0.0
+    while True:
+        t = time.perf_counter()
+        block = next(blocks, None)
+        eval_s += time.perf_counter() - t
+        if block is None:
+            return eval_s, metric_s
+        t = time.perf_counter()
+        parts += _score_block(job, w, pos, block, done)
+        metric_s += time.perf_counter() - t
+        pos += len(block)
+        progress(len(block))
 
 
 def _score_block(job: Job, w: Window, pos: int, block: np.ndarray, done: int) -> list:
