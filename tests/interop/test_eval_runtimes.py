@@ -61,9 +61,9 @@ def test_mlx_lm_needs_its_kv_cache_for_gemma_3n(runtime_models):
     runner = mlx_runner.load(runtime_models.mlx["source"], 64, 1)
     with_cache = runner_logits(runner)
     without = np.array(runner.model(mx.array(IDS)[None])[0].astype(mx.float32))  # as mlx_lm.perplexity calls it
-    assert np.abs(with_cache - hf).max() < 1e-3  # measured 1.5e-4 (float32, other kernels)
+    assert np.abs(with_cache - hf).max() < 2e-3  # measured 6.0e-4 (float32, other kernels, logits of about 8)
     assert (with_cache.argmax(1) == hf.argmax(1)).all()
-    assert np.abs(without - hf).max() > 0.5  # measured 1.1 on a model of the same shape
+    assert np.abs(without - hf).max() > 0.5  # measured 4.3
     assert (without.argmax(1) != hf.argmax(1)).mean() > 0.2  # measured 36% of positions
 
 
