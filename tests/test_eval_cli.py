@@ -76,15 +76,33 @@ def test_a_path_that_is_no_model(tmp_path, cli, make, message):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--stride", "512"], "--stride 512: must be between 1 and context - 1 = 511 (no token may be skipped)"),
-    (["--context", "1"], "--context 1: a window needs at least 2 tokens (BOS and one scored token)"),
-    (["--max-tokens", "0"], "--max-tokens 0: must be at least 1"),
-    (["--top-k", "0"], "top_k 0: must be between 1 and 4096"),
-    (["--text", "nowhere.txt"], "--text nowhere.txt: no such file or folder"),
+    (["--stride", "512"], "error: --stride 512: must be between 1 and context - 1 = 511 (no token may be skipped)"),
+    (["--context", "64", "--stride", "64"], "error: --stride 64: must be between 1 and context - 1 = 63 (no token may be skipped)"),
+    (["--text", "nowhere.txt"], "error: --text nowhere.txt: no such file or folder"),
+    (["--context", "1"], "Error: Invalid value for '--context': 1 is out of range: it must be at least 2"),
+    (["--max-tokens", "0"], "Error: Invalid value for '--max-tokens': 0 is out of range: it must be at least 1"),
+    (["--top-k", "5000"], "Error: Invalid value for '--top-k': 5000 is out of range: it must be from 1 to 4096"),
+    (["--context", "٥١٢"], "Error: Invalid value for '--context': '٥١٢' is not an integer (ASCII digits only)"),
 ])
 def test_bad_settings_are_refused_before_any_model_is_looked_at(tmp_path, cli, args, message):
     r = cli("eval", tmp_path / "absent", "--against", tmp_path / "absent", *args)
-    assert (r.code, r.err) == (2, f"error: {message}\n")
+    assert r.code == 2 and r.err.splitlines()[-1] == message
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(context=1), "context = 1 is out of range: it must be at least 2"),
+    (dict(context=512.0), "context must be an integer, not float 512.0"),
+    (dict(top_k=0), "top_k = 0 is out of range: it must be from 1 to 4096"),
+    (dict(threads=0), "threads = 0 is out of range: it must be from 1 to 256"),
+    (dict(texts=[b"x.txt"]), "texts must be a path (str or os.PathLike), not bytes b'x.txt'"),
+    (dict(use_cache="yes"), "use_cache must be True or False, not str 'yes'"),
+])
+def test_api_settings_are_checked_with_one_line_naming_the_argument(kw, message):
+    from gslice import ArgumentError, EvalSettings
+
+    with pytest.raises(ArgumentError) as e:
+        EvalSettings(**kw).checked()
+    assert str(e.value) == message
 
 
 def test_a_text_that_is_not_utf8(tmp_path, cli):
@@ -113,3 +131,12 @@ def test_bulk_eval_checks_everything_before_writing_anything(e4b, tmp_path, cli,
     r = cli("bulk", e4b, "--presets", "google-e2b", "-o", out, "--eval", "sample")
     assert (r.code, r.err) == (2, f"error: {e4b} runs in transformers, which is not installed (torch, transformers missing): pip install 'gslice[transformers]'\n")
     assert not out.exists()
+
+
+def test_api_model_arguments_are_checked(tmp_path):
+    from gslice import ArgumentError, evaluate
+
+    with pytest.raises(ArgumentError, match="^slices must be a list of paths, not str 'a.gguf'$"):
+        evaluate("a.gguf", "b.gguf")
+    with pytest.raises(ArgumentError, match="^against must be a path"):
+        evaluate(["a.gguf"], None)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
-from .. import hub
+from .. import hub, interrupts
 from ..evaluation import DEFAULT_CONTEXT, check_models, evaluate
 from ..evaluation import runners as eval_runners
 from ..evaluation.record import record
 from ..evaluation.report import fmt_kl
-from .slice import quant_option_decorators, quant_options
+from ..errors import Interrupted
+from .slice import quant_option_decorators, quant_options, upload_output
 from ..bulk import BulkReport, prepare_bulk, select_presets, write_bulk
-from ..manifest import MANIFEST_NAME
 from ..progress import ByteProgress, TokenProgress
 from ..units import fmt_bytes, fmt_params, parse_size
+from ..arguments import MAX_THREADS
 from . import main
-from .common import friendly_errors
+from .common import friendly_errors, StrictInt
 from .eval import eval_settings
 
 
@@ -28,7 +29,7 @@ from .eval import eval_settings
 @click.option("--presets", "preset_names", default="official", show_default=True, help="'official', 'all', or names/slugs separated by commas.")
 @click.option("-o", "--output", "out", required=True, help="Folder that receives one sub-folder per preset.")
 @click.option("--revision", default=None, help="Branch, tag or commit of a Hub source (default: main).")
-@click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Worker threads of the engine (default: all cores).")
+@click.option("--jobs", type=StrictInt(1, MAX_THREADS), default=None, help="Worker threads of the engine (default: all cores).")
 @click.option("--resume", is_flag=True, help="Keep finished outputs whose manifest checks out; clear what an interrupted run left.")
 @click.option("--overwrite", is_flag=True, help="Replace existing preset folders.")
 @click.option("--no-dedupe", is_flag=True, help="Write every output's files independently (no hard links).")
@@ -38,8 +39,8 @@ from .eval import eval_settings
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repos as private.")
 @click.option("--dry-run", is_flag=True, help="Plan and validate everything, print what would be written; write nothing.")
 @click.option("--eval", "eval_text", default=None, metavar="TEXT", help="Evaluate every output against SRC on TEXT (a file or folder; 'sample': gslice's sample) and record the figures in its manifest and model card.")
-@click.option("--eval-context", type=int, default=DEFAULT_CONTEXT, show_default=True, help="With --eval: tokens per window.")
-@click.option("--eval-max-tokens", type=int, default=None, help="With --eval: score only the first N tokens.")
+@click.option("--eval-context", type=StrictInt(2), default=DEFAULT_CONTEXT, show_default=True, help="With --eval: tokens per window.")
+@click.option("--eval-max-tokens", type=StrictInt(1), default=None, help="With --eval: score only the first N tokens.")
 @click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifests (reads the whole source).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
@@ -55,9 +56,9 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     repos = _repos(push_template, presets)
     show = not (quiet or as_json)
-    with ByteProgress("checking finished outputs", enabled=show) as bar:
+    with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
-                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar)
+                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar, hash_progress=hashing)
     evaluation = _eval_settings(eval_text, eval_context, eval_max_tokens, jobs, plan) if eval_text and not dry_run else None
     if repos and not dry_run:
         for repo in repos.values():
@@ -65,16 +66,21 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     try:
         with ByteProgress(f"{sum(it.action != 'skip' for it in plan.items)} outputs", enabled=show and not dry_run) as bar:
             report = write_bulk(plan, dedupe=not no_dedupe, threads=jobs, max_shard_size=shard_size, progress=bar, dry_run=dry_run)
-    except KeyboardInterrupt:
-        done = sum((it.dir / MANIFEST_NAME).is_file() for it in plan.items)
-        click.echo(f"interrupted: {done} of {len(plan.items)} outputs are complete; run again with --resume to finish", err=True)
-        sys.exit(130)
+    except Interrupted as e:
+        skipped = sum(it.action == "skip" for it in plan.items)
+        kept = f" ({skipped} finished earlier were kept)" if skipped else ""
+        raise Interrupted(f"{e}{kept}; run again with --resume to finish", e.signum, e.completed) from None
+    if not quiet:
+        for line in report.leftovers:
+            click.echo(f"note: {line}", err=True)
+    if not dry_run:
+        interrupts.set_note(f"the {len(report.rows)} outputs in {report.output_dir} are complete")
     if evaluation is not None:
         report = _evaluate(report, plan.source.path, evaluation, show)
     uploaded = {}
     if repos and not dry_run:
         for row in report.rows:
-            uploaded[row.slug] = hub.upload_folder(row.dir, repos[row.slug], commit_message=f"Upload preset {row.preset} made with gslice")
+            uploaded[row.slug] = upload_output(Path(row.dir), repos[row.slug], f"Upload preset {row.preset} made with gslice")
     if as_json:
         d = report.to_dict()
         if repos:
@@ -99,7 +105,11 @@ def _evaluate(report: BulkReport, source, settings, show: bool) -> BulkReport:
     """Every output against the source (which runs once), each result recorded in its output."""
     with TokenProgress(enabled=show) as bar:
         ev = evaluate([row.dir for row in report.rows], source, settings, progress=bar)
-    rows = [replace(row, eval=record(row.dir, ev, result)) for row, result in zip(report.rows, ev.slices)]
+    rows = []
+    for row, result in zip(report.rows, ev.slices):
+        rows.append(replace(row, eval=record(row.dir, ev, result)))
+        interrupts.set_note(f"the {len(report.rows)} outputs in {report.output_dir} are complete; "
+                            f"{len(rows)} hold their evaluation")
     return replace(report, rows=rows)
 
 
@@ -149,6 +159,4 @@ def render_bulk(r: BulkReport) -> str:
         e = evaluated[0]
         lines.append(f"Evaluated against {e['against']['path']} (perplexity {e['against']['perplexity']:.3f}), {e['measured_on']}; "
                      "KL(source || output) over the source's top tokens. Recorded in each output's manifest and model card.")
-    if r.removed_leftovers:
-        lines.append(f"removed {len(r.removed_leftovers)} unfinished folder(s) left by an interrupted run")
     return "\n".join(lines)

@@ -11,8 +11,10 @@ from ..evaluation import DEFAULT_CONTEXT, EvalSettings, check_models, evaluate, 
 from ..evaluation.metrics import TOP_K
 from ..evaluation.record import check_recordable, record
 from ..progress import TokenProgress
+from .. import interrupts
 from . import main
-from .common import friendly_errors
+from ..arguments import MAX_THREADS
+from .common import StrictInt, friendly_errors
 
 
 def eval_settings(texts, context, stride, max_tokens, threads=None, cache_dir=None, no_cache=False, top_k=TOP_K,
@@ -26,11 +28,11 @@ def eval_settings(texts, context, stride, max_tokens, threads=None, cache_dir=No
 @click.argument("slices", nargs=-1, required=True)
 @click.option("--against", "src", required=True, help="The source model (GGUF file, HF or MLX folder, or Hub repo id).")
 @click.option("--text", "texts", multiple=True, help="A UTF-8 text file, or a folder of them (repeatable). Default: gslice's small sample (Pride and Prejudice, ch. 1-3).")
-@click.option("--context", type=int, default=DEFAULT_CONTEXT, show_default=True, help="Tokens per window, BOS included.")
-@click.option("--stride", type=int, default=None, help="Text tokens between window starts (default: context - 1, no overlap).")
-@click.option("--max-tokens", type=int, default=None, help="Score only the first N tokens of the texts.")
-@click.option("--top-k", type=int, default=TOP_K, show_default=True, help="Source tokens per position kept for KL (the rest is one bucket).")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Threads per runtime (default: all cores).")
+@click.option("--context", type=StrictInt(2), default=DEFAULT_CONTEXT, show_default=True, help="Tokens per window, BOS included.")
+@click.option("--stride", type=StrictInt(1), default=None, help="Text tokens between window starts (default: context - 1, no overlap).")
+@click.option("--max-tokens", type=StrictInt(1), default=None, help="Score only the first N tokens of the texts.")
+@click.option("--top-k", type=StrictInt(1, 4096), default=TOP_K, show_default=True, help="Source tokens per position kept for KL (the rest is one bucket).")
+@click.option("--threads", type=StrictInt(1, MAX_THREADS), default=None, help="Threads per runtime (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where the source's top-k log-probabilities are kept (default: ~/.cache/gslice/eval).")
 @click.option("--no-cache", is_flag=True, help="Run the source again and keep nothing.")
 @click.option("--record", "do_record", is_flag=True, help="Write the results into each slice's gslice manifest and model card.")
@@ -54,8 +56,9 @@ def eval_cmd(slices, src, texts, context, stride, max_tokens, top_k, threads, ca
     with TokenProgress(enabled=not (quiet or as_json)) as bar:
         report = evaluate(slices, src, settings, progress=bar)
     if do_record:
-        for result in report.slices:
+        for i, result in enumerate(report.slices):
             record(result.path, report, result)
+            interrupts.set_note(f"results recorded into {i + 1} of {len(report.slices)} outputs")
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif not quiet:

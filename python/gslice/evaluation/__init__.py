@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .. import __version__
-from ..errors import SourceError, SpecError
+from .. import __version__, interrupts
+from ..arguments import bool_arg, callback_arg, int_arg, optional_int, path_arg, threads_arg
+from ..errors import ArgumentError, SourceError
 from . import runners
 from .cache import SourceCache, default_dir, fingerprint, tokens_sha256
 from .metrics import TOP_K, summarize_slice, summarize_source
@@ -48,16 +49,22 @@ class EvalSettings:
     _texts: tuple[Text, ...] = field(default=(), repr=False)
 
     def checked(self) -> "EvalSettings":
-        """Every check that needs no model: geometry, limits, the texts (read here)."""
+        """Every check that needs no model: argument types, geometry, limits, the texts (read here)."""
+        texts = self.texts
+        if isinstance(texts, (str, os.PathLike)):
+            texts = [texts]
+        for t in texts:
+            path_arg(t, "texts")
+        int_arg(self.context, "context", 2)
+        optional_int(self.stride, "stride", 1)
+        optional_int(self.max_tokens, "max_tokens", 1)
+        int_arg(self.top_k, "top_k", 1, 4096)
+        threads_arg(self.threads)
+        bool_arg(self.use_cache, "use_cache")
+        bool_arg(self.isolate, "isolate")
         stride = check_geometry(self.context, self.stride)
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise SpecError(f"--max-tokens {self.max_tokens}: must be at least 1")
-        if not 1 <= self.top_k <= 4096:
-            raise SpecError(f"top_k {self.top_k}: must be between 1 and 4096")
-        if self.threads is not None and self.threads < 1:
-            raise SpecError(f"--threads {self.threads}: must be at least 1")
-        texts = tuple(read_texts(list(self.texts), self.text_option))
-        return replace(self, stride=stride, threads=self.threads or os.cpu_count(), _texts=texts)
+        read = tuple(read_texts(list(texts), self.text_option))
+        return replace(self, texts=tuple(texts), stride=stride, threads=self.threads or os.cpu_count(), _texts=read)
 
 
 def model_path(given: str | os.PathLike) -> Path:
@@ -93,8 +100,14 @@ def evaluate(
 ) -> EvalReport:
     """Every slice against the source ``against`` on the settings' texts (see the module
     docstring); checks everything it can before the first model runs."""
+    if isinstance(slices, (str, bytes, os.PathLike)) or not isinstance(slices, Sequence):
+        raise ArgumentError(f"slices must be a list of paths, not {type(slices).__name__} {slices!r}")
+    paths = [path_arg(p, "slices") for p in slices] + [path_arg(against, "against")]
+    callback_arg(progress, "progress")
+    if not isinstance(settings, EvalSettings):
+        raise ArgumentError(f"settings must be an EvalSettings, not {type(settings).__name__}")
     s = settings if settings._texts else settings.checked()
-    (src, src_rt), *models = check_models([against, *slices])
+    (src, src_rt), *models = check_models([paths[-1], *paths[:-1]])
     ids, kept, windows = _windows(s, src, src_rt)
     job = dict(context=s.context, threads=s.threads, windows=windows, top_k=s.top_k)
     cache = _source_cache(s, src, src_rt, ids)
@@ -107,6 +120,7 @@ def evaluate(
                                     _bar(progress, f"source {src.name}", windows), s.isolate)
         if s.use_cache:
             cache.save(ref, {"stats": run.to_dict(), "vocab_size": vocab})
+            interrupts.set_note(f"the source's figures were cached in {cache.path}; nothing else was written")
     results = []
     for path, rt in models:
         rows, stats, _ = run_model(Job(rt, str(path), reference=ref, vocab_size=vocab, **job), _bar(progress, path.name, windows), s.isolate)
