@@ -21,7 +21,7 @@ position, V columns):
       KL - KL_k = r_P * KL(P restricted to the tail, renormalized || Q likewise)
 
   which is zero when k = V, and small when the source puts little mass outside its top-k
-  (tests/interop/test_eval_metrics.py measures it against the full-vocabulary KL).
+  (tests/test_eval_metrics.py and tests/interop/test_eval.py measure it against the full KL).
 * top-1 agreement: the slice's most likely token (ties to the lower id) equals the source's.
 
 Perplexity = exp(-mean log p(next token)) over the scored positions. KL mean, median and p99
