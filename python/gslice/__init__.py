@@ -27,6 +27,7 @@ from .proposals import ProposalVerdict, proposals  # noqa: E402
 from .accounting import Footprint, SizePlan, plan  # noqa: E402
 from .recommendation import Recommendation, recommend  # noqa: E402
 from .runtimes import Compatibility, Verdict, compatibility  # noqa: E402
+from .evaluation import EvalReport, EvalSettings, evaluate  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -48,6 +49,9 @@ __all__ = [
     "compatibility",
     "Compatibility",
     "Verdict",
+    "evaluate",
+    "EvalSettings",
+    "EvalReport",
     "GsliceError",
     "ArgumentError",
     "SpecError",

@@ -192,6 +192,7 @@ class BulkRow:
     shared_bytes: int  # shard bytes in files hard-linked with other outputs of this run
     seconds: float
     reason: str = ""
+    eval: dict | None = None  # `bulk --eval`: what was recorded in its manifest (evaluation/record.py)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""A bytes progress bar fed by the engine's progress callback. It draws only on an
-interactive terminal, and erases itself when the run fails so the error line stands alone.
+"""Progress bars: bytes for the engine's work, tokens for evaluation runs. They draw only on an
+interactive terminal, and erase themselves when the run fails so the error line stands alone.
 
-One callback may follow several engine calls in a row (verify hashes the files, then compares
+One bytes callback may follow several engine calls in a row (verify hashes the files, then compares
 the tensors): each call counts from zero towards its own total, which is not known before the
 call starts. Adding the calls up would make the total grow and the percentage go backwards,
 so each call gets a bar of its own, named by ``phases`` when the caller knows them."""
@@ -14,7 +14,26 @@ from typing import Sequence
 from tqdm import tqdm  # the terminal bar; tqdm.auto would probe for notebooks at import
 
 
-class ByteProgress:
+class _Bar:
+    """What every bar does with its tqdm: close it; erase it when the run fails."""
+
+    _bar: tqdm | None = None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self._bar is not None:
+            self._bar.leave = False
+        self.close()
+
+
+class ByteProgress(_Bar):
     def __init__(self, desc: str, enabled: bool = True, phases: Sequence[str] = ()):
         self._desc, self._enabled = desc, enabled and sys.stderr.isatty()
         self._phases = tuple(phases)
@@ -26,7 +45,7 @@ class ByteProgress:
     def __call__(self, done: int, total: int) -> None:
         last_done, last_total = self._last
         if done < last_done or (total != last_total and last_total != 0):  # another call started
-            self._finish_bar()
+            self.close()
             self._phase += 1
             self._finished = False
         self._last = (done, total)
@@ -36,7 +55,7 @@ class ByteProgress:
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=self._label())
         self._bar.update(done - self._bar.n)
         if done == total:  # closed at once, so a bar never sits unfinished below the next one
-            self._finish_bar()
+            self.close()
             self._finished = True
 
     def _label(self) -> str:
@@ -44,18 +63,20 @@ class ByteProgress:
             return f"{self._desc}: {self._phases[self._phase]}"
         return self._desc
 
-    def _finish_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
-    def close(self) -> None:
-        self._finish_bar()
 
-    def __enter__(self) -> "ByteProgress":
-        return self
+class TokenProgress(_Bar):
+    """A tokens bar per model run, fed with (label, done, total); a new label starts a new bar."""
 
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None and self._bar is not None:
-            self._bar.leave = False
-        self.close()
+    def __init__(self, enabled: bool = True):
+        self._enabled = enabled and sys.stderr.isatty()
+        self._bar: tqdm | None = None
+        self._run: str | None = None  # the label of the current bar
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        if label != self._run:
+            self.close()
+            self._bar, self._run = tqdm(total=total, unit="tok", desc=label), label
+        self._bar.update(done - self._bar.n)

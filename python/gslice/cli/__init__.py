@@ -17,4 +17,4 @@ def main() -> None:
     """Cut smaller models out of Gemma 3n checkpoints (MatFormer slicing), streaming."""
 
 
-from . import bulk, demo, info, plan, presets, push, recommend, slice, verify  # noqa: E402,F401  (each registers its command on `main`)
+from . import bulk, demo, eval, info, plan, presets, push, recommend, slice, verify  # noqa: E402,F401  (each registers its command on `main`)

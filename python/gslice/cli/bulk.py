@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from .. import hub, interrupts
+from ..evaluation import DEFAULT_CONTEXT, check_models, evaluate
+from ..evaluation import runners as eval_runners
+from ..evaluation.record import record
+from ..evaluation.report import fmt_kl
 from ..errors import Interrupted
 from .slice import quant_option_decorators, quant_options, upload_output
 from ..bulk import BulkReport, prepare_bulk, select_presets, write_bulk
-from ..progress import ByteProgress
+from ..progress import ByteProgress, TokenProgress
 from ..units import fmt_bytes, fmt_params, parse_size
 from ..arguments import MAX_THREADS
 from . import main
 from .common import friendly_errors, StrictInt
+from .eval import eval_settings
 
 
 @main.command("bulk")
@@ -32,12 +38,16 @@ from .common import friendly_errors, StrictInt
 @click.option("--push-to-hub", "push_template", default=None, metavar="REPO", help="Upload each output to REPO, which must contain {slug}, e.g. me/gemma-3n-{slug}.")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repos as private.")
 @click.option("--dry-run", is_flag=True, help="Plan and validate everything, print what would be written; write nothing.")
+@click.option("--eval", "eval_text", default=None, metavar="TEXT", help="Evaluate every output against SRC on TEXT (a file or folder; 'sample': gslice's sample) and record the figures in its manifest and model card.")
+@click.option("--eval-context", type=StrictInt(2), default=DEFAULT_CONTEXT, show_default=True, help="With --eval: tokens per window.")
+@click.option("--eval-max-tokens", type=StrictInt(1), default=None, help="With --eval: score only the first N tokens.")
 @click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifests (reads the whole source).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, quant, group_size,
-             quant_embeddings, quant_audio, push_template, private, dry_run, hash_source, as_json, quiet):
+             quant_embeddings, quant_audio, push_template, private, eval_text, eval_context, eval_max_tokens, dry_run,
+             hash_source, as_json, quiet):
     """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
@@ -49,6 +59,7 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
                             hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar, hash_progress=hashing)
+    evaluation = _eval_settings(eval_text, eval_context, eval_max_tokens, jobs, plan) if eval_text and not dry_run else None
     if repos and not dry_run:
         for repo in repos.values():
             hub.create_repo(repo, private=private)
@@ -64,6 +75,8 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
             click.echo(f"note: {line}", err=True)
     if not dry_run:
         interrupts.set_note(f"the {len(report.rows)} outputs in {report.output_dir} are complete")
+    if evaluation is not None:
+        report = _evaluate(report, plan.source.path, evaluation, show)
     uploaded = {}
     if repos and not dry_run:
         for row in report.rows:
@@ -78,6 +91,32 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
         if repos:
             verb = "would upload" if dry_run else "uploaded"
             click.echo("\n".join(f"{verb} {slug} to {hub.repo_url(repo)}" for slug, repo in repos.items()))
+
+
+def _eval_settings(text, context, max_tokens, jobs, plan):
+    """--eval's settings, the texts read and the runtimes checked before anything is written."""
+    settings = eval_settings([] if text == "sample" else [text], context, None, max_tokens, threads=jobs, text_option="--eval")
+    check_models([plan.source.path])
+    eval_runners.require("transformers", "each output")  # bulk writes Hugging Face folders
+    return settings
+
+
+def _evaluate(report: BulkReport, source, settings, show: bool) -> BulkReport:
+    """Every output against the source (which runs once), each result recorded in its output."""
+    with TokenProgress(enabled=show) as bar:
+        ev = evaluate([row.dir for row in report.rows], source, settings, progress=bar)
+    rows = []
+    for row, result in zip(report.rows, ev.slices):
+        rows.append(replace(row, eval=record(row.dir, ev, result)))
+        interrupts.set_note(f"the {len(report.rows)} outputs in {report.output_dir} are complete; "
+                            f"{len(rows)} hold their evaluation")
+    return replace(report, rows=rows)
+
+
+def _eval_cells(e: dict | None) -> tuple[str, ...]:
+    if not e:
+        return ("-",) * 5
+    return (f"{e['perplexity']:.3f}", fmt_kl(e["kl_mean"]), fmt_kl(e["kl_p99"]), f"{100 * e['top1_agreement']:.1f}%", f"{e['tokens_per_second']:.1f}")
 
 
 def _repos(template: str | None, presets) -> dict[str, str]:
@@ -98,8 +137,12 @@ def render_bulk(r: BulkReport) -> str:
          fmt_bytes(x.written), f"{x.seconds:.1f} s", x.status + (f" ({x.reason})" if x.status in ("replaced", "skipped") and x.reason else ""))
         for x in r.rows
     ]
+    evaluated = [x.eval for x in r.rows if x.eval]
+    if evaluated:
+        head = head[:-1] + ("perplexity", "KL mean", "KL p99", "top-1", "tokens/s") + head[-1:]
+        rows = [row[:-1] + _eval_cells(x.eval) + row[-1:] for row, x in zip(rows, r.rows)]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    right = {1, 2, 3, 4, 5, 6}
+    right = set(range(1, len(head) - 1))
     fmt = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
     lines = [fmt(head)] + [fmt(row) for row in rows]
     total = sum(x.bytes for x in r.rows)
@@ -112,5 +155,8 @@ def render_bulk(r: BulkReport) -> str:
         f"{'' if r.dedupe else '; --no-dedupe'}) in {r.seconds:.1f} s"
     )
     lines.append("'written' counts a shard file shared by several outputs once, for the first output that needed it.")
-
+    if evaluated:
+        e = evaluated[0]
+        lines.append(f"Evaluated against {e['against']['path']} (perplexity {e['against']['perplexity']:.3f}), {e['measured_on']}; "
+                     "KL(source || output) over the source's top tokens. Recorded in each output's manifest and model card.")
     return "\n".join(lines)
