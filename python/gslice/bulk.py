@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import engine, gemma3n
+from . import download, engine, gemma3n
 from .errors import GsliceError, OutputExistsError, SpecError
 from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
@@ -82,10 +82,14 @@ def prepare_bulk(
     hash_source: bool = False,
     quant: QuantOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
+    full_download: bool = False,
+    weights: bool = True,
 ) -> BulkPlan:
     """Plans and validates every preset, decides what to do with existing outputs (``resume``
-    re-hashes them: ``progress`` follows that), and raises one line per problem; writes nothing."""
-    source = src if isinstance(src, Source) else resolve_source(src, revision)
+    re-hashes them: ``progress`` follows that), and raises one line per problem; writes nothing.
+    A Hub source is opened as :func:`gslice.sources.resolve_source` does (``weights=False``:
+    never whole files, for a dry run)."""
+    source = src if isinstance(src, Source) else resolve_source(src, revision, full_download=full_download, weights=weights)
     out = Path(out_dir).expanduser().absolute()
     problems: list[str] = []
     plans: list[tuple[Preset, SlicePlan]] = []
@@ -109,6 +113,8 @@ def prepare_bulk(
         raise SpecError("\n".join(problems))
     if not plans:
         raise SpecError("no presets to write")
+    if hash_source:
+        download.refuse_hash_of_ranges(source)
     record = source_record(source, plans[0][1].checkpoint.shards, hash_source=hash_source)
     cache = HashCache()
     items = []
@@ -209,6 +215,7 @@ class BulkReport:
     distinct_tensors: int
     seconds: float
     removed_leftovers: list[str]
+    download: dict | None = None  # a Hub source: see slicing.download_summary
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,7 +229,12 @@ def write_bulk(
     max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
     progress: Callable[[int, int], None] | None = None,
     dry_run: bool = False,
+    download_progress: Callable[[int, int], None] | None = None,
 ) -> BulkReport:
+    """Writes the outputs still to do. A Hub source's missing byte ranges (for all of them at
+    once) are fetched first, after the outputs' checks; ``download_progress`` follows that."""
+    from .slicing import download_summary
+
     started = time.perf_counter()
     removed = []
     if not dry_run:
@@ -233,14 +245,23 @@ def write_bulk(
                 p.unlink(missing_ok=True)
             removed.append(str(p))
     todo = [it for it in bp.items if it.action != "skip"]
+    dplan = None
+    if todo:
+        dplan = download.plan_download(bp.source, todo[0].plan.checkpoint, [t for it in todo for t in it.plan.tensors])
     outputs = [
         output_plan(
             it.plan, it.dir, source_record=bp.source_record, overwrite=it.action == "replace",
             max_shard_size=max_shard_size, preset={"name": it.preset.name, "slug": it.preset.slug},
+            download_record=_download_record(bp.source, it.plan),
         )
         for it in todo
     ]
-    result = None
+    result = fetched = None
+    if dplan is not None and not dry_run:
+        if dplan.to_fetch:  # the outputs' checks before the first byte is fetched
+            engine.execute(bp.source.path, outputs, max_shard_size=max_shard_size, dedupe=dedupe, dry_run=True)
+        fetched = download.fetch(bp.source, dplan, download_progress)
+        started = time.perf_counter()  # the report's time is the write's
     if outputs:
         result = engine.execute(
             bp.source.path, outputs, max_shard_size=max_shard_size, dedupe=dedupe, threads=threads,
@@ -262,7 +283,14 @@ def write_bulk(
         distinct_tensors=result.distinct_tensors if result else 0,
         seconds=time.perf_counter() - started,
         removed_leftovers=removed,
+        download=download_summary(dplan, fetched),
     )
+
+
+def _download_record(source: Source, plan: SlicePlan) -> dict | None:
+    """What one output rests on (its own ranges, not the union the run fetched)."""
+    dplan = download.plan_download(source, plan.checkpoint, plan.tensors)
+    return dplan.manifest_record() if dplan else None
 
 
 def _row(it: BulkItem, rep: engine.OutputReport | None, first_user: set[int], dry_run: bool) -> BulkRow:

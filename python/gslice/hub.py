@@ -40,6 +40,11 @@ def offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def endpoint() -> str:
+    """The Hub's URL: HF_ENDPOINT as set now (huggingface_hub reads it once, at import)."""
+    return (os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT).rstrip("/")
+
+
 def cache_dir() -> Path:
     """The hub cache huggingface_hub uses by default, resolved from the environment now."""
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
@@ -76,6 +81,7 @@ def download(
             allow_patterns=list(allow_patterns),
             ignore_patterns=list(ignore_patterns) or None,
             local_files_only=offline(),
+            endpoint=endpoint(),
         )
     except hf_errors.GatedRepoError:
         raise HubError(

@@ -7,11 +7,11 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, accounting, engine, gemma3n, quantization
+from . import __version__, accounting, download, engine, gemma3n, quantization
 from .catalogue import spec_with_preset
 from .engine import CheckpointInfo, EngineReport, TensorPlan
 from .errors import SourceError
@@ -77,11 +77,13 @@ def prepare_slice(
     preset: str | None = None,
     revision: str | None = None,
     quant: QuantOptions | None = None,
+    full_download: bool = False,
 ) -> SlicePlan:
     """Checks the spec (or the preset, with the spec's tower options) and the quantization
     against the source's config and tensors. Raises before any write. ``src`` may be a folder
-    or a Hub repo id (fetched into the Hugging Face cache)."""
-    source = src if isinstance(src, Source) else resolve_source(src, revision)
+    or a Hub repo id: only its small files and shard headers are fetched here (the data ranges
+    the plan reads come when it is written), or, with ``full_download``, every file whole."""
+    source = src if isinstance(src, Source) else resolve_source(src, revision, full_download=full_download)
     config = gemma3n.read_config(source.path)
     if "quantization_config" in config:
         raise SourceError(
@@ -130,6 +132,8 @@ class SliceReport:
     tool: str = field(default=f"gslice {__version__}")
     preset: str | None = None
     size: dict | None = None  # accounting.SizePlan.to_dict(): parameters, disk and RAM per scheme
+    # A Hub source: download.DownloadPlan.to_dict(), plus "fetched" (download.FetchReport) unless a dry run
+    download: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +163,7 @@ def slice_model(
     group_size: int | None = None,
     quant_embeddings: bool = False,
     quant_audio: bool = False,
+    full_download: bool = False,
 ) -> SliceReport:
     """Slices ``src`` (a folder or a Hub repo id) into ``out``. Give a ``spec``, or its fields
     as keywords, or a ``preset`` id or name (with the tower keywords).
@@ -166,7 +171,11 @@ def slice_model(
     ``quant="int4"`` or ``"int8"`` also quantizes the text decoder's Linear weights group-wise
     (``group_size`` 32, 64 or 128, default 128) in compressed-tensors' pack-quantized format;
     ``quant_embeddings`` adds the per-layer embedding table, ``quant_audio`` the audio tower's
-    Linear weights. The target list is in :mod:`gslice.gemma3n`."""
+    Linear weights. The target list is in :mod:`gslice.gemma3n`.
+
+    From a Hub repo id, only the byte ranges the slice reads are downloaded, into the gslice
+    range cache (``GSLICE_CACHE``); ``full_download=True`` downloads whole files into the
+    Hugging Face cache instead."""
     opts = QuantOptions.build(quant, group_size, quant_embeddings, quant_audio)
     if spec is None:
         spec = SliceSpec.build(
@@ -177,7 +186,7 @@ def slice_model(
             drop_audio=drop_audio,
             text_only=text_only,
         )
-    plan = prepare_slice(src, spec, preset=preset, revision=revision, quant=opts)
+    plan = prepare_slice(src, spec, preset=preset, revision=revision, quant=opts, full_download=full_download)
     return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
 
 
@@ -189,9 +198,11 @@ def output_plan(
     overwrite: bool = False,
     max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
     preset: dict | None = None,
+    download_record: dict | None = None,
 ) -> engine.OutputPlan:
     """The engine's view of one output folder: tensors, config, model card, copied files and
-    the manifest (``source_record`` from :func:`gslice.manifest.source_record`)."""
+    the manifest (``source_record`` from :func:`gslice.manifest.source_record`,
+    ``download_record`` from :meth:`gslice.download.DownloadPlan.manifest_record`)."""
     from .manifest import manifest
     from .modelcard import model_card
 
@@ -204,7 +215,7 @@ def output_plan(
         },
         copied_files=gemma3n.files_to_copy(plan.source.path, plan.spec),
         overwrite=overwrite,
-        manifest=manifest(plan, source_record, preset, max_shard_size),
+        manifest=manifest(plan, source_record, preset, max_shard_size, download_record),
     )
 
 
@@ -218,18 +229,37 @@ def write_slice(
     progress: Callable[[int, int], None] | None = None,
     dry_run: bool = False,
     hash_source: bool = False,
+    download_progress: Callable[[int, int], None] | None = None,
 ) -> SliceReport:
-    """Writes the slice (with its manifest) atomically; ``dry_run`` reports the files without
-    writing. ``hash_source`` records the SHA-256 of every source shard (a full read)."""
+    """Writes the slice (with its manifest) atomically; ``dry_run`` reports the files (and
+    what a Hub source would download) without writing or fetching. ``hash_source`` records the
+    SHA-256 of every source shard (a full read). A Hub source's missing byte ranges are fetched
+    first (``download_progress`` follows that), after every check of the output."""
     from .manifest import source_record
 
     started = time.perf_counter()
+    dplan = download.plan_download(plan.source, plan.checkpoint, plan.tensors)
+    if hash_source and not dry_run:
+        download.refuse_hash_of_ranges(plan.source)
     record = source_record(plan.source, plan.checkpoint.shards, hash_source=hash_source and not dry_run)
-    output = output_plan(plan, out, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size)
-    result = engine.execute(
-        plan.source.path, [output], max_shard_size=max_shard_size, threads=threads, progress=progress, dry_run=dry_run
-    )
-    return slice_report(plan, result, result.outputs[0], time.perf_counter() - started)
+    output = output_plan(plan, out, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size,
+                         download_record=dplan.manifest_record() if dplan else None)
+    run = dict(max_shard_size=max_shard_size, threads=threads)
+    fetched = None
+    if dplan is not None and not dry_run:
+        if dplan.to_fetch:  # the output's checks (exists, names) before the first byte is fetched
+            engine.execute(plan.source.path, [output], dry_run=True, **run)
+        fetched = download.fetch(plan.source, dplan, download_progress)
+        started = time.perf_counter()  # the report's time and rate are the write's
+    result = engine.execute(plan.source.path, [output], progress=progress, dry_run=dry_run, **run)
+    report = slice_report(plan, result, result.outputs[0], time.perf_counter() - started)
+    return replace(report, download=download_summary(dplan, fetched))
+
+
+def download_summary(dplan: download.DownloadPlan | None, fetched: download.FetchReport | None) -> dict | None:
+    if dplan is None:
+        return None
+    return {**dplan.to_dict(), "fetched": fetched.to_dict() if fetched else None}
 
 
 def slice_report(plan: SlicePlan, result: engine.EngineReport, written: engine.OutputReport, seconds: float) -> SliceReport:

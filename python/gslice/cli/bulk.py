@@ -14,7 +14,7 @@ from ..manifest import MANIFEST_NAME
 from ..progress import ByteProgress
 from ..units import fmt_bytes, fmt_params, parse_size
 from . import main
-from .common import friendly_errors
+from .common import download_rows, friendly_errors, full_download_option
 
 
 @main.command("bulk")
@@ -32,11 +32,12 @@ from .common import friendly_errors
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repos as private.")
 @click.option("--dry-run", is_flag=True, help="Plan and validate everything, print what would be written; write nothing.")
 @click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifests (reads the whole source).")
+@full_download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, quant, group_size,
-             quant_embeddings, quant_audio, push_template, private, dry_run, hash_source, as_json, quiet):
+             quant_embeddings, quant_audio, push_template, private, dry_run, hash_source, full_download, as_json, quiet):
     """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
@@ -47,13 +48,17 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     show = not (quiet or as_json)
     with ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
-                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar)
+                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar,
+                            full_download=full_download, weights=not dry_run)
     if repos and not dry_run:
         for repo in repos.values():
             hub.create_repo(repo, private=private)
     try:
-        with ByteProgress(f"{sum(it.action != 'skip' for it in plan.items)} outputs", enabled=show and not dry_run) as bar:
-            report = write_bulk(plan, dedupe=not no_dedupe, threads=jobs, max_shard_size=shard_size, progress=bar, dry_run=dry_run)
+        bars = show and not dry_run
+        with ByteProgress("downloading", enabled=bars) as fetch_bar, \
+                ByteProgress(f"{sum(it.action != 'skip' for it in plan.items)} outputs", enabled=bars) as bar:
+            report = write_bulk(plan, dedupe=not no_dedupe, threads=jobs, max_shard_size=shard_size, progress=bar,
+                                dry_run=dry_run, download_progress=fetch_bar)
     except KeyboardInterrupt:
         done = sum((it.dir / MANIFEST_NAME).is_file() for it in plan.items)
         click.echo(f"interrupted: {done} of {len(plan.items)} outputs are complete; run again with --resume to finish", err=True)
@@ -106,6 +111,9 @@ def render_bulk(r: BulkReport) -> str:
         f"{'' if r.dedupe else '; --no-dedupe'}) in {r.seconds:.1f} s"
     )
     lines.append("'written' counts a shard file shared by several outputs once, for the first output that needed it.")
+    if r.download and r.dry_run:
+        lines.append(r.download["line"])
+    lines += [f"{k}: {v}" for k, v in download_rows(r.download)]
     if r.removed_leftovers:
         lines.append(f"removed {len(r.removed_leftovers)} unfinished folder(s) left by an interrupted run")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from ..sources import resolve_source
 from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list
 from ..units import fmt_bytes, fmt_params, parse_size
 from . import main
-from .common import compact_ranges, file_listing, friendly_errors, run_lengths, table
+from .common import compact_ranges, download_rows, file_listing, friendly_errors, full_download_option, run_lengths, table
 
 
 def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False, preset=None) -> SliceSpec:
@@ -82,12 +82,13 @@ _QUANT_OPTIONS = [
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo as private.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the files (and upload) that would be made; write nothing.")
 @click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifest (reads the whole source).")
+@full_download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio,
               text_only, quant, group_size, quant_embeddings, quant_audio, overwrite, max_shard_size, threads, push_repo, private,
-              dry_run, hash_source, as_json, quiet):
+              dry_run, hash_source, full_download, as_json, quiet):
     """Slice SRC (a checkpoint folder or a Hub repo id) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
@@ -96,12 +97,14 @@ def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, a
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     if push_repo:
         hub.check_repo_id(push_repo)
-    plan = prepare_slice(resolve_source(src, revision), spec, preset=preset, quant=quant_opts)
+    source = resolve_source(src, revision, full_download=full_download, weights=not dry_run)
+    plan = prepare_slice(source, spec, preset=preset, quant=quant_opts)
     if push_repo and not dry_run:
         hub.create_repo(push_repo, private=private)  # fails in seconds on a missing login, before the slice
-    with ByteProgress("writing", enabled=not (quiet or as_json or dry_run)) as bar:
+    bars = not (quiet or as_json or dry_run)
+    with ByteProgress("downloading", enabled=bars) as fetch_bar, ByteProgress("writing", enabled=bars) as bar:
         report = write_slice(plan, out, overwrite=overwrite, max_shard_size=shard_size, threads=threads, progress=bar,
-                             dry_run=dry_run, hash_source=hash_source)
+                             dry_run=dry_run, hash_source=hash_source, download_progress=fetch_bar)
     pushed = None
     if push_repo and not dry_run:
         pushed = hub.upload_folder(Path(report.output), push_repo, commit_message=f"Upload a Gemma 3n slice of {plan.source.label} made with gslice")
@@ -127,7 +130,8 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
     where = f"dry run: would write {r.output}"
     if repo:
         where += f" and upload it to {hub.repo_url(repo)}" + (" (private)" if private else "")
-    return table(head) + "\n" + file_listing(r.files, where + ":")
+    listing = table(head) + "\n" + file_listing(r.files, where + ":")
+    return listing + (f"\n{r.download['line']}" if r.download else "")
 
 
 def quant_options(quant, group_size, quant_embeddings, quant_audio) -> QuantOptions | None:
@@ -180,6 +184,7 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         rows.insert(5, ("audio blocks", str(r.audio_blocks)))
     if r.preset:
         rows.insert(2, ("preset", r.preset))
+    rows += download_rows(r.download)
     if r.size:
         rows += size_summary_rows(r.size)
     if r.quantization is not None:
