@@ -22,6 +22,7 @@ signed differently, as an expired signed URL).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -79,8 +80,10 @@ class FakeHub:
     # -- what was served ----------------------------------------------------------------
 
     def served(self, suffix: str = ".safetensors", origin: str = "cdn") -> int:
+        """Bytes of file content sent (error pages not counted)."""
         with self.lock:
-            return sum(s.sent for s in self.log if s.origin == origin and s.file and s.file.endswith(suffix) and s.method == "GET")
+            return sum(s.sent for s in self.log if s.origin == origin and s.file and s.file.endswith(suffix)
+                       and s.method == "GET" and s.status < 300)
 
     def requests(self, origin: str = "cdn", method: str = "GET") -> list[Served]:
         with self.lock:
@@ -120,6 +123,7 @@ class FakeHub:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     hub: FakeHub
     origin: str
 
@@ -172,10 +176,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body = []
             for name, p in repo.files.items():
-                data = p.read_bytes()
+                data = _read(p)
                 entry = {"type": "file", "path": name, "size": len(data), "oid": _git_oid(data)}
                 if repo.is_lfs(name):
-                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                    entry["lfs"] = {"oid": _sha256(data), "size": len(data), "pointerSize": 134}
                 body.append(entry)
         self._send(method, 200, {"Content-Type": "application/json"}, json.dumps(body).encode(), None)
 
@@ -186,10 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
         repo, commit = found
         if name not in repo.files:
             return self._error(method, self.path, 404, "EntryNotFound", {"X-Repo-Commit": commit})
-        data = repo.files[name].read_bytes()
+        data = _read(repo.files[name])
         head = {"X-Repo-Commit": commit}
         if repo.is_lfs(name):
-            digest = hashlib.sha256(data).hexdigest()
+            digest = _sha256(data)
             location = f"{self.hub.cdn}/cdn/{digest}?sig={self.hub.signature}"
             head.update({"Location": location, "X-Linked-Size": str(len(data)), "X-Linked-Etag": f'"{digest}"',
                          "ETag": f'"{_git_oid(data)}"'})
@@ -206,8 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
         if m:
             for repo in self.hub.repos.values():
                 for name, p in repo.files.items():
-                    data = p.read_bytes()
-                    if hashlib.sha256(data).hexdigest() == m.group(1):
+                    data = _read(p)
+                    if _sha256(data) == m.group(1):
                         hit = (name, data)
         if hit is None:
             return self._error(method, path, 404, None)
@@ -280,6 +284,21 @@ class _Handler(BaseHTTPRequestHandler):
                 if ahead > 0:
                     time.sleep(ahead)
         return sent
+
+
+def _read(path: Path) -> bytes:
+    st = path.stat()
+    return _content(path, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _content(path: Path, *stamp) -> bytes:  # read again when the file changes
+    return path.read_bytes()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _git_oid(data: bytes) -> str:

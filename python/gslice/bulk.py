@@ -25,7 +25,6 @@ from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same
 from .slicing import SlicePlan, output_plan, prepare_slice
 from .quantization import QuantOptions
 from .sources import Source, resolve_source
-from .spec import SliceSpec
 
 
 def select_presets(text: str) -> list[Preset]:

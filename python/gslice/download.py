@@ -240,6 +240,7 @@ class _Fetcher:
         self.report = report
         self.counter = _Counter()
         self.stop = threading.Event()
+        self.refresh = threading.Lock()
         self.fds: dict[str, int] = {}
         self.pieces = [(shard, b, e) for shard, missing in todo for b, e in missing.split(PIECE)]
         self.todo = todo
@@ -297,23 +298,23 @@ class _Fetcher:
             if pos - flushed >= RECORD_EVERY:
                 flushed = self._record(shard, fd, flushed, pos)
 
-        refreshed = False
-        attempt = 0
+        attempt = expired = 0
         try:
             while pos < end and not self.stop.is_set():
                 self.counter.add(0, requests=1)
+                remote = shard.remote
                 try:
-                    hub_ranges.read(shard.remote, pos, end, sink, self.stop)
+                    hub_ranges.read(remote, pos, end, sink, self.stop)
                 except ConnectionLost:
                     attempt += 1
                     if attempt >= ATTEMPTS:
                         raise
                     time.sleep(0.5 * attempt)
                 except LocationExpired:
-                    if refreshed:
+                    expired += 1
+                    if expired >= ATTEMPTS:
                         raise
-                    refreshed = True
-                    shard.remote = self._resolve_again(shard)
+                    self._resolve_again(shard, remote)
         finally:
             if pos > flushed:
                 self._record(shard, fd, flushed, pos)
@@ -323,7 +324,10 @@ class _Fetcher:
         shard.sparse.record(begin, end)
         return end
 
-    def _resolve_again(self, shard):
-        remote = hub_ranges.resolve(self.rc.repo_id, self.rc.commit, shard.name, hub.endpoint())
-        check_unchanged(shard.meta, remote, self.rc.folder)
-        return remote
+    def _resolve_again(self, shard, expired) -> None:
+        """A new signed URL for the shard, unless another request got one already."""
+        with self.refresh:
+            if shard.remote is expired:
+                remote = hub_ranges.resolve(self.rc.repo_id, self.rc.commit, shard.name, hub.endpoint())
+                check_unchanged(shard.meta, remote, self.rc.folder)
+                shard.remote = remote

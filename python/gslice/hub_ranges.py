@@ -25,7 +25,6 @@ from huggingface_hub import utils as hf_utils
 from .errors import HubError
 from .hub import _first_line as first_line
 
-CHUNK = 1 << 20  # bytes per read of a response body
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -113,21 +112,29 @@ def read(
     headers["Range"] = f"bytes={begin}-{end - 1}"
     headers["Accept-Encoding"] = "identity"  # a compressed body cannot honour byte offsets
     pos = begin
+    broken: BaseException | None = None
     try:
         with hf_utils.http_stream_backoff(
             "GET", shard.location, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
             max_retries=2, base_wait_time=0.5, max_wait_time=2,
         ) as r:
             _check_response(shard, r, begin, end)
-            for chunk in r.iter_bytes(CHUNK):
-                if pos + len(chunk) > end:
-                    raise HubError(f"{shard.label}: the server sent more than the {end - begin} bytes asked for")
-                sink(pos, chunk)
-                pos += len(chunk)
-                if stop is not None and stop.is_set():
-                    return pos
-    except transport_errors() as e:
-        raise ConnectionLost(f"connection lost while fetching {shard.label}: {first_line(e)}", pos) from None
+            # A connection error must not reach http_stream_backoff's generator, which would
+            # take it for its own and retry inside the with-block.
+            try:
+                for chunk in r.iter_bytes():  # as received: a broken connection loses nothing
+                    if pos + len(chunk) > end:
+                        raise HubError(f"{shard.label}: the server sent more than the {end - begin} bytes asked for")
+                    sink(pos, chunk)
+                    pos += len(chunk)
+                    if stop is not None and stop.is_set():
+                        return pos
+            except transport_errors() as e:
+                broken = e
+    except transport_errors() as e:  # opening the connection failed, after the retries
+        broken = e
+    if broken is not None:
+        raise ConnectionLost(f"connection lost while fetching {shard.label}: {first_line(broken)}", pos)
     if pos < end:
         raise ConnectionLost(f"connection lost while fetching {shard.label}: the response ended {end - pos} bytes early", pos)
     return pos
@@ -136,8 +143,8 @@ def read(
 def _check_response(shard: RemoteShard, r, begin: int, end: int) -> None:
     if r.status_code == 200:
         raise RangeIgnored(
-            f"{_host(shard.location)} ignored the Range header for {shard.label} (it answered 200 with the whole "
-            f"{shard.size:,}-byte file); nothing was fetched: run with --full-download to download whole files"
+            f"{_host(shard.location)} ignored the Range header for {shard.label}: it answered 200 with the whole "
+            f"{shard.size:,}-byte file, which gslice did not read; run with --full-download to download whole files"
         )
     if r.status_code in (401, 403, 410) and shard.location != shard.url:
         raise LocationExpired(f"{_host(shard.location)} refused the signed URL of {shard.label} ({r.status_code})")

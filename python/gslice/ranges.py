@@ -97,9 +97,10 @@ def normalize(begins: np.ndarray, ends: np.ndarray, gap: int = 0) -> RangeSet:
 def _combine(x: RangeSet, y: RangeSet, keep) -> RangeSet:
     """Set algebra by a sweep over all boundaries: ``keep(in_x, in_y)`` says, for each
     elementary interval between consecutive boundaries, whether it belongs to the result."""
-    points = np.unique(np.concatenate([x.begins, x.ends, y.begins, y.ends]))
+    points = np.sort(np.concatenate([x.begins, x.ends, y.begins, y.ends]))
     if len(points) < 2:
         return RangeSet.empty()
+    points = points[np.r_[True, points[1:] != points[:-1]]]
     lo, hi = points[:-1], points[1:]
 
     def inside(s: RangeSet) -> np.ndarray:
