@@ -179,17 +179,19 @@ class FetchReport:
 
 def fetch(source: "Source", dplan: DownloadPlan | None, progress: Callable[[int, int], None] | None = None) -> FetchReport | None:
     """Downloads what ``dplan`` lists as missing and checks that the range cache now covers
-    every range the plan reads. Raises a one-line GsliceError; what was fetched stays."""
+    every range the plan reads. Raises a one-line GsliceError; what was fetched stays.
+    ``progress(done, total)`` follows the bytes; a progress object with a ``close()`` (a
+    ByteProgress) is closed once the download succeeds, so that the next bar starts below it."""
     if dplan is None:
         return None
     rc = source.remote
     report = FetchReport(dplan.mode, headers_bytes=rc.headers_fetched, header_requests=rc.requests)
+    rc.headers_fetched = rc.requests = 0  # reported once (verify fetches once per output)
     if dplan.mode == FULL:
         report.bytes = rc.downloaded
         return report
-    todo = [(rc.shards[s.name], s.missing) for s in dplan.shards if len(s.missing)]
     started = time.perf_counter()
-    if todo:
+    if dplan.to_fetch:
         if hub.offline():
             raise HubError(
                 f"{dplan.source}: {fmt_bytes(dplan.to_fetch)} that this slice reads are not in the range cache "
@@ -197,7 +199,11 @@ def fetch(source: "Source", dplan: DownloadPlan | None, progress: Callable[[int,
             )
         _check_space(rc.folder, dplan.to_fetch)
         with range_cache.locked(rc.folder):
-            _Fetcher(source, todo, dplan.to_fetch, report).run(progress)
+            # again under the lock: another gslice run may have fetched some of it meanwhile
+            todo = [(rc.shards[s.name], s.target.minus(rc.shards[s.name].sparse.load()[1]))
+                    for s in dplan.shards if len(s.missing)]
+            todo = [(shard, missing) for shard, missing in todo if len(missing)]
+            _Fetcher(source, todo, sum(m.total for _, m in todo), report).run(progress)
     for s in dplan.shards:
         if s.where == "range-cache":
             shard = rc.shards[s.name]
@@ -206,6 +212,8 @@ def fetch(source: "Source", dplan: DownloadPlan | None, progress: Callable[[int,
                 raise InternalError(f"the range cache lacks {s.target.minus(have).total} bytes of {s.name} after fetching them")
             shard.sparse.keep_mtime(shard.meta)
     report.seconds = time.perf_counter() - started
+    if callable(close := getattr(progress, "close", None)):
+        close()
     return report
 
 
@@ -220,14 +228,16 @@ def _check_space(folder, need: int) -> None:
 
 @dataclass
 class _Counter:
-    done: int = 0
+    done: int = 0  # bytes written into the sparse files
+    recorded: int = 0  # of those, flushed and in the fetch log
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, n: int, requests: int = 0) -> None:
+    def add(self, n: int = 0, requests: int = 0, recorded: int = 0) -> None:
         with self.lock:
             self.done += n
             self.requests += requests
+            self.recorded += recorded
 
 
 class _Fetcher:
@@ -235,7 +245,6 @@ class _Fetcher:
 
     def __init__(self, source: "Source", todo, total: int, report: FetchReport):
         self.rc = source.remote
-        self.label = source.label
         self.total = total
         self.report = report
         self.counter = _Counter()
@@ -282,8 +291,8 @@ class _Fetcher:
             raise
 
     def _kept(self) -> str:
-        done = self.counter.done
-        return f"; {fmt_bytes(done)} fetched by this run are kept in the range cache" if done else ""
+        kept = self.counter.recorded
+        return f"; {fmt_bytes(kept)} fetched by this run are kept in the range cache" if kept else ""
 
     def _piece(self, shard, begin: int, end: int) -> None:
         """One request (resumed after a broken connection), recorded as it progresses."""
@@ -301,7 +310,7 @@ class _Fetcher:
         attempt = expired = 0
         try:
             while pos < end and not self.stop.is_set():
-                self.counter.add(0, requests=1)
+                self.counter.add(requests=1)
                 remote = shard.remote
                 try:
                     hub_ranges.read(remote, pos, end, sink, self.stop)
@@ -322,6 +331,7 @@ class _Fetcher:
     def _record(self, shard, fd: int, begin: int, end: int) -> int:
         os.fdatasync(fd)
         shard.sparse.record(begin, end)
+        self.counter.add(recorded=end - begin)
         return end
 
     def _resolve_again(self, shard, expired) -> None:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import huggingface_hub
 from huggingface_hub import constants
 from huggingface_hub import utils as hf_utils
+from huggingface_hub.errors import OfflineModeIsEnabled
 
 from .errors import HubError
 from .hub import _first_line as first_line
@@ -40,8 +41,9 @@ def _http_module():
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning the connection failed (refused, reset, timed out, cut short)."""
-    return (_http_module().TransportError,)
+    """Exceptions meaning the connection failed (refused, reset, timed out, cut short), or
+    that huggingface_hub refused to connect (HF_HUB_OFFLINE was set when it was imported)."""
+    return (_http_module().TransportError, OfflineModeIsEnabled)
 
 
 class RangeIgnored(HubError):
