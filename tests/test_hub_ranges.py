@@ -190,3 +190,15 @@ def test_a_killed_fetch_resumes_with_only_the_missing_bytes(tmp_path, monkeypatc
     assert subprocess.run([sys.executable, "-m", "gslice", "slice", str(src), "-o", str(tmp_path / "local"), *args[4:]],
                           env=env).returncode == 0
     assert same_output(tmp_path / "out", tmp_path / "local") == []
+
+
+def test_a_single_file_checkpoint_without_an_index(hub, e2b, tmp_path, cli):
+    hub.add_repo("google/gemma-3n-E2B-it", e2b, COMMIT)
+    args = ["--layers-to-skip", "5-9", "--ffn-dims", "16", "--text-only"]
+    result = cli("slice", "google/gemma-3n-E2B-it", "-o", tmp_path / "out", *args)
+    assert result.code == 0, result.err
+    want = expected_reads(e2b, 0, layers_to_skip=range(5, 10), widths=[16] * 25, drop_vision=True, drop_audio=True)
+    assert list(want) == ["model.safetensors"]
+    assert hub.served() == total(want) + headers(e2b)
+    assert cli("slice", e2b, "-o", tmp_path / "local", *args).code == 0
+    assert same_output(tmp_path / "out", tmp_path / "local") == []

@@ -171,6 +171,18 @@ def test_offline_slices_from_the_range_cache_and_names_what_is_missing(hub, e4b,
     assert hub.log == [] and no_output(tmp_path)
 
 
+def test_offline_without_the_headers_says_so(hub, e4b, tmp_path, cli, monkeypatch):
+    assert cli("info", REPO).code == 0  # small files into the HF cache, headers into the range cache
+    shutil.rmtree(hub.cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.log.clear()
+    result = cli("slice", REPO, "-o", tmp_path / "out", *E2B_ARGS)
+    assert (result.code, result.err.splitlines()[-1]) == (2, (
+        f"error: {label()} is neither in the Hugging Face cache nor in the range cache {commit_folder(hub.cache)}, "
+        "and HF_HUB_OFFLINE is set: run once with network access, or unset HF_HUB_OFFLINE"))
+    assert hub.log == [] and no_output(tmp_path)
+
+
 def test_a_private_repo_needs_the_token_and_the_cdn_never_gets_it(hub, e4b, tmp_path, cli, monkeypatch):
     hub.repos[REPO].token = "hf_secret"
     result = cli("slice", REPO, "-o", tmp_path / "out", *E2B_ARGS)
