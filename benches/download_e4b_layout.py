@@ -33,7 +33,7 @@ from pathlib import Path
 from gslice import engine, gemma3n
 from gslice.catalogue import presets
 from gslice.download import PIECE
-from gslice.ranges import DEFAULT_GAP, RangeSet, normalize, plan_ranges, tensor_ranges
+from gslice.ranges import DEFAULT_GAP, normalize, plan_ranges, tensor_ranges
 from gslice.slicing import prepare_slice
 from gslice.spec import SliceSpec
 from gslice.units import fmt_bytes

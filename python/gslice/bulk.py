@@ -93,7 +93,7 @@ def prepare_bulk(
     problems: list[str] = []
     plans: list[tuple[Preset, SlicePlan]] = []
     seen: set[str] = set()
-    arch = gemma3n.architecture(gemma3n.read_config(source.path), str(source.path / "config.json"))
+    arch = gemma3n.architecture(gemma3n.read_config(source.files), str(source.files / "config.json"))
     for p in presets:
         if p.slug in seen:
             problems.append(f"preset {p.slug} is listed twice")

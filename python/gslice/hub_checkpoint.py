@@ -40,8 +40,9 @@ class ShardSource:
 class RemoteCheckpoint:
     repo_id: str
     commit: str
-    folder: Path  # what the engine opens
+    folder: Path  # what the engine opens: the index and the shards
     shards: dict[str, ShardSource]
+    snapshot: Path  # the HF cache's snapshot: config, index, tokenizer files
     headers_fetched: int = 0  # bytes of headers fetched while opening
     requests: int = 0  # range requests for headers
     downloaded: int = 0  # full mode: bytes of the whole shards downloaded while opening
@@ -58,14 +59,15 @@ def open_remote(repo_id: str, revision: str | None) -> RemoteCheckpoint:
     names = shard_names(snap.path)
     shards = {n: ShardSource(n, hf_cache=snap.path / n if (snap.path / n).is_file() else None) for n in names}
     if all(s.hf_cache for s in shards.values()):  # the HF cache holds every shard: use it as is
-        return RemoteCheckpoint(repo_id, snap.commit, snap.path, shards)
+        return RemoteCheckpoint(repo_id, snap.commit, snap.path, shards, snap.path)
     folder = range_cache.commit_folder(repo_id, snap.commit)
-    rc = RemoteCheckpoint(repo_id, snap.commit, folder, shards)
+    rc = RemoteCheckpoint(repo_id, snap.commit, folder, shards, snap.path)
     try:
         with range_cache.locked(folder):
-            for p in sorted(snap.path.iterdir()):
-                if p.name not in shards and p.is_file():
-                    range_cache.link(folder, p.name, p)
+            # The index only: without config.json the folder of sparse shards cannot be
+            # mistaken for a model and loaded, holes and all, by another program.
+            if (snap.path / INDEX_NAME).is_file():
+                range_cache.link(folder, INDEX_NAME, snap.path / INDEX_NAME)
             for s in shards.values():
                 if s.hf_cache:
                     range_cache.link(folder, s.name, s.hf_cache)
@@ -87,7 +89,7 @@ def open_whole(repo_id: str, revision: str | None) -> RemoteCheckpoint:
         snap = hub.download(repo_id, small.commit or revision, allow_patterns=gemma3n.HUB_PATTERNS,
                             ignore_patterns=gemma3n.HUB_IGNORE)
     shards = {n: ShardSource(n, hf_cache=snap.path / n) for n in names}
-    rc = RemoteCheckpoint(repo_id, small.commit or snap.commit or "", snap.path, shards)
+    rc = RemoteCheckpoint(repo_id, small.commit or snap.commit or "", snap.path, shards, snap.path)
     rc.downloaded = sum((snap.path / n).stat().st_size for n in missing if (snap.path / n).is_file())
     return rc
 

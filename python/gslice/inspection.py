@@ -11,8 +11,8 @@ from .sources import Source
 
 
 def describe(source: Source) -> dict:
-    config = gemma3n.read_config(source.path)
-    arch = gemma3n.architecture(config, str(source.path / "config.json"))
+    config = gemma3n.read_config(source.files)
+    arch = gemma3n.architecture(config, str(source.files / "config.json"))
     ck = engine.inspect(source.path)
     shapes = {n: t.shape for n, t in ck.tensors.items()}
     return {

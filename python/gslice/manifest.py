@@ -53,7 +53,7 @@ def source_record(source: "Source", shards: Iterable[Path], hash_source: bool = 
         todo = [(e, p) for e, p in zip(entries, shards) if "sha256" not in e]
         for (e, _), digest in zip(todo, engine.sha256_files([p for _, p in todo])):
             e["sha256"], e["sha256_from"] = digest, "computed"
-    config = source.path / "config.json"
+    config = source.files / "config.json"
     return {
         "label": source.label,
         "path": str(source.path),

@@ -4,7 +4,9 @@ like any local shard.
 Layout, keyed by repo, commit and file name::
 
     <GSLICE_CACHE or ~/.cache/gslice>/hub-ranges/models--<owner>--<name>/<commit>/
-        config.json, model.safetensors.index.json, tokenizer files  symlinks into the HF cache
+        model.safetensors.index.json        a symlink into the HF cache (config.json and the
+                                            tokenizer files stay there: without a config, no
+                                            program takes this folder for a loadable model)
         model-00001-of-00004.safetensors    a sparse file of the shard's full size (fetched
                                             bytes in place, holes elsewhere), or a symlink to
                                             the shard when the HF cache holds all of it

@@ -84,13 +84,13 @@ def prepare_slice(
     or a Hub repo id: only its small files and shard headers are fetched here (the data ranges
     the plan reads come when it is written), or, with ``full_download``, every file whole."""
     source = src if isinstance(src, Source) else resolve_source(src, revision, full_download=full_download)
-    config = gemma3n.read_config(source.path)
+    config = gemma3n.read_config(source.files)
     if "quantization_config" in config:
         raise SourceError(
-            f"{source.path / 'config.json'} has a quantization_config: the source is already quantized; "
+            f"{source.files / 'config.json'} has a quantization_config: the source is already quantized; "
             "gslice reads unquantized (BF16, F16, F32) checkpoints"
         )
-    arch = gemma3n.architecture(config, str(source.path / "config.json"))
+    arch = gemma3n.architecture(config, str(source.files / "config.json"))
     spec, found = spec_with_preset(arch, spec, preset)
     resolved = gemma3n.resolve(arch, spec)
     ck = engine.inspect(source.path)
@@ -213,7 +213,7 @@ def output_plan(
             "config.json": plan.config_text(),
             "README.md": model_card(plan, title=preset["name"] if preset else None),
         },
-        copied_files=gemma3n.files_to_copy(plan.source.path, plan.spec),
+        copied_files=gemma3n.files_to_copy(plan.source.files, plan.spec),
         overwrite=overwrite,
         manifest=manifest(plan, source_record, preset, max_shard_size, download_record),
     )

@@ -20,13 +20,19 @@ from .errors import SourceError
 
 @dataclass(frozen=True)
 class Source:
-    path: Path
+    path: Path  # the checkpoint folder the engine opens: shards and their index
     label: str  # what the user typed: a path or a repo id
     repo_id: str | None = None
     revision: str | None = None
     commit: str | None = None  # the snapshot's commit hash, for a Hub source
     download: str | None = None  # "ranges" or "full" for a Hub source
     remote: "RemoteCheckpoint | None" = None  # noqa: F821 - the Hub source's shards, for download.py
+    side_files: Path | None = None  # config.json and tokenizer files, when not beside the shards
+
+    @property
+    def files(self) -> Path:
+        """Where config.json and the tokenizer and processor files are."""
+        return self.side_files or self.path
 
 
 def resolve_source(
@@ -51,5 +57,6 @@ def resolve_source(
         else:
             rc = hub_checkpoint.open_remote(src, revision)
         mode = download.FULL if full_download else download.RANGES
-        return Source(rc.folder, src, repo_id=src, revision=rev, commit=rc.commit, download=mode, remote=rc)
+        side = rc.snapshot if rc.snapshot != rc.folder else None
+        return Source(rc.folder, src, repo_id=src, revision=rev, commit=rc.commit, download=mode, remote=rc, side_files=side)
     raise SourceError(f"source {src} does not exist")

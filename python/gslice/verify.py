@@ -90,7 +90,7 @@ def _side_files(folder: Path, plan) -> list[str]:
     config = folder / "config.json"
     if config.is_file() and config.read_text() != plan.config_text():
         problems.append("config.json differs from the config the spec derives from the source")
-    for name, src in gemma3n.files_to_copy(plan.source.path, plan.spec).items():
+    for name, src in gemma3n.files_to_copy(plan.source.files, plan.spec).items():
         dest = folder / name
         if dest.is_file() and dest.read_bytes() != src.read_bytes():
             problems.append(f"{name} differs from the source's {name}")
