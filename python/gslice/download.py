@@ -100,7 +100,7 @@ class DownloadPlan:
             whole = sum(s.where == "whole" for s in self.shards)
             return f"{head} from {self.source}: {whole} whole shard(s) not in the Hugging Face cache"
         return (
-            f"{head} from {self.source}: the slice reads {fmt_bytes(self.exact)}, gaps under {fmt_bytes(self.gap)} "
+            f"{head} from {self.source}: the slice reads {fmt_bytes(self.exact)}, gaps of up to {self.gap:,} bytes "
             f"add {fmt_bytes(self.slack)}, {fmt_bytes(self.planned - self.to_fetch)} already cached; "
             f"{self.requests()} range requests"
         )
