@@ -115,6 +115,9 @@ def test_plan_and_dry_run_say_what_would_be_downloaded_and_fetch_only_headers(hu
     dry = cli("slice", REPO, "-o", tmp_path / "out", *SPECS["e2b"][0], "--dry-run")
     assert dry.code == 0 and dry.out.splitlines()[-1].startswith(line)
     assert hub.served() == headers(e4b) and not (tmp_path / "out").exists()
+    full = cli("slice", REPO, "-o", tmp_path / "out", *SPECS["e2b"][0], "--dry-run", "--full-download")
+    assert full.code == 0 and full.out.splitlines()[-1] == (
+        f"download: {fmt_bytes(size)} of {fmt_bytes(size)} (100.0%) from {REPO}: 2 whole shard(s) not in the Hugging Face cache")
     bulk = cli("bulk", REPO, "--presets", "google-e2b", "-o", tmp_path / "bulk", "--dry-run")
     assert bulk.code == 0, bulk.err
     assert any(l.startswith("download: ") for l in bulk.out.splitlines())

@@ -53,6 +53,8 @@ class RemoteCheckpoint:
 
 
 def open_remote(repo_id: str, revision: str | None) -> RemoteCheckpoint:
+    """Range mode: the small files at the revision's commit, and every shard either complete
+    in the HF cache or as a sparse file holding at least its header."""
     snap = hub.download(repo_id, revision, allow_patterns=SMALL_PATTERNS, ignore_patterns=gemma3n.HUB_IGNORE)
     if snap.commit is None:
         raise HubError(f"{repo_id}: the Hugging Face cache folder {snap.path} is not named by a commit hash")
