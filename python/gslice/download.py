@@ -329,7 +329,7 @@ class _Fetcher:
                 self._record(shard, fd, flushed, pos)
 
     def _record(self, shard, fd: int, begin: int, end: int) -> int:
-        os.fdatasync(fd)
+        range_cache.flush_data(fd)
         shard.sparse.record(begin, end)
         self.counter.add(recorded=end - begin)
         return end

@@ -137,7 +137,7 @@ class SparseShard:
         try:
             os.ftruncate(fd, meta.size)
             pwrite_all(fd, header, 0)
-            os.fdatasync(fd)
+            flush_data(fd)
         finally:
             os.close(fd)
         _write_atomic(self.meta_path, json.dumps(asdict(meta), indent=1) + "\n")
@@ -159,6 +159,10 @@ class SparseShard:
 
 def header_digest(header: bytes) -> str:
     return hashlib.sha256(header).hexdigest()
+
+
+# macOS has no fdatasync; fsync also flushes the data there.
+flush_data = getattr(os, "fdatasync", os.fsync)
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
