@@ -34,7 +34,7 @@ def test_the_readme_holds_the_computed_table(layout):
 
 def test_what_a_slice_reads_is_its_output_by_shape_arithmetic(layout):
     arch = gemma3n.architecture(gemma3n.e4b_config(), "E4B")
-    # DESIGN.md: the official E2B config on E4B has exactly 4,456,156,768 text parameters (BF16)
+    # docs/design.md: the official E2B config on E4B has exactly 4,456,156,768 text parameters (BF16)
     e2b_text = table.fetch_of(layout, table.find_spec(arch, "google-e2b", text_only=True))
     assert e2b_text.reads == 2 * 4_456_156_768
     # the whole model reads, and downloads, every byte of its tensors

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import hub, hub_ranges, range_cache
 from .engine import CheckpointInfo, TensorPlan
-from .errors import DiskFullError, GsliceError, HubError, InternalError, SpecError
+from .errors import DiskFullError, GsliceError, HubError, InternalError, Interrupted, SpecError
 from .hub_checkpoint import check_unchanged
 from .hub_ranges import ConnectionLost, LocationExpired
 from .ranges import DEFAULT_GAP, RangeSet, plan_ranges
@@ -284,6 +284,8 @@ class _Fetcher:
             for f in pending:
                 f.cancel()
             wait(pending)
+            if isinstance(e, Interrupted):  # SIGINT/SIGTERM: say what the range cache keeps
+                raise Interrupted(f"{e.message}{self._kept()}", e.signum, e.completed) from None
             if isinstance(e, ConnectionLost):
                 raise HubError(f"{e} (after {ATTEMPTS} attempts){self._kept()}; run the same command again to resume") from None
             if isinstance(e, GsliceError):

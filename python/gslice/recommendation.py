@@ -8,12 +8,9 @@ from dataclasses import dataclass
 
 from .accounting import DEFAULT_CONTEXT, SCHEMES, SizePlan, plan
 from .catalogue import MODALITIES, presets
-from .errors import GsliceError, SpecError
+from .arguments import bool_arg
+from .errors import NothingFitsError, SpecError
 from .units import fmt_bytes, parse_size
-
-
-class NothingFitsError(GsliceError):
-    """No preset fits the RAM budget."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +65,10 @@ def recommend(
     budget = parse_size(ram, "--ram") if isinstance(ram, str) else ram
     if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
         raise SpecError(f"--ram: {ram!r} must be a positive size")
-    if quant not in SCHEMES:
+    bool_arg(ple_on_disk, "ple_on_disk")
+    if not isinstance(quant, str) or quant not in SCHEMES:
         raise SpecError(f"--quant: {quant!r} is not one of {', '.join(SCHEMES)}")
-    if modalities not in MODALITIES:
+    if not isinstance(modalities, str) or modalities not in MODALITIES:
         raise SpecError(f"--modalities: {modalities!r} is not one of {', '.join(MODALITIES)}")
     plans = [plan(source, preset=p, modalities=modalities, context=context) for p in presets(from_hub)]
     plans.sort(key=lambda p: (-p.params.effective, p.preset))

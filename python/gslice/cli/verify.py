@@ -14,16 +14,17 @@ from ..manifest import HashCache
 from ..progress import ByteProgress
 from ..sources import resolve_source
 from ..verify import output_folders, verify_output
+from ..arguments import MAX_THREADS
 from . import main
 from ..units import fmt_bytes
-from .common import friendly_errors, full_download_option
+from .common import friendly_errors, full_download_option, StrictInt
 
 
 @main.command("verify")
 @click.argument("outputs", nargs=-1, required=True)
 @click.option("--against", "src", default=None, help="Source checkpoint (folder or Hub repo id): re-derive every tensor and compare bytes.")
 @click.option("--revision", default=None, help="Branch, tag or commit of a Hub source.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default: all cores).")
+@click.option("--threads", type=StrictInt(1, MAX_THREADS), default=None, help="Worker threads (default: all cores).")
 @full_download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print problems only.")
@@ -37,8 +38,9 @@ def verify_cmd(outputs, src, revision, threads, full_download, as_json, quiet):
     for path in outputs:
         for folder in output_folders(path):
             show = not (quiet or as_json)
+            phases = ("hashing files", "comparing tensors with the source") if source else ()
             with ByteProgress("downloading", enabled=show) as fetch_bar, \
-                    ByteProgress(f"verifying {folder.name}", enabled=show) as bar:
+                    ByteProgress(f"verifying {folder.name}", enabled=show, phases=phases) as bar:
                 results.append(verify_output(folder, source, cache=cache, threads=threads, progress=bar, download_progress=fetch_bar))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
