@@ -69,6 +69,7 @@ class FakeHub:
     signature: str = "ok"
     log: list[Served] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
+    streamed: int = 0  # CDN body bytes written so far, answers still running included
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_repo(self, repo_id: str, folder: Path, commit: str, refs: dict[str, str] | None = None, **kw) -> Repo:
@@ -84,6 +85,12 @@ class FakeHub:
         with self.lock:
             return sum(s.sent for s in self.log if s.origin == origin and s.file and s.file.endswith(suffix)
                        and s.method == "GET" and s.status < 300)
+
+    def streaming(self) -> int:
+        """CDN body bytes written so far, counted as they go out (``served`` counts finished
+        answers only)."""
+        with self.lock:
+            return self.streamed
 
     def requests(self, origin: str = "cdn", method: str = "GET") -> list[Served]:
         with self.lock:
@@ -248,42 +255,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        sent = 0
-        try:
-            if method == "GET" and body:
-                if cdn and callable(self.hub.before_data):
-                    self.hub.before_data()
-                sent = self._stream(body, cdn)
-        finally:
-            with self.hub.lock:
-                self.hub.log.append(Served(self.origin, method, self.path, name, rng, status, sent))
+        # Logged before the body goes out and counted as it goes, so that a client that has
+        # read everything never sees a count that lags behind.
+        entry = Served(self.origin, method, self.path, name, rng, status, 0)
+        with self.hub.lock:
+            self.hub.log.append(entry)
+        if method == "GET" and body:
+            if cdn and callable(self.hub.before_data):
+                self.hub.before_data()
+            self._stream(body, cdn, entry)
 
-    def _stream(self, body: bytes, cdn: bool) -> int:
+    def _stream(self, body: bytes, cdn: bool, entry: Served) -> None:
         step = 16 << 10
         limit = self.hub.cut_after if cdn and self.hub.cut_after is not None else None
-        sent = 0
         started = time.perf_counter()
-        while sent < len(body):
-            n = min(step, len(body) - sent)
-            if limit is not None and sent + n > limit:
-                n = limit - sent
-                if n > 0:
-                    self.wfile.write(body[sent : sent + n])
-                    sent += n
-                self.wfile.flush()
+        while entry.sent < len(body):
+            n = min(step, len(body) - entry.sent)
+            cut = limit is not None and entry.sent + n > limit
+            if cut:
+                n = limit - entry.sent
+            try:
+                self.wfile.write(body[entry.sent : entry.sent + n])
+                if cut:
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            with self.hub.lock:
+                entry.sent += n
+                if cdn:
+                    self.hub.streamed += n
+            if cut:
                 self.close_connection = True
                 self.connection.shutdown(2)  # the connection breaks mid-body
-                return sent
-            try:
-                self.wfile.write(body[sent : sent + n])
-            except (BrokenPipeError, ConnectionResetError):
-                return sent
-            sent += n
+                return
             if cdn and self.hub.rate:
-                ahead = sent / self.hub.rate - (time.perf_counter() - started)
+                ahead = entry.sent / self.hub.rate - (time.perf_counter() - started)
                 if ahead > 0:
                     time.sleep(ahead)
-        return sent
 
 
 def _read(path: Path) -> bytes:

@@ -23,6 +23,7 @@ from gslice import download as dl
 from gslice.catalogue import find_preset
 from gslice.gemma3n import architecture
 from gslice.testing import TinyGemma3n, write_tiny_checkpoint
+from gslice.units import fmt_bytes
 
 from hub_server import FakeHub
 from range_reference import (
@@ -159,29 +160,39 @@ def test_bulk_fetches_the_union_once_and_records_each_outputs_ranges(hub, e4b, t
 BIG = TinyGemma3n(hidden=64, ffn=2048, ple_dim=64, vocab=4096, vocab_per_layer=4096, head_dim=32)
 
 
-def test_a_killed_fetch_resumes_with_only_the_missing_bytes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_fetch_resumes_with_only_the_missing_bytes(sig, tmp_path, monkeypatch):
     src = write_tiny_checkpoint(tmp_path / "big", BIG, shards=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GSLICE_"))}
     env.update(HF_HOME=str(tmp_path / "hf"), GSLICE_CACHE=str(tmp_path / "cache"))
     args = ["slice", REPO, "-o", str(tmp_path / "out"), "--layers-to-skip", "20-24", "--ffn-dims", "1024", "-q"]
     want = expected_reads(src, dl.coalesce_gap(), layers_to_skip=range(20, 25), widths=[1024] * 30)
     seed = random.randrange(1 << 30)
-    threshold = int(total(want) * random.Random(seed).uniform(0.15, 0.85))
+    delay = random.Random(seed).uniform(0.0, 1.5)  # after the first record of a fetched range
     with FakeHub(rate=3 << 20) as hub:  # 3 MiB/s per connection
         hub.add_repo(REPO, src, COMMIT)
         env["HF_ENDPOINT"] = hub.endpoint
-        proc = subprocess.Popen([sys.executable, "-m", "gslice", *args], env=env, stderr=subprocess.PIPE)
-        while hub.served() - headers(src) < threshold and proc.poll() is None:
+        proc = subprocess.Popen([sys.executable, "-m", "gslice", *args], env=env, stderr=subprocess.PIPE, text=True)
+        while not total(recorded(tmp_path / "cache", src)) and proc.poll() is None:
             time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: the run ended before it was killed"
-        first = hub.served() - headers(src)
+        time.sleep(delay)
+        assert proc.poll() is None, f"seed {seed}: the run ended before it was killed"
+        proc.send_signal(sig)
+        err = proc.communicate()[1]
+        first = hub.streaming() - headers(src)  # bytes sent, whether or not they arrived
         kept = recorded(tmp_path / "cache", src)
+        if sig == signal.SIGKILL:
+            assert proc.returncode == -signal.SIGKILL, f"seed {seed}"
+        else:  # a clean stop that says what the range cache keeps
+            assert proc.returncode == 128 + signal.SIGTERM, f"seed {seed}: {err}"
+            assert err.splitlines()[-1] == (
+                f"interrupted (SIGTERM): nothing was written; {fmt_bytes(total(kept))} fetched by this run are kept in "
+                "the range cache"), f"seed {seed}"
+            assert not (tmp_path / "out").exists()
         assert_recorded_bytes_are_right(tmp_path / "cache", src, kept)
         assert minus(kept, want) == 0, f"seed {seed}: recorded bytes outside the plan"
         got = total(kept)
-        assert got > 0, f"seed {seed}: nothing was recorded before the kill at {first} bytes"
+        assert 0 < got < total(want), f"seed {seed}"
         hub.clear()
         hub.rate = None
         done = subprocess.run([sys.executable, "-m", "gslice", *args], env=env, capture_output=True, text=True)
