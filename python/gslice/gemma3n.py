@@ -25,7 +25,7 @@ import functools
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from types import MappingProxyType
 from pathlib import Path
@@ -119,6 +119,12 @@ class Architecture:
     audio_blocks: int | None
     audio_hidden: int | None
     has_vision: bool
+    # Fixed sizes and switches some runtimes hard-code (see runtimes.py); transformers' defaults.
+    laurel_rank: int = 64
+    altup_num_inputs: int = 4
+    altup_active_idx: int = 0
+    altup_correct_scale: bool = True
+    final_logit_softcapping: float | None = 30.0
 
     @property
     def prefix(self) -> str:
@@ -207,6 +213,11 @@ def architecture(config: dict, where: str = "config.json") -> Architecture:
         if audio is not None else None,
         audio_hidden=_config_int(audio, "hidden_size", where, default=1536, section="audio_config") if audio is not None else None,
         has_vision=vision is not None,
+        laurel_rank=_config_int(text, "laurel_rank", where, default=64),
+        altup_num_inputs=_config_int(text, "altup_num_inputs", where, default=4),
+        altup_active_idx=_config_int(text, "altup_active_idx", where, default=0, low=0),
+        altup_correct_scale=bool(text.get("altup_correct_scale", True)),
+        final_logit_softcapping=text.get("final_logit_softcapping", 30.0),
     )
     _check_sharing(arch, where)
     _Dims.read(config, arch, where)  # every other field a shape or a size depends on
@@ -413,6 +424,26 @@ def _audio_problems(arch: Architecture, spec: SliceSpec) -> list[str]:
     if len(skip) == n:
         return [f"audio_layers_to_skip: all {n} audio blocks are skipped; use --drop-audio instead"]
     return []
+
+
+def sliced(arch: Architecture, res: Resolved) -> Architecture:
+    """The architecture of a slice's output, in its own layer indices: the kept layers' types,
+    widths and sparsity, in order; the KV-sharing layers among them (their producers are kept,
+    :func:`resolve` checked that); the towers it keeps."""
+    kept = res.kept
+    text_only = res.spec.text_only and arch.model_type == MULTIMODAL_TYPE
+    return replace(
+        arch,
+        model_type=TEXT_TYPE if text_only else arch.model_type,
+        num_layers=len(kept),
+        num_kv_shared=sum(1 for i in kept if i >= arch.first_shared),
+        layer_types=tuple(arch.layer_types[i] for i in kept),
+        ffn_widths=res.widths,
+        activation_sparsity=tuple(arch.activation_sparsity[i] for i in kept),
+        audio_blocks=None if res.spec.drop_audio or res.audio_kept is None else len(res.audio_kept),
+        audio_hidden=None if res.spec.drop_audio else arch.audio_hidden,
+        has_vision=arch.has_vision and not res.spec.drop_vision,
+    )
 
 
 def _audio_kept(arch: Architecture, spec: SliceSpec) -> tuple[int, ...] | None:
@@ -708,12 +739,12 @@ def rewrite_config(config: dict, arch: Architecture, res: Resolved) -> dict:
     """The output config.json: the source's, with only the fields slicing changes edited."""
     out = copy.deepcopy(config)
     text = text_config(out)
-    kept = res.kept
-    text["num_hidden_layers"] = len(kept)
-    text["intermediate_size"] = list(res.widths)
-    text["layer_types"] = [arch.layer_types[i] for i in kept]
-    text["activation_sparsity_pattern"] = [arch.activation_sparsity[i] for i in kept]
-    text["num_kv_shared_layers"] = sum(1 for i in kept if i >= arch.first_shared)
+    new = sliced(arch, res)
+    text["num_hidden_layers"] = new.num_layers
+    text["intermediate_size"] = list(new.ffn_widths)
+    text["layer_types"] = list(new.layer_types)
+    text["activation_sparsity_pattern"] = list(new.activation_sparsity)
+    text["num_kv_shared_layers"] = new.num_kv_shared
     if res.audio_kept is not None and res.spec.audio_layers_to_skip:
         out["audio_config"]["conf_num_hidden_layers"] = len(res.audio_kept)
     if res.spec.text_only and arch.model_type == MULTIMODAL_TYPE:
@@ -931,8 +962,8 @@ class _Dims:
             kv_heads=field("num_key_value_heads", 2),
             head_dim=field("head_dim", 256),
             sliding_window=field("sliding_window", 512),
-            laurel=field("laurel_rank", 64),
-            altup=field("altup_num_inputs", 4),
+            laurel=arch.laurel_rank,
+            altup=arch.altup_num_inputs,
             widths=arch.ffn_widths,
             audio=_audio_dims(audio, where) if audio is not None else None,
             vision=_vision_dims(vision, where) if vision is not None else None,

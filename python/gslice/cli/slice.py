@@ -17,7 +17,7 @@ from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list, 
 from ..units import fmt_bytes, fmt_params, parse_size
 from ..arguments import MAX_THREADS
 from . import main
-from .common import compact_ranges, download_rows, file_listing, friendly_errors, full_download_option, run_lengths, table, StrictInt
+from .common import compact_ranges, download_rows, file_listing, friendly_errors, full_download_option, run_lengths, runtime_lines, table, StrictInt
 
 
 def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False, preset=None) -> SliceSpec:
@@ -204,9 +204,11 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
     rows += download_rows(r.download)
     if r.size:
         rows += size_summary_rows(r.size)
+        rows.append(("runtimes", f"computed correctly by: {r.size['runtimes']['summary']}"))
     if r.quantization is not None:
         rows += quant_rows(r.quantization)
-    return table(rows + list(extra_rows))
+    failing = runtime_lines(r.size["runtimes"], failing_only=True) if r.size else []
+    return "\n".join([table(rows + list(extra_rows))] + failing)
 
 
 def size_summary_rows(size: dict) -> list[tuple[str, str]]:
