@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from gslice.cli import main
+from hub_server import FakeHub
+from range_reference import COMMIT, REPO
 from gslice.testing import E2B_LIKE, E4B_LIKE, TinyGemma3n, write_tiny_checkpoint
 
 INTEROP = Path(__file__).parent / "interop"
@@ -109,3 +111,24 @@ def write_sparse_checkpoint(path: Path, model: TinyGemma3n) -> Path:
         f.truncate(8 + len(text) + offset)
     (path / "config.json").write_text(json.dumps(config(model)))
     return path
+
+
+@pytest.fixture(autouse=True)
+def private_range_cache(tmp_path, monkeypatch):
+    """No test touches the user's gslice range cache (~/.cache/gslice/hub-ranges)."""
+    monkeypatch.setenv("GSLICE_CACHE", str(tmp_path / "gslice-cache"))
+
+
+@pytest.fixture
+def hub(e4b, tmp_path, monkeypatch):
+    """The tiny E4B checkpoint as google/gemma-3n-E4B-it on a local Hub; empty caches."""
+    with FakeHub() as server:
+        server.add_repo(REPO, e4b, COMMIT)
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("GSLICE_CACHE", str(tmp_path / "gslice-cache"))
+        monkeypatch.setenv("GSLICE_RANGE_GAP", "0")
+        server.cache = tmp_path / "gslice-cache"
+        yield server

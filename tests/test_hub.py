@@ -99,34 +99,43 @@ def api(monkeypatch, reachable):
 # -- download -----------------------------------------------------------------------------
 
 
-def test_the_download_asks_for_the_slicing_files_only(e4b, tmp_path, monkeypatch, cli, reachable):
+@pytest.mark.parametrize("mode", ["ranges", "full"])
+def test_the_download_asks_for_the_slicing_files_only(mode, e4b, tmp_path, monkeypatch, cli, reachable):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
     snap = populate_cache(tmp_path / "hf", e4b)
+    if mode == "full":  # the shards arrive with the second call (ranges mode finds them cached)
+        for shard in e4b.glob("*.safetensors"):
+            (snap / shard.name).unlink()
     seen = []
 
     def fake_snapshot_download(**kwargs):
         seen.append(kwargs)
+        if "*.safetensors" in kwargs["allow_patterns"]:
+            for shard in e4b.glob("*.safetensors"):
+                (snap / shard.name).symlink_to(shard)
         return str(snap)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    result = cli("info", REPO, "--revision", "v1.0", "--json")
+    extra = ["--full-download"] if mode == "full" else []
+    result = cli("slice", REPO, "--revision", "v1.0", "-o", tmp_path / "out", "--ffn-dims", "32", *extra, "--json")
     assert result.code == 0, result.err
-    assert json.loads(result.out)["source"] == REPO
-    assert seen == [{
-        "repo_id": REPO,
-        "revision": "v1.0",
-        "cache_dir": str(tmp_path / "hf" / "hub"),
-        "allow_patterns": list(gemma3n.HUB_PATTERNS),
-        "ignore_patterns": ["*/*"],
-        "local_files_only": False,
-    }]
+    common = {"repo_id": REPO, "cache_dir": str(tmp_path / "hf" / "hub"), "ignore_patterns": ["*/*"],
+              "local_files_only": False, "endpoint": "https://hub.example"}
+    small = [p for p in gemma3n.HUB_PATTERNS if p != "*.safetensors"]
+    expected = [{**common, "revision": "v1.0", "allow_patterns": small}]
+    if mode == "full":  # then every file, at the commit the first call resolved
+        expected.append({**common, "revision": COMMIT, "allow_patterns": list(gemma3n.HUB_PATTERNS)})
+    assert seen == expected
     # What those patterns select from the real repo listing, by huggingface_hub's own filter:
-    chosen = set(filter_repo_objects(REPO_FILES, allow_patterns=seen[0]["allow_patterns"], ignore_patterns=seen[0]["ignore_patterns"]))
+    chosen = set(filter_repo_objects(REPO_FILES, allow_patterns=expected[-1]["allow_patterns"], ignore_patterns=["*/*"]))
+    weights = {f for f in REPO_FILES if f.endswith(".safetensors") and "/" not in f}
     assert chosen == set(REPO_FILES) - {".gitattributes", "README.md", "notebook.ipynb", "original/model.safetensors",
-                                        "onnx/model.onnx", "gguf/model-q4.gguf"}
+                                        "onnx/model.onnx", "gguf/model-q4.gguf"} - (weights if mode == "ranges" else set())
+    assert json.loads(result.out)["download"]["mode"] == mode
 
 
 def test_offline_slice_from_the_cache(e4b, hf_home, tmp_path, cli):

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import engine, gemma3n, ownership, staging
+from . import download, engine, gemma3n, ownership, staging
 from .errors import GsliceError, OutputExistsError, SpecError
 from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
@@ -77,18 +77,22 @@ def prepare_bulk(
     quant: QuantOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
     hash_progress: Callable[[int, int], None] | None = None,
+    full_download: bool = False,
+    weights: bool = True,
 ) -> BulkPlan:
     """Plans and validates every preset, decides what to do with existing outputs (``resume``
     re-hashes them, in one pass that ``progress`` follows; ``hash_progress`` follows the
-    source hashing of ``hash_source``), and raises one line per problem; writes nothing."""
-    source = src if isinstance(src, Source) else resolve_source(src, revision)
+    source hashing of ``hash_source``), and raises one line per problem; writes nothing.
+    A Hub source is opened as :func:`gslice.sources.resolve_source` does (``weights=False``:
+    never whole files, for a dry run)."""
+    source = src if isinstance(src, Source) else resolve_source(src, revision, full_download=full_download, weights=weights)
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output folder {out} exists and is not a folder")
     problems: list[str] = []
     plans: list[tuple[Preset, SlicePlan]] = []
     seen: set[str] = set()
-    arch = gemma3n.architecture(gemma3n.read_config(source.path), str(source.path / "config.json"))
+    arch = gemma3n.architecture(gemma3n.read_config(source.files), str(source.files / "config.json"))
     for p in presets:
         if p.slug in seen:
             problems.append(f"preset {p.slug} is listed twice")
@@ -107,6 +111,8 @@ def prepare_bulk(
         raise SpecError("\n".join(problems))
     if not plans:
         raise SpecError("no presets to write")
+    if hash_source:
+        download.refuse_hash_of_ranges(source)
     record = source_record(source, plans[0][1].checkpoint.shards, hash_source=hash_source, progress=hash_progress)
     protected = source_files(plans[0][1])
     items = []
@@ -207,6 +213,7 @@ class BulkReport:
     distinct_tensors: int
     seconds: float
     leftovers: list[str]  # gslice's temporary folders found in the output folder: removed, or left to a live run
+    download: dict | None = None  # a Hub source: see slicing.download_summary
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -220,18 +227,33 @@ def write_bulk(
     max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
     progress: Callable[[int, int], None] | None = None,
     dry_run: bool = False,
+    download_progress: Callable[[int, int], None] | None = None,
 ) -> BulkReport:
+    """Writes the outputs still to do. A Hub source's missing byte ranges (for all of them at
+    once) are fetched first, after the outputs' checks; ``download_progress`` follows that."""
+    from .slicing import download_summary
+
     started = time.perf_counter()
     figures = {id(it): _figures(it) for it in bp.items}  # all that can fail, before any write
-    leftovers = [f.describe(dry_run) for f in staging.clear(bp.out_dir, dry_run=dry_run)]
     todo = [it for it in bp.items if it.action != "skip"]
+    dplan = None
+    if todo:
+        dplan = download.plan_download(bp.source, todo[0].plan.checkpoint, [t for it in todo for t in it.plan.tensors])
     outputs = [
         output_plan(
             it.plan, it.dir, source_record=bp.source_record, overwrite=it.action == "replace",
             max_shard_size=max_shard_size, preset={"name": it.preset.name, "slug": it.preset.slug},
+            download_record=_download_record(bp.source, it.plan),
         )
         for it in todo
     ]
+    fetched = None
+    if dplan is not None and not dry_run:
+        if dplan.to_fetch:  # the engine's own checks of the outputs before the first byte is fetched
+            engine.execute(bp.source.path, outputs, max_shard_size=max_shard_size, dedupe=dedupe, dry_run=True)
+        fetched = download.fetch(bp.source, dplan, download_progress)
+        started = time.perf_counter()  # the report's time is the write's
+    leftovers = [f.describe(dry_run) for f in staging.clear(bp.out_dir, dry_run=dry_run)]
     result = None
     if outputs:
         result = engine.execute(
@@ -253,7 +275,14 @@ def write_bulk(
         distinct_tensors=result.distinct_tensors if result else 0,
         seconds=time.perf_counter() - started,
         leftovers=leftovers,
+        download=download_summary(dplan, fetched),
     )
+
+
+def _download_record(source: Source, plan: SlicePlan) -> dict | None:
+    """What one output rests on (its own ranges, not the union the run fetched)."""
+    dplan = download.plan_download(source, plan.checkpoint, plan.tensors)
+    return dplan.manifest_record() if dplan else None
 
 
 def _figures(it: BulkItem) -> dict:

@@ -244,6 +244,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     shard: int
     nbytes: int
+    offset: int = 0  # of the first data byte in its shard file
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def inspect(path: str | os.PathLike) -> CheckpointInfo:
     except _core.EngineError as e:
         _raise(e)
     tensors = {
-        t["name"]: TensorInfo(t["name"], t["dtype"], tuple(t["shape"]), t["shard"], t["nbytes"])
+        t["name"]: TensorInfo(t["name"], t["dtype"], tuple(t["shape"]), t["shard"], t["nbytes"], t["offset"])
         for t in raw["tensors"]
     }
     return CheckpointInfo(Path(raw["root"]), tuple(Path(s["path"]) for s in raw["shards"]), tensors)

@@ -4,9 +4,10 @@ what to fetch and turns the Hub's exceptions into one-line messages.
 
 Environment honoured: ``HF_TOKEN`` (by huggingface_hub, with a stored login as fallback),
 ``HF_HOME`` / ``HF_HUB_CACHE`` (where the cache lives), ``HF_HUB_OFFLINE`` (use the cache
-only) and ``HF_ENDPOINT`` (read by huggingface_hub at import). The cache and offline settings
-are read at each call rather than when huggingface_hub is imported, so a program that sets them
-after importing gslice is obeyed too.
+only) and ``HF_ENDPOINT``. The cache, offline and endpoint settings of downloads are read at
+each call rather than when huggingface_hub is imported (the endpoint is passed to it), so a
+program that sets them after importing gslice is obeyed too; uploads go through ``HfApi()``,
+which uses the endpoint huggingface_hub read at import.
 
 An unreachable Hub fails in seconds: before its first request of a run, gslice asks the
 endpoint for any answer within :data:`PROBE_TIMEOUT` seconds. Without that, huggingface_hub
@@ -40,13 +41,6 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _TRUE = {"1", "on", "yes", "true"}
 PROBE_TIMEOUT = 5.0  # seconds
-
-
-def endpoint() -> str:
-    """The Hub URL huggingface_hub uses (``HF_ENDPOINT``, read when it was imported)."""
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
 
 
 def unreachable() -> str | None:
@@ -89,6 +83,11 @@ def offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def endpoint() -> str:
+    """The Hub's URL: HF_ENDPOINT as set now (huggingface_hub reads it once, at import)."""
+    return (os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT).rstrip("/")
+
+
 def cache_dir() -> Path:
     """The hub cache huggingface_hub uses by default, resolved from the environment now."""
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
@@ -127,6 +126,7 @@ def download(
             allow_patterns=list(allow_patterns),
             ignore_patterns=list(ignore_patterns) or None,
             local_files_only=offline() or reason is not None,
+            endpoint=endpoint(),
         )
     except hf_errors.GatedRepoError:
         raise HubError(

@@ -12,8 +12,8 @@ from .spec import SliceSpec
 
 
 def describe(source: Source) -> dict:
-    config = gemma3n.read_config(source.path)
-    arch = gemma3n.architecture(config, str(source.path / "config.json"))
+    config = gemma3n.read_config(source.files)
+    arch = gemma3n.architecture(config, str(source.files / "config.json"))
     ck = engine.inspect(source.path)
     gemma3n.check_source(config, arch, ck, gemma3n.resolve(arch, SliceSpec()))  # what it says must be true
     shapes = {n: t.shape for n, t in ck.tensors.items()}

@@ -7,6 +7,8 @@ appears without it. It holds:
   source shard: size, mtime and SHA-256 of the safetensors header always; the SHA-256 of the
   whole shard when it costs nothing (a Hub cache blob is named by it) or when asked for
   (``hash_source``: reading 15.7 GB of E4B takes longer than the slice itself on a laptop);
+* ``download`` for a Hub source: ``full`` (whole files into the HF cache) or ``ranges``, with
+  the commit and, per shard, the byte ranges the output was sliced from;
 * ``spec`` (the exact spec applied, widths included), ``preset`` (bulk), the resulting layers
   and parameter counts, and the tool version;
 * ``files``: size and SHA-256 of every other file of the folder (added by the engine).
@@ -47,11 +49,16 @@ def source_record(
     ``progress`` follows the hashing of whole shards (``hash_source``)."""
     shards = [Path(p) for p in shards]
     entries = [_shard_fingerprint(p) for p in shards]
+    if source.remote is not None:  # a sparse range-cache file: the Hub's ETag is its SHA-256
+        for e in entries:
+            digest = source.remote.sha256(e["name"])
+            if digest and "sha256" not in e:
+                e["sha256"], e["sha256_from"] = digest, "hub-etag"
     if hash_source:
         todo = [(e, p) for e, p in zip(entries, shards) if "sha256" not in e]
         for (e, _), digest in zip(todo, engine.sha256_files([p for _, p in todo], progress)):
             e["sha256"], e["sha256_from"] = digest, "computed"
-    config = source.path / "config.json"
+    config = source.files / "config.json"
     return {
         "label": source.label,
         "path": str(source.path),
@@ -81,7 +88,9 @@ def _header_sha256(path: Path) -> str:
         return hashlib.sha256(prefix + f.read(min(n, 100 << 20))).hexdigest()
 
 
-def manifest_fields(plan: "SlicePlan", source: dict, preset: dict | None = None, max_shard_size: int | None = None) -> dict:
+def manifest_fields(
+    plan: "SlicePlan", source: dict, preset: dict | None = None, max_shard_size: int | None = None, download: dict | None = None
+) -> dict:
     return {
         "format": FORMAT,
         "tool": f"gslice {__version__}",
@@ -98,11 +107,14 @@ def manifest_fields(plan: "SlicePlan", source: dict, preset: dict | None = None,
             "tensor_bytes": plan.output_bytes(),
         },
         "max_shard_size": max_shard_size,
+        "download": download,
     }
 
 
-def manifest(plan: "SlicePlan", source: dict, preset: dict | None = None, max_shard_size: int | None = None) -> engine.Manifest:
-    return engine.Manifest(MANIFEST_NAME, manifest_fields(plan, source, preset, max_shard_size))
+def manifest(
+    plan: "SlicePlan", source: dict, preset: dict | None = None, max_shard_size: int | None = None, download: dict | None = None
+) -> engine.Manifest:
+    return engine.Manifest(MANIFEST_NAME, manifest_fields(plan, source, preset, max_shard_size, download))
 
 
 # -- reading and checking -----------------------------------------------------------------

@@ -7,11 +7,11 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, accounting, engine, gemma3n, ownership, quantization, staging
+from . import __version__, accounting, download, engine, gemma3n, ownership, quantization, staging
 from .arguments import ArgumentError, bool_arg, callback_arg, int_arg, optional_str, path_arg, threads_arg
 from .catalogue import spec_with_preset
 from .engine import CheckpointInfo, EngineReport, TensorPlan
@@ -78,20 +78,26 @@ def prepare_slice(
     preset: str | None = None,
     revision: str | None = None,
     quant: QuantOptions | None = None,
+    full_download: bool = False,
 ) -> SlicePlan:
     """Checks the spec (or the preset, with the spec's tower options) and the quantization
     against the source's config and tensors. Raises before any write. ``src`` may be a folder
-    or a Hub repo id (fetched into the Hugging Face cache)."""
+    or a Hub repo id: only its small files and shard headers are fetched here (the data ranges
+    the plan reads come when it is written), or, with ``full_download``, every file whole."""
     if quant is not None and not isinstance(quant, QuantOptions):
         raise ArgumentError(f"quant must be a QuantOptions or None, not {type(quant).__name__}")
-    source = src if isinstance(src, Source) else resolve_source(path_arg(src, "src"), optional_str(revision, "revision"))
-    config = gemma3n.read_config(source.path)
+    if isinstance(src, Source):
+        source = src
+    else:
+        source = resolve_source(path_arg(src, "src"), optional_str(revision, "revision"),
+                                full_download=bool_arg(full_download, "full_download"))
+    config = gemma3n.read_config(source.files)
     if "quantization_config" in config:
         raise SourceError(
-            f"{source.path / 'config.json'} has a quantization_config: the source is already quantized; "
+            f"{source.files / 'config.json'} has a quantization_config: the source is already quantized; "
             "gslice reads unquantized (BF16, F16, F32) checkpoints"
         )
-    arch = gemma3n.architecture(config, str(source.path / "config.json"))
+    arch = gemma3n.architecture(config, str(source.files / "config.json"))
     spec, found = spec_with_preset(arch, spec, preset)
     resolved = gemma3n.resolve(arch, spec)
     ck = engine.inspect(source.path)
@@ -133,6 +139,8 @@ class SliceReport:
     tool: str = field(default=f"gslice {__version__}")
     preset: str | None = None
     size: dict | None = None  # accounting.SizePlan.to_dict(): parameters, disk and RAM per scheme
+    # A Hub source: download.DownloadPlan.to_dict(), plus "fetched" (download.FetchReport) unless a dry run
+    download: dict | None = None
     # gslice's temporary folders found beside the output: stale ones removed, live ones left
     leftovers: list[str] = field(default_factory=list)
 
@@ -164,6 +172,7 @@ def slice_model(
     group_size: int | None = None,
     quant_embeddings: bool = False,
     quant_audio: bool = False,
+    full_download: bool = False,
 ) -> SliceReport:
     """Slices ``src`` (a folder or a Hub repo id) into ``out``. Give a ``spec``, or its fields
     as keywords, or a ``preset`` id or name (with the tower keywords).
@@ -171,10 +180,14 @@ def slice_model(
     ``quant="int4"`` or ``"int8"`` also quantizes the text decoder's Linear weights group-wise
     (``group_size`` 32, 64 or 128, default 128) in compressed-tensors' pack-quantized format;
     ``quant_embeddings`` adds the per-layer embedding table, ``quant_audio`` the audio tower's
-    Linear weights. The target list is in :mod:`gslice.gemma3n`."""
+    Linear weights. The target list is in :mod:`gslice.gemma3n`.
+
+    From a Hub repo id, only the byte ranges the slice reads are downloaded, into the gslice
+    range cache (``GSLICE_CACHE``); ``full_download=True`` downloads whole files into the
+    Hugging Face cache instead."""
     out = path_arg(out, "out")
     flags = dict(drop_vision=drop_vision, drop_audio=drop_audio, text_only=text_only, overwrite=overwrite,
-                 quant_embeddings=quant_embeddings, quant_audio=quant_audio)
+                 quant_embeddings=quant_embeddings, quant_audio=quant_audio, full_download=full_download)
     for name, value in flags.items():
         bool_arg(value, name)
     max_shard_size = int_arg(max_shard_size, "max_shard_size")
@@ -192,7 +205,7 @@ def slice_model(
         )
     elif (layers_to_skip, ffn_dims, audio_layers_to_skip) != (None, None, None) or drop_vision or drop_audio or text_only:
         raise ArgumentError("give either spec or its fields (layers_to_skip, ffn_dims, ...), not both")
-    plan = prepare_slice(src, spec, preset=preset, revision=revision, quant=opts)
+    plan = prepare_slice(src, spec, preset=preset, revision=revision, quant=opts, full_download=full_download)
     return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
 
 
@@ -204,9 +217,11 @@ def output_plan(
     overwrite: bool = False,
     max_shard_size: int = engine.DEFAULT_MAX_SHARD_SIZE,
     preset: dict | None = None,
+    download_record: dict | None = None,
 ) -> engine.OutputPlan:
     """The engine's view of one output folder: tensors, config, model card, copied files and
-    the manifest (``source_record`` from :func:`gslice.manifest.source_record`)."""
+    the manifest (``source_record`` from :func:`gslice.manifest.source_record`,
+    ``download_record`` from :meth:`gslice.download.DownloadPlan.manifest_record`)."""
     from .manifest import manifest
     from .modelcard import model_card
 
@@ -217,9 +232,9 @@ def output_plan(
             "config.json": plan.config_text(),
             "README.md": model_card(plan, title=preset["name"] if preset else None),
         },
-        copied_files=gemma3n.files_to_copy(plan.source.path, plan.spec),
+        copied_files=gemma3n.files_to_copy(plan.source.files, plan.spec),
         overwrite=overwrite,
-        manifest=manifest(plan, source_record, preset, max_shard_size),
+        manifest=manifest(plan, source_record, preset, max_shard_size, download_record),
     )
 
 
@@ -234,24 +249,43 @@ def write_slice(
     dry_run: bool = False,
     hash_source: bool = False,
     hash_progress: Callable[[int, int], None] | None = None,
+    download_progress: Callable[[int, int], None] | None = None,
 ) -> SliceReport:
-    """Writes the slice (with its manifest) atomically; ``dry_run`` reports the files without
-    writing. ``hash_source`` records the SHA-256 of every source shard (a full read, followed
-    by ``hash_progress``). Everything that can fail (the output path's ownership, the report's
-    figures) runs before the first byte is written; stale temporary folders a killed run left
-    beside the output are removed just before writing, live ones are left alone."""
+    """Writes the slice (with its manifest) atomically; ``dry_run`` reports the files (and
+    what a Hub source would download) without writing or fetching. ``hash_source`` records the
+    SHA-256 of every source shard (a full read, followed by ``hash_progress``). Everything that
+    can fail (the output path's ownership, the report's figures) runs before the first byte is
+    written or fetched: a Hub source's missing byte ranges come next (``download_progress``
+    follows them), then stale temporary folders a killed run left beside the output are
+    removed, live ones left alone, and the slice is written."""
     from .manifest import source_record
 
     started = time.perf_counter()
     target = output_target(plan, out, overwrite=overwrite)
+    dplan = download.plan_download(plan.source, plan.checkpoint, plan.tensors)
+    if hash_source and not dry_run:
+        download.refuse_hash_of_ranges(plan.source)
     record = source_record(plan.source, plan.checkpoint.shards, hash_source=hash_source and not dry_run, progress=hash_progress)
-    output = output_plan(plan, target, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size)
+    output = output_plan(plan, target, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size,
+                         download_record=dplan.manifest_record() if dplan else None)
     figures = _figures(plan)
+    run = dict(max_shard_size=max_shard_size, threads=threads)
+    fetched = None
+    if dplan is not None and not dry_run:
+        if dplan.to_fetch:  # the engine's own checks of the output before the first byte is fetched
+            engine.execute(plan.source.path, [output], dry_run=True, **run)
+        fetched = download.fetch(plan.source, dplan, download_progress)
+        started = time.perf_counter()  # the report's time and rate are the write's
     leftovers = [f.describe(dry_run) for f in staging.clear(target.parent, dry_run=dry_run)]
-    result = engine.execute(
-        plan.source.path, [output], max_shard_size=max_shard_size, threads=threads, progress=progress, dry_run=dry_run
-    )
-    return slice_report(plan, figures, result, result.outputs[0], time.perf_counter() - started, leftovers)
+    result = engine.execute(plan.source.path, [output], progress=progress, dry_run=dry_run, **run)
+    report = slice_report(plan, figures, result, result.outputs[0], time.perf_counter() - started, leftovers)
+    return replace(report, download=download_summary(dplan, fetched))
+
+
+def download_summary(dplan: download.DownloadPlan | None, fetched: download.FetchReport | None) -> dict | None:
+    if dplan is None:
+        return None
+    return {**dplan.to_dict(), "fetched": fetched.to_dict() if fetched else None}
 
 
 def output_target(plan: SlicePlan, out: str | os.PathLike, *, overwrite: bool) -> Path:
@@ -261,7 +295,7 @@ def output_target(plan: SlicePlan, out: str | os.PathLike, *, overwrite: bool) -
 
 def source_files(plan: SlicePlan) -> list[Path]:
     """Every file of the source that slicing reads (they may be links into a Hub cache)."""
-    return [*plan.checkpoint.shards, plan.source.path / "config.json", *gemma3n.files_to_copy(plan.source.path, plan.spec).values()]
+    return [*plan.checkpoint.shards, plan.source.files / "config.json", *gemma3n.files_to_copy(plan.source.files, plan.spec).values()]
 
 
 def _figures(plan: SlicePlan) -> dict:

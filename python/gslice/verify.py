@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import engine, gemma3n
+from . import download, engine, gemma3n
 from .errors import GsliceError, SourceError, SpecError
 from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
 from .slicing import prepare_slice
@@ -24,6 +24,7 @@ class VerifyResult:
     files_checked: int
     tensors_compared: int | None  # None without a source to compare against
     bytes_compared: int = 0
+    bytes_downloaded: int = 0  # source ranges a Hub source fetched for this check
 
     @property
     def ok(self) -> bool:
@@ -51,16 +52,19 @@ def verify_output(
     cache: HashCache | None = None,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    full_download: bool = False,
+    download_progress: Callable[[int, int], None] | None = None,
 ) -> VerifyResult:
     """Re-hashes every file listed in the manifest (and flags unlisted ones); with a source,
-    re-derives every tensor and the config from the manifest's spec and compares bytes.
+    re-derives every tensor and the config from the manifest's spec and compares bytes (a Hub
+    source fetches the byte ranges that takes, as a slice does, unless ``full_download``).
     Raises (exit 2) only when there is nothing to verify against."""
     folder = Path(out)
     data = read_manifest(folder)
     problems = check_files(folder, data, cache, progress)
     if against is None:
         return VerifyResult(str(folder), problems, len(data["files"]), None)
-    source = against if isinstance(against, Source) else resolve_source(against, revision)
+    source = against if isinstance(against, Source) else resolve_source(against, revision, full_download=full_download)
     try:
         where = f"{folder / MANIFEST_NAME}"
         spec = spec_from_mapping(data.get("spec"), where)
@@ -69,6 +73,7 @@ def verify_output(
         raise SourceError(f"the spec in {folder / MANIFEST_NAME} does not apply to {source.label}: {e}") from None
     problems += same_source(data.get("source") or {}, source_record(source, plan.checkpoint.shards), compare_mtime=False)
     compared = 0
+    fetched = download.fetch(source, download.plan_download(source, plan.checkpoint, plan.tensors), download_progress)
     try:
         report = engine.compare(source.path, folder, plan.tensors, threads=threads, progress=progress)
         compared = report.bytes_compared
@@ -76,7 +81,8 @@ def verify_output(
     except GsliceError as e:
         problems.append(f"cannot compare tensors: {e}")
     problems += _side_files(folder, plan)
-    return VerifyResult(str(folder), problems, len(data["files"]), len(plan.tensors), compared)
+    got = fetched.bytes + fetched.headers_bytes if fetched else 0
+    return VerifyResult(str(folder), problems, len(data["files"]), len(plan.tensors), compared, got)
 
 
 def _side_files(folder: Path, plan) -> list[str]:
@@ -84,7 +90,7 @@ def _side_files(folder: Path, plan) -> list[str]:
     config = folder / "config.json"
     if config.is_file() and config.read_text() != plan.config_text():
         problems.append("config.json differs from the config the spec derives from the source")
-    for name, src in gemma3n.files_to_copy(plan.source.path, plan.spec).items():
+    for name, src in gemma3n.files_to_copy(plan.source.files, plan.spec).items():
         dest = folder / name
         if dest.is_file() and dest.read_bytes() != src.read_bytes():
             problems.append(f"{name} differs from the source's {name}")

@@ -20,7 +20,7 @@ from ..progress import ByteProgress, TokenProgress
 from ..units import fmt_bytes, fmt_params, parse_size
 from ..arguments import MAX_THREADS
 from . import main
-from .common import friendly_errors, StrictInt
+from .common import download_rows, friendly_errors, full_download_option, StrictInt
 from .eval import eval_settings
 
 
@@ -42,12 +42,13 @@ from .eval import eval_settings
 @click.option("--eval-context", type=StrictInt(2), default=DEFAULT_CONTEXT, show_default=True, help="With --eval: tokens per window.")
 @click.option("--eval-max-tokens", type=StrictInt(1), default=None, help="With --eval: score only the first N tokens.")
 @click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifests (reads the whole source).")
+@full_download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, quant, group_size,
              quant_embeddings, quant_audio, push_template, private, eval_text, eval_context, eval_max_tokens, dry_run,
-             hash_source, as_json, quiet):
+             hash_source, full_download, as_json, quiet):
     """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
@@ -58,14 +59,19 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     show = not (quiet or as_json)
     with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
-                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar, hash_progress=hashing)
+                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar, hash_progress=hashing,
+                            # --eval runs the whole source model: a Hub source must be downloaded whole
+                            full_download=full_download or bool(eval_text), weights=not dry_run)
     evaluation = _eval_settings(eval_text, eval_context, eval_max_tokens, jobs, plan) if eval_text and not dry_run else None
     if repos and not dry_run:
         for repo in repos.values():
             hub.create_repo(repo, private=private)
     try:
-        with ByteProgress(f"{sum(it.action != 'skip' for it in plan.items)} outputs", enabled=show and not dry_run) as bar:
-            report = write_bulk(plan, dedupe=not no_dedupe, threads=jobs, max_shard_size=shard_size, progress=bar, dry_run=dry_run)
+        bars = show and not dry_run
+        with ByteProgress("downloading", enabled=bars) as fetch_bar, \
+                ByteProgress(f"{sum(it.action != 'skip' for it in plan.items)} outputs", enabled=bars) as bar:
+            report = write_bulk(plan, dedupe=not no_dedupe, threads=jobs, max_shard_size=shard_size, progress=bar,
+                                dry_run=dry_run, download_progress=fetch_bar)
     except Interrupted as e:
         skipped = sum(it.action == "skip" for it in plan.items)
         kept = f" ({skipped} finished earlier were kept)" if skipped else ""
@@ -159,4 +165,7 @@ def render_bulk(r: BulkReport) -> str:
         e = evaluated[0]
         lines.append(f"Evaluated against {e['against']['path']} (perplexity {e['against']['perplexity']:.3f}), {e['measured_on']}; "
                      "KL(source || output) over the source's top tokens. Recorded in each output's manifest and model card.")
+    if r.download and r.dry_run:
+        lines.append(r.download["line"])
+    lines += [f"{k}: {v}" for k, v in download_rows(r.download)]
     return "\n".join(lines)

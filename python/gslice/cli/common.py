@@ -116,3 +116,25 @@ def render_runtimes(compat: dict, what: str = "this slice") -> str:
     """The runtimes block of `plan` and `info`."""
     head = f"which runtimes compute {what} correctly: {compat['summary']}"
     return "\n".join([head] + runtime_lines(compat))
+
+
+full_download_option = click.option(
+    "--full-download", is_flag=True,
+    help="Hub source: download whole files into the Hugging Face cache instead of only the byte ranges the slice reads.",
+)
+
+
+def download_rows(d: dict | None) -> list[tuple[str, str]]:
+    """The summary row of what a Hub source downloaded (see slicing.download_summary)."""
+    from ..units import fmt_bytes
+
+    if not d or not d.get("fetched"):
+        return []
+    f = d["fetched"]
+    if d["mode"] == "full":
+        return [("downloaded", f"{fmt_bytes(f['bytes'])} of whole shards into the Hugging Face cache (--full-download)")]
+    got = f["bytes"] + f["headers_bytes"]
+    return [("downloaded", f"{fmt_bytes(got)} ({100 * got / max(d['total_bytes'], 1):.1f}% of {fmt_bytes(d['total_bytes'])}) "
+                           f"in {f['requests'] + f['header_requests']} range requests, {fmt_bytes(f['headers_bytes'])} of it headers; the slice reads "
+                           f"{fmt_bytes(d['bytes_read_by_plan'])}, gaps add {fmt_bytes(d['slack_bytes'])}, "
+                           f"{fmt_bytes(d['bytes_planned'] - d['bytes_to_fetch'])} were cached")]

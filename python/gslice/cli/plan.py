@@ -6,7 +6,14 @@ import json
 
 import click
 
+from pathlib import Path
+
+from .. import download, hub
 from ..accounting import DEFAULT_CONTEXT, RAM_FORMULA, SizePlan, plan
+from ..catalogue import find_preset
+from ..errors import SourceError
+from ..slicing import prepare_slice, size_plan_of
+from ..sources import resolve_source
 from ..units import fmt_bytes, fmt_params
 from . import main
 from .common import compact_ranges, friendly_errors, render_runtimes, run_lengths, table, StrictInt
@@ -15,6 +22,7 @@ from .slice import spec_from_options
 
 @main.command("plan")
 @click.argument("src")
+@click.option("--revision", default=None, help="Branch, tag or commit of a Hub source (default: main).")
 @click.option("--preset", default=None, help="A preset id or name (see `gslice presets`).")
 @click.option("--layers-to-skip", default="", help="Decoder layers to drop: '20,21,22' or '20-24'.")
 @click.option("--ffn-dims", default=None, help="FFN width for every kept layer, or one per kept layer.")
@@ -27,11 +35,33 @@ from .slice import spec_from_options
 @click.option("--from-hub", is_flag=True, help="Look presets up in the live Hub CSV of Google's configurations.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @friendly_errors
-def plan_cmd(src, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, context, from_hub, as_json):
-    """Sizes of slicing SRC (a checkpoint folder, or a config.json) without writing anything."""
+def plan_cmd(src, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only,
+             context, from_hub, as_json):
+    """Sizes of slicing SRC (a checkpoint folder, a config.json, or a Hub repo id) without writing anything.
+    For a Hub repo, only its small files and shard headers are fetched, and the line
+    'download: X of Y (Z%)' says what slicing it would download."""
     spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, preset=preset)
-    result = plan(src, preset=preset, spec=spec, context=context, from_hub=from_hub)
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_plan(result))
+    dplan = None
+    if _is_hub(src, revision):
+        source = resolve_source(src, revision, weights=False)
+        sliced = prepare_slice(source, spec, preset=find_preset(preset, from_hub) if preset else None)
+        result = size_plan_of(sliced, context)
+        dplan = download.plan_download(source, sliced.checkpoint, sliced.tensors)
+    else:
+        result = plan(src, preset=preset, spec=spec, context=context, from_hub=from_hub)
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), **({"download": dplan.to_dict()} if dplan else {})}, indent=2))
+    else:
+        click.echo(render_plan(result) + (f"\n\n{dplan.line()}" if dplan else ""))
+
+
+def _is_hub(src: str, revision: str | None) -> bool:
+    """A repo id that is not a local path; --revision only makes sense for one."""
+    if Path(src).expanduser().exists() or not hub.looks_like_repo_id(src):
+        if revision is not None:
+            raise SourceError(f"--revision {revision} applies to Hub repositories, but {src} is not one")
+        return False
+    return True
 
 
 def render_plan(p: SizePlan) -> str:

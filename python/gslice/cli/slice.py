@@ -17,7 +17,7 @@ from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list, 
 from ..units import fmt_bytes, fmt_params, parse_size
 from ..arguments import MAX_THREADS
 from . import main
-from .common import compact_ranges, file_listing, friendly_errors, run_lengths, runtime_lines, table, StrictInt
+from .common import compact_ranges, download_rows, file_listing, friendly_errors, full_download_option, run_lengths, runtime_lines, table, StrictInt
 
 
 def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False, preset=None) -> SliceSpec:
@@ -83,12 +83,13 @@ _QUANT_OPTIONS = [
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo as private.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the files (and upload) that would be made; write nothing.")
 @click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifest (reads the whole source).")
+@full_download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio,
               text_only, quant, group_size, quant_embeddings, quant_audio, overwrite, max_shard_size, threads, push_repo, private,
-              dry_run, hash_source, as_json, quiet):
+              dry_run, hash_source, full_download, as_json, quiet):
     """Slice SRC (a checkpoint folder or a Hub repo id) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
@@ -97,14 +98,16 @@ def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, a
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     if push_repo:
         hub.check_repo_id(push_repo)
-    plan = prepare_slice(resolve_source(src, revision), spec, preset=preset, quant=quant_opts)
+    source = resolve_source(src, revision, full_download=full_download, weights=not dry_run)
+    plan = prepare_slice(source, spec, preset=preset, quant=quant_opts)
     output_target(plan, out, overwrite=overwrite)  # a refused output path fails before the Hub is asked
     if push_repo and not dry_run:
         hub.create_repo(push_repo, private=private)  # fails in seconds on a missing login, before the slice
     show = not (quiet or as_json or dry_run)
-    with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("writing", enabled=show) as bar:
+    with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("downloading", enabled=show) as fetch_bar, \
+            ByteProgress("writing", enabled=show) as bar:
         report = write_slice(plan, out, overwrite=overwrite, max_shard_size=shard_size, threads=threads, progress=bar,
-                             dry_run=dry_run, hash_source=hash_source, hash_progress=hashing)
+                             dry_run=dry_run, hash_source=hash_source, hash_progress=hashing, download_progress=fetch_bar)
     if not dry_run:
         interrupts.set_note(f"the output {report.output} is complete")
     if not quiet:
@@ -145,7 +148,8 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
     where = f"dry run: would write {r.output}"
     if repo:
         where += f" and upload it to {hub.repo_url(repo)}" + (" (private)" if private else "")
-    return table(head) + "\n" + file_listing(r.files, where + ":")
+    listing = table(head) + "\n" + file_listing(r.files, where + ":")
+    return listing + (f"\n{r.download['line']}" if r.download else "")
 
 
 def quant_options(quant, group_size, quant_embeddings, quant_audio) -> QuantOptions | None:
@@ -197,6 +201,7 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         rows.insert(5, ("audio blocks", str(r.audio_blocks)))
     if r.preset:
         rows.insert(2, ("preset", r.preset))
+    rows += download_rows(r.download)
     if r.size:
         rows += size_summary_rows(r.size)
         rows.append(("runtimes", f"computed correctly by: {r.size['runtimes']['summary']}"))

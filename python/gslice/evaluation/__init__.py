@@ -76,7 +76,8 @@ def model_path(given: str | os.PathLike) -> Path:
     from ..sources import resolve_source
 
     if isinstance(given, str) and hub.looks_like_repo_id(given):
-        return resolve_source(given).path
+        # a model is run whole: every shard is needed, so no range download
+        return resolve_source(given, full_download=True).path
     raise SourceError(f"{given} does not exist")
 
 
