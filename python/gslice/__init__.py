@@ -16,6 +16,7 @@ from .errors import (  # noqa: E402
     WriteError,
 )
 from .slicing import SlicePlan, SliceReport, prepare_slice, slice_model  # noqa: E402
+from .formats.safetensors import Safetensors  # noqa: E402
 from .spec import SliceSpec, load_spec_file  # noqa: E402
 from .catalogue import Preset, presets  # noqa: E402
 from .proposals import ProposalVerdict, proposals  # noqa: E402
@@ -29,6 +30,7 @@ __all__ = [
     "SlicePlan",
     "SliceReport",
     "SliceSpec",
+    "Safetensors",
     "load_spec_file",
     "presets",
     "Preset",

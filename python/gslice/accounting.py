@@ -7,8 +7,9 @@ and the published E4B layout (:func:`gslice.gemma3n.shapes_from_config`). Figure
   text, audio, vision, total;
 * bytes on disk per scheme, tensor data only (safetensors headers excluded):
   ``bf16`` 2 bytes per parameter; ``int8`` / ``int4`` pack the text decoder's 2-D linear
-  weights (:data:`gslice.gemma3n.QUANT_LAYER_WEIGHTS`, input width a multiple of the
-  group size) in the compressed-tensors ``pack-quantized`` layout: ``weight_packed`` int32
+  weights (the ``decoder`` quantization targets of :func:`gslice.gemma3n.tensor_role`, input
+  width a multiple of the group size) in the compressed-tensors ``pack-quantized`` layout
+  (:func:`gslice.formats.safetensors.packed_bytes`): ``weight_packed`` int32
   [rows, ceil(cols x bits / 32)], ``weight_scale`` bf16 [rows, ceil(cols / group)],
   ``weight_shape`` int64[2]. Everything else (embeddings, norms, convolutions, towers) stays
   bf16;
@@ -27,6 +28,7 @@ from typing import Mapping, Sequence
 from . import engine, gemma3n
 from .catalogue import Preset, spec_with_preset
 from .errors import SourceError, SpecError
+from .formats import safetensors
 from .gemma3n import ParamCounts
 from .spec import SliceSpec
 
@@ -167,7 +169,7 @@ def footprint(shapes: Mapping[str, Sequence[int]], text: dict, prefix: str, sche
     bits = BITS.get(scheme)
     disk = resident = quantized = 0
     for name, shape in shapes.items():
-        packed = bits is not None and gemma3n.is_quantized_linear(name, shape, prefix, group_size)
+        packed = bits is not None and safetensors.is_packed(gemma3n.tensor_role(name, len(shape), prefix), shape, group_size)
         n = tensor_bytes(shape, bits if packed else None, group_size)
         disk += n
         quantized += math.prod(shape) if packed else 0
@@ -188,10 +190,7 @@ def tensor_bytes(shape: Sequence[int], bits: int | None, group_size: int) -> int
     """bf16, or pack-quantized: int32 words of packed values + bf16 scales + int64[2] shape."""
     if bits is None:
         return math.prod(shape) * BF16
-    rows, cols = shape
-    packed = rows * math.ceil(cols * bits / 32) * 4
-    scales = rows * math.ceil(cols / group_size) * BF16
-    return packed + scales + 2 * 8
+    return safetensors.packed_bytes(shape, bits, group_size)
 
 
 # -- where shapes come from ---------------------------------------------------------------

@@ -22,8 +22,9 @@ from .errors import GsliceError, OutputExistsError, SpecError
 from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
 from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
+from .formats.base import Format
+from .formats.safetensors import QuantOptions
 from .slicing import SlicePlan, output_plan, prepare_slice
-from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
 
@@ -82,6 +83,7 @@ def prepare_bulk(
     hash_source: bool = False,
     quant: QuantOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
+    format: Format | None = None,
 ) -> BulkPlan:
     """Plans and validates every preset, decides what to do with existing outputs (``resume``
     re-hashes them: ``progress`` follows that), and raises one line per problem; writes nothing."""
@@ -102,7 +104,7 @@ def prepare_bulk(
             problems.append(str(e))
             continue
         try:
-            plans.append((p, prepare_slice(source, spec, quant=quant)))
+            plans.append((p, prepare_slice(source, spec, quant=quant, format=format)))
         except SpecError as e:
             problems.append(f"preset {p.slug}: {e}")
     if problems:
@@ -148,6 +150,8 @@ def _manifest_differs(data: dict, preset: Preset, plan: SlicePlan, record: dict)
         return ["its spec differs from the preset's"]
     if data.get("quant") != (plan.quant.to_json() if plan.quant else None):
         return ["it was written with other quantization options"]
+    if data.get("output_format", {"name": "safetensors"}) != plan.format.to_json():
+        return ["it was written in another output format"]
     if (data.get("preset") or {}).get("slug") != preset.slug:
         return ["it was written for another preset"]
     return same_source(data.get("source") or {}, record)

@@ -84,6 +84,7 @@ def manifest_fields(plan: "SlicePlan", source: dict, preset: dict | None = None,
         "source": source,
         "spec": plan.spec.to_json(),
         "quant": plan.quant.to_json() if plan.quant else None,
+        "output_format": plan.format.to_json(),
         "preset": preset,
         "result": {
             "layers": len(plan.resolved.kept),

@@ -12,7 +12,7 @@ from . import engine, gemma3n
 from .errors import GsliceError, SourceError, SpecError
 from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
 from .slicing import prepare_slice
-from .quantization import QuantOptions
+from .formats.safetensors import QuantOptions
 from .sources import Source, resolve_source
 from .spec import spec_from_mapping
 

@@ -10,7 +10,7 @@ import click
 from .. import gemma3n, hub
 from ..errors import SpecError
 from ..progress import ByteProgress
-from ..quantization import DEFAULT_GROUP_SIZE, GROUP_SIZES, SCHEMES, QuantOptions
+from ..formats.safetensors import DEFAULT_GROUP_SIZE, GROUP_SIZES, SCHEMES, QuantOptions
 from ..slicing import SliceReport, prepare_slice, write_slice
 from ..sources import resolve_source
 from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list
