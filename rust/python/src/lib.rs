@@ -9,12 +9,16 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use gslice_engine::compare::{compare as run_compare, ComparePlan};
+use gslice_engine::dtype::Dtype;
+use gslice_engine::ggml::{self, GgmlType};
+use gslice_engine::quant::to_f32;
 use gslice_engine::hash::sha256_file;
 use gslice_engine::{execute as run_plan, Checkpoint, Error, Plan, Progress};
 use rayon::prelude::*;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use serde_json::json;
 
 create_exception!(_core, EngineError, PyException, "A failure inside the gslice engine: args are (kind, message).");
@@ -94,6 +98,52 @@ fn sha256_files(py: Python<'_>, paths: Vec<PathBuf>, progress: Option<Py<PyAny>>
     serde_json::from_str(&text).map_err(|e| to_py(Error::Internal(e.to_string())))
 }
 
+/// Quantizes rows with a GGML block type, for tests and benchmarks against llama.cpp: `data`
+/// holds rows of `width` little-endian `dtype` ("F32", "BF16" or "F16") elements, `imatrix` one
+/// f32 per column. Rows are converted to f32 and quantized in parallel on `threads` threads,
+/// as the engine does when it writes a tensor.
+#[pyfunction]
+#[pyo3(signature = (type_name, data, dtype, width, imatrix=None, threads=1))]
+fn ggml_quantize<'py>(
+    py: Python<'py>,
+    type_name: &str,
+    data: &[u8],
+    dtype: &str,
+    width: usize,
+    imatrix: Option<&[u8]>,
+    threads: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let plan_err = |msg: String| to_py(Error::Plan(msg));
+    let t = GgmlType::parse(type_name).ok_or_else(|| plan_err(format!("unknown GGML type {type_name:?}")))?;
+    let dtype = Dtype::parse(dtype)
+        .filter(|d| matches!(d, Dtype::F32 | Dtype::BF16 | Dtype::F16))
+        .ok_or_else(|| plan_err(format!("rows must be F32, BF16 or F16, not {dtype:?}")))?;
+    let in_row = width * dtype.size() as usize;
+    if width == 0 || data.len() % in_row != 0 {
+        return Err(plan_err(format!("{} bytes are not whole rows of {width} {} elements", data.len(), dtype.name())));
+    }
+    let out_row = t.row_bytes(width as u64).map_err(plan_err)? as usize;
+    let imatrix: Option<Vec<f32>> = imatrix.map(|b| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| plan_err(e.to_string()))?;
+    let rows = data.len() / in_row;
+    PyBytes::new_with(py, rows * out_row, |out: &mut [u8]| {
+        py.detach(|| {
+            guarded(|| {
+                pool.install(|| {
+                    out.par_chunks_mut(out_row).zip(data.par_chunks(in_row)).try_for_each_init(
+                        || vec![0f32; width],
+                        |row, (o, src)| {
+                            to_f32(row, src, dtype);
+                            ggml::quantize_row(t, row, o, imatrix.as_deref()).map_err(Error::Plan)
+                        },
+                    )
+                })
+            })
+        })
+        .map_err(to_py)
+    })
+}
+
 fn to_json(value: impl serde::Serialize) -> Result<String, Error> {
     serde_json::to_string(&value).map_err(|e| Error::Internal(e.to_string()))
 }
@@ -159,5 +209,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(execute, m)?)?;
     m.add_function(wrap_pyfunction!(compare, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_files, m)?)?;
+    m.add_function(wrap_pyfunction!(ggml_quantize, m)?)?;
     Ok(())
 }

@@ -1,0 +1,193 @@
+//! GGML tensor types: the float types and block quantizers of GGUF files, bit-identical to
+//! llama.cpp's `ggml_quantize_chunk` at the commit llama-cpp-python 0.3.36 vendors. Pure
+//! functions over one row of f32: `quantize_row(type, row, out, imatrix)`.
+//!
+//! Which llama.cpp function each type reproduces (without / with an importance matrix):
+//! - F32, F16, BF16: plain conversion (`ggml_fp32_to_fp16_row`, `ggml_fp32_to_bf16_row_ref`);
+//!   no importance matrix.
+//! - Q8_0: `quantize_row_q8_0_ref` in both cases (it ignores the matrix).
+//! - Q4_0: `quantize_row_q4_0_ref` / `quantize_row_q4_0_impl`.
+//! - Q4_K, Q5_K, Q6_K: `quantize_row_q{4,5,6}_K_ref` / `quantize_row_q{4,5,6}_K_impl`.
+
+mod half;
+mod kquants;
+mod legacy;
+mod search;
+
+pub use half::{f32_to_bf16, f32_to_f16};
+
+/// The GGML types gslice writes, with GGML's type ids (`enum ggml_type`).
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q8_0 = 8,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+    BF16 = 30,
+}
+
+pub const ALL: [GgmlType; 8] =
+    [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+
+impl GgmlType {
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_id(id: u32) -> Option<Self> {
+        ALL.into_iter().find(|t| t.id() == id)
+    }
+
+    /// GGML's own name (`ggml_type_name`): "f32", "q8_0", "q4_K", ...
+    pub fn name(self) -> &'static str {
+        use GgmlType::*;
+        match self {
+            F32 => "f32",
+            F16 => "f16",
+            BF16 => "bf16",
+            Q8_0 => "q8_0",
+            Q4_0 => "q4_0",
+            Q4_K => "q4_K",
+            Q5_K => "q5_K",
+            Q6_K => "q6_K",
+        }
+    }
+
+    /// Parses a name in any letter case ("Q4_K", "q4_k").
+    pub fn parse(name: &str) -> Option<Self> {
+        ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Elements per block (1 for the float types).
+    pub fn block_size(self) -> usize {
+        use GgmlType::*;
+        match self {
+            F32 | F16 | BF16 => 1,
+            Q8_0 | Q4_0 => legacy::QK,
+            Q4_K | Q5_K | Q6_K => kquants::QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        use GgmlType::*;
+        match self {
+            F32 => 4,
+            F16 | BF16 => 2,
+            Q8_0 => legacy::Q8_0_BYTES,
+            Q4_0 => legacy::Q4_0_BYTES,
+            Q4_K => kquants::Q4_K_BYTES,
+            Q5_K => kquants::Q5_K_BYTES,
+            Q6_K => kquants::Q6_K_BYTES,
+        }
+    }
+
+    /// Bytes of one row of `width` elements; the width must be a whole number of blocks.
+    pub fn row_bytes(self, width: u64) -> Result<u64, String> {
+        let bs = self.block_size() as u64;
+        if width % bs != 0 {
+            return Err(format!(
+                "{} stores rows in blocks of {bs} elements: a row of {width} is not a multiple of {bs}",
+                self.name()
+            ));
+        }
+        Ok(width / bs * self.block_bytes() as u64)
+    }
+
+    /// Whether llama.cpp's quantizer for this type reads an importance matrix.
+    pub fn uses_imatrix(self) -> bool {
+        matches!(self, GgmlType::Q4_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+    }
+}
+
+/// Quantizes (or converts) one row into `out`, which must hold exactly `row_bytes(row.len())`.
+/// `imatrix`, one weight per column, is used by the types whose llama.cpp quantizer reads one.
+pub fn quantize_row(t: GgmlType, row: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) -> Result<(), String> {
+    let need = t.row_bytes(row.len() as u64)?;
+    if out.len() as u64 != need {
+        return Err(format!("a {} row of {} elements takes {need} bytes, not {}", t.name(), row.len(), out.len()));
+    }
+    if let Some(m) = imatrix {
+        if m.len() != row.len() {
+            return Err(format!("the importance matrix has {} entries for a row of {}", m.len(), row.len()));
+        }
+    }
+    let imatrix = imatrix.filter(|_| t.uses_imatrix());
+    use GgmlType::*;
+    match (t, imatrix) {
+        (F32, _) => {
+            for (o, &v) in out.chunks_exact_mut(4).zip(row) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        (F16, _) => {
+            for (o, &v) in out.chunks_exact_mut(2).zip(row) {
+                o.copy_from_slice(&f32_to_f16(v).to_le_bytes());
+            }
+        }
+        (BF16, _) => {
+            for (o, &v) in out.chunks_exact_mut(2).zip(row) {
+                o.copy_from_slice(&f32_to_bf16(v).to_le_bytes());
+            }
+        }
+        (Q8_0, _) => legacy::q8_0(row, out),
+        (Q4_0, None) => legacy::q4_0(row, out),
+        (Q4_0, Some(m)) => legacy::q4_0_weighted(row, out, m),
+        (Q4_K, m) => kquants::q45_k(4, row, out, m),
+        (Q5_K, m) => kquants::q45_k(5, row, out, m),
+        (Q6_K, m) => kquants::q6_k(row, out, m),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_names_and_sizes_are_ggmls() {
+        let table: Vec<_> = ALL.iter().map(|t| (t.id(), t.name(), t.block_size(), t.block_bytes())).collect();
+        assert_eq!(
+            table,
+            [
+                (0, "f32", 1, 4),
+                (1, "f16", 1, 2),
+                (30, "bf16", 1, 2),
+                (8, "q8_0", 32, 34),
+                (2, "q4_0", 32, 18),
+                (12, "q4_K", 256, 144),
+                (13, "q5_K", 256, 176),
+                (14, "q6_K", 256, 210),
+            ]
+        );
+        assert_eq!(GgmlType::parse("Q4_k"), Some(GgmlType::Q4_K));
+        assert_eq!(GgmlType::from_id(14), Some(GgmlType::Q6_K));
+        assert_eq!(GgmlType::from_id(3), None);
+    }
+
+    #[test]
+    fn widths_that_are_not_whole_blocks_are_refused() {
+        assert_eq!(GgmlType::Q4_K.row_bytes(2048), Ok(8 * 144));
+        assert_eq!(
+            GgmlType::Q4_K.row_bytes(2112),
+            Err("q4_K stores rows in blocks of 256 elements: a row of 2112 is not a multiple of 256".into())
+        );
+        let mut out = vec![0u8; 34];
+        assert_eq!(
+            quantize_row(GgmlType::Q8_0, &[0.0; 33], &mut out, None),
+            Err("q8_0 stores rows in blocks of 32 elements: a row of 33 is not a multiple of 32".into())
+        );
+        assert_eq!(
+            quantize_row(GgmlType::Q8_0, &[0.0; 32], &mut out[..33], None),
+            Err("a q8_0 row of 32 elements takes 34 bytes, not 33".into())
+        );
+        assert_eq!(
+            quantize_row(GgmlType::Q4_0, &[0.0; 32], &mut out[..18], Some(&[1.0; 31])),
+            Err("the importance matrix has 31 entries for a row of 32".into())
+        );
+    }
+}
