@@ -17,6 +17,7 @@ from .errors import (  # noqa: E402
 )
 from .slicing import SlicePlan, SliceReport, prepare_slice, slice_model  # noqa: E402
 from .formats.safetensors import Safetensors  # noqa: E402
+from .formats.gguf import GGUF  # noqa: E402
 from .spec import SliceSpec, load_spec_file  # noqa: E402
 from .catalogue import Preset, presets  # noqa: E402
 from .proposals import ProposalVerdict, proposals  # noqa: E402
@@ -31,6 +32,7 @@ __all__ = [
     "SliceReport",
     "SliceSpec",
     "Safetensors",
+    "GGUF",
     "load_spec_file",
     "presets",
     "Preset",

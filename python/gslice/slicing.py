@@ -148,8 +148,9 @@ class SliceReport:
     seconds: float
     files: list[dict] = field(default_factory=list)  # every file of the output: name, bytes, sha256
     dry_run: bool = False
-    # None without quantization; see quantization_summary.
+    # None without compressed-tensors quantization; see formats.safetensors.SafetensorsOutput.report.
     quantization: dict | None = None
+    format: dict | None = None  # the output format and what it did (GGUF: file type, tensor types)
     tool: str = field(default=f"gslice {__version__}")
     preset: str | None = None
     size: dict | None = None  # accounting.SizePlan.to_dict(): parameters, disk and RAM per scheme
@@ -272,6 +273,7 @@ def slice_report(plan: SlicePlan, result: engine.EngineReport, written: engine.O
         preset=plan.preset,
         size=size_plan_of(plan).to_dict(),
         quantization=plan.output.report(plan, result),
+        format=plan.output.describe(plan),
     )
 
 

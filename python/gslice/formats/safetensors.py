@@ -275,6 +275,9 @@ class SafetensorsOutput:
             manifest=manifest,
         )
 
+    def describe(self, plan: "SlicePlan") -> dict:
+        return {"name": "safetensors", "quant": self.quant.scheme if self.quant else None}
+
     def report(self, plan: "SlicePlan", result: engine.EngineReport) -> dict | None:
         """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
         ``rel_`` figures are relative to the weight's RMS). Totals over the whole output."""

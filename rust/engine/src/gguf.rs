@@ -81,13 +81,24 @@ fn put_scalar(out: &mut Vec<u8>, ty: &str, v: &Value) -> Result<(), String> {
         "uint64" => out.extend_from_slice(&(int(0, u64::MAX as i128)? as u64).to_le_bytes()),
         "int64" => out.extend_from_slice(&(int(i64::MIN as i128, i64::MAX as i128)? as i64).to_le_bytes()),
         // JSON numbers are f64; a float32 value given as the f64 of an f32 converts exactly.
-        "float32" => out.extend_from_slice(&(v.as_f64().ok_or_else(bad)? as f32).to_le_bytes()),
-        "float64" => out.extend_from_slice(&v.as_f64().ok_or_else(bad)?.to_le_bytes()),
+        "float32" => out.extend_from_slice(&(float(v).ok_or_else(bad)? as f32).to_le_bytes()),
+        "float64" => out.extend_from_slice(&float(v).ok_or_else(bad)?.to_le_bytes()),
         "bool" => out.push(u8::from(v.as_bool().ok_or_else(bad)?)),
         "string" => put_string(out, v.as_str().ok_or_else(bad)?),
         _ => return Err(format!("unknown GGUF value type {ty:?}")),
     }
     Ok(())
+}
+
+/// A JSON number, or one of the strings "inf", "-inf" and "nan" (JSON has no such numbers).
+fn float(v: &Value) -> Option<f64> {
+    match v.as_str() {
+        Some("inf") => Some(f64::INFINITY),
+        Some("-inf") => Some(f64::NEG_INFINITY),
+        Some("nan") => Some(f64::NAN),
+        Some(_) => None,
+        None => v.as_f64(),
+    }
 }
 
 /// Appends one key-value pair.
@@ -242,6 +253,9 @@ mod tests {
         let mut out = Vec::new();
         put_kv(&mut out, &kv("f", "float32", json!(0.1f32 as f64))).unwrap();
         assert_eq!(&out[13..], 0.1f32.to_le_bytes());
+        let mut out = Vec::new();
+        put_kv(&mut out, &MetaKv { key: "s".into(), ty: "array".into(), item: Some("float32".into()), value: json!([1.5, "-inf"]) }).unwrap();
+        assert_eq!(&out[25..], [1.5f32.to_le_bytes(), f32::NEG_INFINITY.to_le_bytes()].concat());
     }
 
     #[test]
