@@ -13,7 +13,8 @@ and the published E4B layout (:func:`gslice.gemma3n.shapes_from_config`). Figure
   [rows, ceil(cols x bits / 32)], ``weight_scale`` bf16 [rows, ceil(cols / group)],
   ``weight_shape`` int64[2]. Everything else (embeddings, norms, convolutions, towers) stays
   bf16;
-* inference RAM = resident weights + KV cache (:data:`RAM_FORMULA`).
+* inference RAM = resident weights + KV cache (:data:`RAM_FORMULA`);
+* which runtimes compute the slice correctly (:mod:`gslice.runtimes`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import engine, gemma3n
+from . import engine, gemma3n, runtimes
 from .catalogue import Preset, spec_with_preset
 from .errors import SourceError, SpecError
 from .formats import safetensors
 from .gemma3n import ParamCounts
+from .runtimes import Compatibility
 from .spec import SliceSpec
 
 SCHEMES = ("bf16", "int8", "int4")
@@ -90,6 +92,7 @@ class SizePlan:
     context: int
     group_size: int
     footprints: tuple[Footprint, ...]  # one per scheme, in SCHEMES order
+    runtimes: Compatibility  # which runtimes compute the slice correctly
 
     def footprint(self, scheme: str) -> Footprint:
         for f in self.footprints:
@@ -111,6 +114,7 @@ class SizePlan:
             "group_size": self.group_size,
             "footprints": {f.scheme: f.to_dict() for f in self.footprints},
             "ram_formula": RAM_FORMULA,
+            "runtimes": self.runtimes.to_dict(),
         }
 
 
@@ -162,6 +166,7 @@ def size_plan(label, preset, arch, res, shapes, new_config, context=DEFAULT_CONT
         context=context,
         group_size=group_size,
         footprints=tuple(footprint(shapes, text, prefix, s, context, group_size) for s in SCHEMES),
+        runtimes=runtimes.compatibility(arch, res),
     )
 
 

@@ -9,11 +9,13 @@ layers to skip and one FFN width per kept layer. Applied to a source (:meth:`Pre
   E4B-shaped test checkpoints, FFN 64, turn 8192 into 32); a source whose layers differ in
   width is refused, since there is no single full width to scale from.
 
-gslice's presets skip whole 4-sliding + 1-full blocks of E4B (so layer_types stay regular),
-always keep the block holding the KV producers 18 and 19, and give the full-attention layers
-the wider FFN, as Google's layer-level configurations do. Their names are their effective
-parameter counts on E4B, computed from shapes. No quality figure exists for any of them;
-those using widths other than the trained 8192/16384 are marked "unmeasured quality".
+gslice's presets skip whole 4-sliding + 1-full blocks of E4B (so layer_types stay regular)
+and always keep the block holding the KV producers 18 and 19. Most give the full-attention
+layers the wider FFN, as Google's layer-level configurations do; the others keep layers 0-19,
+skip only within the KV-sharing layers 20-34 and use one width everywhere, so that llama.cpp,
+which fixes those facts in code, computes them too. Their names are their effective parameter
+counts on E4B, computed from shapes. No quality figure exists for any of them; those using
+widths other than the trained 8192/16384 are marked "unmeasured quality".
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ GSLICE_SHAPES = (
     ((0, 1, 3, 6), 8192, 8192),
     ((0, 1, 3, 6), 8192, 16384),
     ((0, 1, 2, 3, 6), 8192, 16384),
+) + (
+    # Presets every runtime computes, llama.cpp included (runtimes.py): layers 0-19 all kept,
+    # so the KV-sharing start stays at layer 20 with producers 18 and 19 and the sparse layers
+    # stay 0-9; only KV-sharing blocks are skipped (4, then 5, as above); one width everywhere.
+    ((0, 1, 2, 3), 2048, 2048),
+    ((0, 1, 2, 3), 4096, 4096),
+    ((0, 1, 2, 3, 6), 4096, 4096),
+    ((0, 1, 2, 3, 5, 6), 4096, 4096),
+    ((0, 1, 2, 3, 6), 8192, 8192),
+    ((0, 1, 2, 3), 16384, 16384),
 )
 
 

@@ -24,7 +24,7 @@ import copy
 import functools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from types import MappingProxyType
 from pathlib import Path
@@ -117,6 +117,12 @@ class Architecture:
     audio_blocks: int | None
     audio_hidden: int | None
     has_vision: bool
+    # Fixed sizes and switches some runtimes hard-code (see runtimes.py); transformers' defaults.
+    laurel_rank: int = 64
+    altup_num_inputs: int = 4
+    altup_active_idx: int = 0
+    altup_correct_scale: bool = True
+    final_logit_softcapping: float | None = 30.0
 
     @property
     def prefix(self) -> str:
@@ -193,9 +199,21 @@ def architecture(config: dict, where: str = "config.json") -> Architecture:
         audio_blocks=int(audio.get("conf_num_hidden_layers", 12)) if isinstance(audio, dict) else None,
         audio_hidden=int(audio.get("hidden_size", 1536)) if isinstance(audio, dict) else None,
         has_vision=model_type == MULTIMODAL_TYPE and isinstance(config.get("vision_config"), dict),
+        laurel_rank=_config_int({**{"laurel_rank": 64}, **text}, "laurel_rank", where),
+        altup_num_inputs=_config_int({**{"altup_num_inputs": 4}, **text}, "altup_num_inputs", where),
+        altup_active_idx=_altup_active_idx(text, where),
+        altup_correct_scale=bool(text.get("altup_correct_scale", True)),
+        final_logit_softcapping=text.get("final_logit_softcapping", 30.0),
     )
     _check_sharing(arch, where)
     return arch
+
+
+def _altup_active_idx(text: dict, where: str) -> int:
+    value = text.get("altup_active_idx", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SourceError(f"{where}: text config field altup_active_idx is {value!r}, expected a non-negative integer")
+    return value
 
 
 def _config_int(text: dict, key: str, where: str) -> int:
@@ -361,6 +379,26 @@ def _audio_problems(arch: Architecture, spec: SliceSpec) -> list[str]:
     if len(skip) == n:
         return [f"audio_layers_to_skip: all {n} audio blocks are skipped; use --drop-audio instead"]
     return []
+
+
+def sliced(arch: Architecture, res: Resolved) -> Architecture:
+    """The architecture of a slice's output, in its own layer indices: the kept layers' types,
+    widths and sparsity, in order; the KV-sharing layers among them (their producers are kept,
+    :func:`resolve` checked that); the towers it keeps."""
+    kept = res.kept
+    text_only = res.spec.text_only and arch.model_type == MULTIMODAL_TYPE
+    return replace(
+        arch,
+        model_type=TEXT_TYPE if text_only else arch.model_type,
+        num_layers=len(kept),
+        num_kv_shared=sum(1 for i in kept if i >= arch.first_shared),
+        layer_types=tuple(arch.layer_types[i] for i in kept),
+        ffn_widths=res.widths,
+        activation_sparsity=tuple(arch.activation_sparsity[i] for i in kept),
+        audio_blocks=None if res.spec.drop_audio or res.audio_kept is None else len(res.audio_kept),
+        audio_hidden=None if res.spec.drop_audio else arch.audio_hidden,
+        has_vision=arch.has_vision and not res.spec.drop_vision,
+    )
 
 
 def _audio_kept(arch: Architecture, spec: SliceSpec) -> tuple[int, ...] | None:
@@ -559,12 +597,12 @@ def rewrite_config(config: dict, arch: Architecture, res: Resolved) -> dict:
     """The output config.json: the source's, with only the fields slicing changes edited."""
     out = copy.deepcopy(config)
     text = text_config(out)
-    kept = res.kept
-    text["num_hidden_layers"] = len(kept)
-    text["intermediate_size"] = list(res.widths)
-    text["layer_types"] = [arch.layer_types[i] for i in kept]
-    text["activation_sparsity_pattern"] = [arch.activation_sparsity[i] for i in kept]
-    text["num_kv_shared_layers"] = sum(1 for i in kept if i >= arch.first_shared)
+    new = sliced(arch, res)
+    text["num_hidden_layers"] = new.num_layers
+    text["intermediate_size"] = list(new.ffn_widths)
+    text["layer_types"] = list(new.layer_types)
+    text["activation_sparsity_pattern"] = list(new.activation_sparsity)
+    text["num_kv_shared_layers"] = new.num_kv_shared
     if res.audio_kept is not None and res.spec.audio_layers_to_skip:
         out["audio_config"]["conf_num_hidden_layers"] = len(res.audio_kept)
     if res.spec.text_only and arch.model_type == MULTIMODAL_TYPE:
@@ -767,8 +805,8 @@ class _Dims:
             heads=field("num_attention_heads", 8),
             kv_heads=field("num_key_value_heads", 2),
             head_dim=field("head_dim", 256),
-            laurel=field("laurel_rank", 64),
-            altup=field("altup_num_inputs", 4),
+            laurel=arch.laurel_rank,
+            altup=arch.altup_num_inputs,
             widths=arch.ffn_widths,
             audio=_audio_dims(audio, where) if audio is not None else None,
             vision=_vision_dims(vision, where) if vision is not None else None,

@@ -6,7 +6,7 @@ import math
 from collections import Counter
 from dataclasses import asdict
 
-from . import engine, gemma3n
+from . import engine, gemma3n, runtimes
 from .sources import Source
 
 
@@ -34,6 +34,7 @@ def describe(source: Source) -> dict:
             "audio": _tower(ck, gemma3n.AUDIO_PREFIXES, arch.audio_blocks),
         },
         "params": asdict(gemma3n.count_params(shapes, arch.prefix)),
+        "runtimes": runtimes.compatibility(arch).to_dict(),
         "tensors": len(ck.tensors),
         "shards": len(ck.shards),
         "bytes": ck.total_bytes,

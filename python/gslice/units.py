@@ -1,4 +1,4 @@
-"""Human sizes: parsing '5GB' / '512MiB' and printing byte and parameter counts."""
+"""Human sizes: parsing '5GB' / '512MiB' and printing byte and parameter counts and index ranges."""
 
 from __future__ import annotations
 
@@ -47,3 +47,16 @@ def fmt_params(n: int) -> str:
     if n >= 10**6:
         return f"{n / 1e6:.1f}M"
     return f"{n:,}"
+
+
+def fmt_ranges(xs) -> str:
+    """[20, 21, 22, 30] -> '20-22,30'."""
+    xs = sorted(xs)
+    parts, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        parts.append(f"{xs[i]}-{xs[j]}" if j > i else str(xs[i]))
+        i = j + 1
+    return ",".join(parts)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..errors import GsliceError
+from ..units import fmt_ranges as compact_ranges  # noqa: F401 (used by the commands)
 
 
 def friendly_errors(fn):
@@ -50,19 +51,6 @@ def run_lengths(values) -> str:
     return ", ".join(out)
 
 
-def compact_ranges(xs) -> str:
-    """[20, 21, 22, 30] -> '20-22,30'."""
-    xs = sorted(xs)
-    parts, i = [], 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        parts.append(f"{xs[i]}-{xs[j]}" if j > i else str(xs[i]))
-        i = j + 1
-    return ",".join(parts)
-
-
 def file_listing(files, header: str) -> str:
     """A header line, then one line per file with its size, then the total."""
     from ..units import fmt_bytes
@@ -72,3 +60,27 @@ def file_listing(files, header: str) -> str:
     total = sum(f["bytes"] for f in files)
     lines.append(f"  {len(files)} files, {fmt_bytes(total)}")
     return "\n".join(lines)
+
+
+def runtime_lines(compat: dict, failing_only: bool = False) -> list[str]:
+    """One line per runtime (``compat``: runtimes.Compatibility.to_dict()), and one more per
+    further problem: 'llama.cpp     no, refuses to load it: layer 4 has FFN width ...'."""
+    from ..runtimes import EFFECTS
+
+    verdicts = [v for v in compat["verdicts"] if not (failing_only and v["ok"])]
+    width = max((len(v["runtime"]) for v in verdicts), default=0)
+    lines = []
+    for v in verdicts:
+        name = v["runtime"]
+        if v["ok"]:
+            lines.append(f"  {name:<{width}}  yes" + ("" if v["ran"] else " (read in its code, not run)"))
+            continue
+        for k, p in enumerate(v["problems"]):
+            lines.append(f"  {name if k == 0 else '':<{width}}  no, {EFFECTS[p['effect']]}: {p['message']}")
+    return lines
+
+
+def render_runtimes(compat: dict, what: str = "this slice") -> str:
+    """The runtimes block of `plan` and `info`."""
+    head = f"which runtimes compute {what} correctly: {compat['summary']}"
+    return "\n".join([head] + runtime_lines(compat))

@@ -9,7 +9,7 @@ import click
 from ..accounting import DEFAULT_CONTEXT, RAM_FORMULA, SizePlan, plan
 from ..units import fmt_bytes, fmt_params
 from . import main
-from .common import compact_ranges, friendly_errors, run_lengths, table
+from .common import compact_ranges, friendly_errors, render_runtimes, run_lengths, table
 from .slice import spec_from_options
 
 
@@ -43,7 +43,7 @@ def render_plan(p: SizePlan) -> str:
         ("FFN widths", run_lengths(p.ffn_dims)),
         ("KV sharing", f"last {p.num_kv_shared_layers} layers reuse earlier keys/values"),
     ]
-    return table(rows + size_rows(p)) + "\n\n" + RAM_FORMULA
+    return table(rows + size_rows(p)) + "\n\n" + render_runtimes(p.runtimes.to_dict()) + "\n\n" + RAM_FORMULA
 
 
 def size_rows(p: SizePlan) -> list[tuple[str, str]]:

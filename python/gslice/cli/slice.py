@@ -16,7 +16,7 @@ from ..sources import resolve_source
 from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list
 from ..units import fmt_bytes, fmt_params, parse_size
 from . import main
-from .common import compact_ranges, file_listing, friendly_errors, run_lengths, table
+from .common import compact_ranges, file_listing, friendly_errors, run_lengths, runtime_lines, table
 
 
 def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False, preset=None) -> SliceSpec:
@@ -182,9 +182,11 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         rows.insert(2, ("preset", r.preset))
     if r.size:
         rows += size_summary_rows(r.size)
+        rows.append(("runtimes", f"computed correctly by: {r.size['runtimes']['summary']}"))
     if r.quantization is not None:
         rows += quant_rows(r.quantization)
-    return table(rows + list(extra_rows))
+    failing = runtime_lines(r.size["runtimes"], failing_only=True) if r.size else []
+    return "\n".join([table(rows + list(extra_rows))] + failing)
 
 
 def size_summary_rows(size: dict) -> list[tuple[str, str]]:
