@@ -68,9 +68,7 @@ class GGUF:
         return cls(data.get("type"))
 
     def prepare(self, plan: "SlicePlan") -> "GGUFOutput":
-        from .. import runtimes
-
-        runtimes.require(plan.arch, plan.resolved, "llama.cpp")
+        guard(plan)
         dtype = source_dtype(plan)
         file_type = self.type or SOURCE_TYPE[dtype]
         tensors = []
@@ -82,6 +80,19 @@ class GGUF:
             tensors.append(TensorPlan(t.name, first.source, first.op, stack=tuple(s.source for s in t.sources[1:]),
                                       pad_rows=t.pad_rows, ggml=ggml))
         return GGUFOutput(tuple(tensors), file_type, dtype)
+
+
+def guard(plan: "SlicePlan") -> None:
+    """Refuses, in one line naming the rule and the offending layer or width, a slice that
+    llama.cpp would refuse or compute wrong (:mod:`gslice.runtimes`)."""
+    from .. import runtimes
+
+    verdict = runtimes.compatibility(plan.arch, plan.resolved)["llama.cpp"]
+    if verdict.ok:
+        return
+    p = verdict.problems[0]
+    more = f" (and {len(verdict.problems) - 1} more)" if len(verdict.problems) > 1 else ""
+    raise SpecError(f"--format gguf: llama.cpp {runtimes.EFFECTS[p.effect]} ({p.rule}): {p.message}{more}")
 
 
 def source_dtype(plan: "SlicePlan") -> str:
