@@ -21,7 +21,7 @@ from . import engine, gemma3n
 from .errors import GsliceError, OutputExistsError, SpecError
 from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
-from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
+from .manifest import MANIFEST_NAME, HashCache, check_output, is_file_output, read_manifest, read_output_manifest, same_source, source_record
 from .formats.base import Format
 from .formats.safetensors import QuantOptions
 from .slicing import SlicePlan, output_plan, prepare_slice
@@ -115,7 +115,7 @@ def prepare_bulk(
     cache = HashCache()
     items = []
     for preset, plan in plans:
-        d = out / preset.slug
+        d = out / (f"{preset.slug}.gguf" if plan.format.name == "gguf" else preset.slug)
         action, reason = _existing(d, preset, plan, record, resume, overwrite, cache, progress)
         if action == "refuse":
             problems.append(reason)
@@ -136,10 +136,10 @@ def _existing(d: Path, preset: Preset, plan: SlicePlan, record: dict, resume: bo
     if not resume:
         return "refuse", f"output {d} already exists (--resume keeps finished presets, --overwrite replaces them)"
     try:
-        data = read_manifest(d)
+        data = read_output_manifest(d)
     except GsliceError:
         return "refuse", f"output {d} exists but has no readable gslice manifest; move it away (--resume only replaces gslice outputs)"
-    why = _manifest_differs(data, preset, plan, record) or check_files(d, data, cache, progress)
+    why = _manifest_differs(data, preset, plan, record) or check_output(d, data, cache, progress)
     if why:
         return "replace", why[0] + (f" (and {len(why) - 1} more)" if len(why) > 1 else "")
     return "skip", "finished, manifest checks out"
@@ -275,6 +275,9 @@ def _row(it: BulkItem, rep: engine.OutputReport | None, first_user: set[int], dr
         preset=it.preset.name, slug=it.preset.slug, dir=str(it.dir), layers=len(plan.resolved.kept),
         ffn_dims=list(plan.resolved.widths), params=asdict(plan.params()), tensors=len(plan.tensors), reason=it.reason,
     )
+    if rep is None and is_file_output(it.dir):  # a finished GGUF file
+        size = it.dir.stat().st_size
+        return BulkRow(status="skipped", bytes=size, shard_bytes=size, written=0, shared_bytes=0, seconds=0.0, **common)
     if rep is None:  # skipped: finished by an earlier run
         files = read_manifest(it.dir)["files"]
         shard_bytes = sum(m["size"] for n, m in files.items() if n.endswith(".safetensors"))

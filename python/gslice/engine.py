@@ -443,6 +443,26 @@ def compare(
     return CompareReport(raw["tensors"], raw["bytes_compared"], tuple(Mismatch(**m) for m in raw["mismatches"]))
 
 
+def compare_gguf(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    tensors: Sequence[TensorPlan],
+    offsets: dict[str, int],
+    *,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CompareReport:
+    """Compares the data of every tensor of the GGUF file ``output`` (at ``offsets``, read from
+    its header) with what its plan derives from ``source``, byte for byte."""
+    plan = {"source": str(source), "output": str(output), "tensors": [t.to_json() for t in tensors],
+            "offsets": offsets, "threads": threads}
+    try:
+        raw = json.loads(_core.compare_gguf(json.dumps(plan), progress))
+    except _core.EngineError as e:
+        _raise(e)
+    return CompareReport(raw["tensors"], raw["bytes_compared"], tuple(Mismatch(**m) for m in raw["mismatches"]))
+
+
 def sha256_files(
     paths: Sequence[str | os.PathLike], progress: Callable[[int, int], None] | None = None
 ) -> list[str]:

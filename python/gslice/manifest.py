@@ -104,6 +104,29 @@ def manifest(plan: "SlicePlan", source: dict, preset: dict | None = None, max_sh
 # -- reading and checking -----------------------------------------------------------------
 
 
+def is_file_output(path: Path) -> bool:
+    """A single-file output (GGUF) rather than a folder."""
+    return path.suffix == ".gguf" or path.is_file()
+
+
+def read_output_manifest(path: Path) -> dict:
+    """The manifest of an output folder, or the one a GGUF file carries."""
+    if is_file_output(path):
+        from .formats import gguf
+
+        return gguf.read_manifest(path)
+    return read_manifest(path)
+
+
+def check_output(path: Path, data: Mapping, cache: "HashCache | None" = None, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Problems with an output against its manifest (:func:`check_files`, or a GGUF file's digest)."""
+    if is_file_output(path):
+        from .formats import gguf
+
+        return gguf.check_file(path)[1]
+    return check_files(path, data, cache, progress)
+
+
 def read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST_NAME
     if not folder.is_dir():

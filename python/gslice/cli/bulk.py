@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import hub
-from .slice import quant_option_decorators, quant_options
+from .slice import format_option_decorators, format_options
 from ..bulk import BulkReport, prepare_bulk, select_presets, write_bulk
 from ..manifest import MANIFEST_NAME
 from ..progress import ByteProgress
@@ -27,7 +27,7 @@ from .common import friendly_errors
 @click.option("--overwrite", is_flag=True, help="Replace existing preset folders.")
 @click.option("--no-dedupe", is_flag=True, help="Write every output's files independently (no hard links).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
-@quant_option_decorators
+@format_option_decorators
 @click.option("--push-to-hub", "push_template", default=None, metavar="REPO", help="Upload each output to REPO, which must contain {slug}, e.g. me/gemma-3n-{slug}.")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repos as private.")
 @click.option("--dry-run", is_flag=True, help="Plan and validate everything, print what would be written; write nothing.")
@@ -35,19 +35,22 @@ from .common import friendly_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
-def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, quant, group_size,
-             quant_embeddings, quant_audio, push_template, private, dry_run, hash_source, as_json, quiet):
-    """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/."""
+def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, fmt, gguf_type, quant,
+             group_size, quant_embeddings, quant_audio, push_template, private, dry_run, hash_source, as_json, quiet):
+    """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/
+    (with --format gguf: OUT/<preset-slug>.gguf)."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     presets = select_presets(preset_names)
-    quant_opts = quant_options(quant, group_size, quant_embeddings, quant_audio)
+    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio)
+    if push_template and out_format.name == "gguf":
+        raise click.UsageError("--push-to-hub uploads checkpoint folders; upload GGUF files with huggingface_hub's upload_file")
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     repos = _repos(push_template, presets)
     show = not (quiet or as_json)
     with ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
-                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar)
+                            hash_source=hash_source and not dry_run, format=out_format, progress=bar)
     if repos and not dry_run:
         for repo in repos.values():
             hub.create_repo(repo, private=private)
@@ -55,7 +58,7 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
         with ByteProgress(f"{sum(it.action != 'skip' for it in plan.items)} outputs", enabled=show and not dry_run) as bar:
             report = write_bulk(plan, dedupe=not no_dedupe, threads=jobs, max_shard_size=shard_size, progress=bar, dry_run=dry_run)
     except KeyboardInterrupt:
-        done = sum((it.dir / MANIFEST_NAME).is_file() for it in plan.items)
+        done = sum(it.dir.is_file() if it.dir.suffix == ".gguf" else (it.dir / MANIFEST_NAME).is_file() for it in plan.items)
         click.echo(f"interrupted: {done} of {len(plan.items)} outputs are complete; run again with --resume to finish", err=True)
         sys.exit(130)
     uploaded = {}

@@ -387,10 +387,53 @@ def check_file(path: Path) -> tuple[dict, list[str]]:
     problems = []
     size = path.stat().st_size
     if data.get("size") not in (None, size):
-        problems.append(f"{path.name}: {size} bytes, the manifest says {data['size']}")
+        problems.append(f"{size} bytes, the manifest says {data['size']}")
     if file_digest(path, data[DIGEST_FIELD]) != data[DIGEST_FIELD]:
-        problems.append(f"{path.name}: sha256 differs from the manifest (the file changed after it was written)")
+        problems.append("sha256 differs from the manifest (the file changed after it was written)")
     return data, problems
+
+
+def compare_file(path: Path, plan: "SlicePlan") -> tuple[list[str], dict[str, int]]:
+    """Differences between a GGUF file's header and what ``plan`` writes (tensor names, GGML
+    types and shapes; every metadata value but the file's name and its manifest), and each
+    tensor's data offset, for the engine to compare the data."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(path)
+    problems = []
+    stored = {t.name: t for t in reader.tensors}
+    src = plan.checkpoint.tensors
+    for t in plan.tensors:
+        s = stored.get(t.name)
+        shape = list(t.shape(src[t.source].shape))
+        if s is None:
+            problems.append(f"tensor {t.name} is missing from the file")
+        elif s.tensor_type.name.lower() != t.ggml.lower() or [int(d) for d in reversed(s.shape)] != shape:
+            problems.append(f"tensor {t.name} is {s.tensor_type.name.lower()} {[int(d) for d in reversed(s.shape)]}, expected {t.ggml.lower()} {shape}")
+    problems += [f"tensor {n} is not produced by the spec (unexpected tensor)" for n in sorted(set(stored) - {t.name for t in plan.tensors})]
+    name = reader.fields["general.name"].contents() if "general.name" in reader.fields else path.stem
+    want = {kv.key: kv for kv in plan.output.metadata(plan, name)}
+    have = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.") and k != MANIFEST_KEY}
+    for key in sorted(set(want) | set(have)):
+        if key not in have:
+            problems.append(f"metadata {key} is missing from the file")
+        elif key not in want:
+            problems.append(f"metadata {key} is not written by the spec (unexpected key)")
+        elif not _same_value(want[key], have[key].contents(), np):
+            problems.append(f"metadata {key} differs from what the spec derives from the source")
+    return problems, {t.name: int(t.data_offset) for t in reader.tensors}
+
+
+def _same_value(kv: MetaKv, value, np) -> bool:
+    floats = "float32" in (kv.type, kv.item)
+    want = kv.value if isinstance(kv.value, list) else [kv.value]
+    have = value if isinstance(value, list) else [value]
+    if len(want) != len(have):
+        return False
+    if floats:
+        return np.array_equal(np.array([float(x) for x in want], np.float32), np.array(have, np.float32), equal_nan=True)
+    return want == have
 
 
 # -- sizes from shapes alone --------------------------------------------------------------

@@ -11,6 +11,7 @@ pub mod error;
 pub mod execute;
 pub mod ggml;
 pub mod gguf;
+pub mod gguf_compare;
 pub mod hash;
 pub mod hash_cursor;
 pub mod header;
