@@ -135,6 +135,8 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
         ("layers", f"{r.layers} of {r.source_layers}"),
         ("parameters", f"effective {fmt_params(p['effective'])}, total {fmt_params(p['total'])}"),
     ]
+    if r.format and r.format["name"] == "gguf":
+        head.append(("note", r.format["note"]))
     where = f"dry run: would write {r.output}"
     if repo:
         where += f" and upload it to {hub.repo_url(repo)}" + (" (private)" if private else "")
