@@ -61,3 +61,85 @@ def quantize_bf16_into(name: str, bf16: np.ndarray, f32: np.ndarray, out: np.nda
     ggml = libggml()
     ggml.ggml_bf16_to_fp32_row(bf16.ctypes.data, _f32p(f32), bf16.size)
     ggml.ggml_quantize_chunk(TYPE_IDS[name], _f32p(f32), out.ctypes.data, 0, n, width, _f32p(imatrix))
+
+
+# -- the known answers of the engine tier (rust/engine/tests/data/ggml_llama_cpp.json) --------
+
+KNOWN_ANSWERS = Path(__file__).resolve().parents[2] / "rust/engine/tests/data/ggml_llama_cpp.json"
+_MASK64 = (1 << 64) - 1
+
+
+class _Rng:
+    """xorshift64, as `Rng` in rust/engine/tests/ggml_known_answers.rs."""
+
+    def __init__(self, seed: int):
+        self.s = seed
+
+    def next(self) -> int:
+        s = self.s
+        s ^= (s << 13) & _MASK64
+        s ^= s >> 7
+        s ^= (s << 17) & _MASK64
+        self.s = s
+        return s
+
+    def bf16(self, lo: int, span: int, signed: bool) -> float:
+        r = self.next()
+        sign = r >> 63 if signed else 0
+        bits = (sign << 15) | ((lo + (r >> 32) % span) << 7) | ((r >> 16) & 0x7F)
+        return np.array([bits << 16], np.uint32).view(np.float32)[0]
+
+
+def known_answer_rows(rows: int, width: int, seed: int) -> np.ndarray:
+    rng = _Rng(seed)
+    out = np.zeros((rows, width), np.float32)
+    for r in range(rows):
+        for i in range(width):
+            kind = r % 8
+            if kind == 0:
+                v = rng.bf16(97, 40, True)
+            elif kind == 1:
+                v = rng.bf16(126, 2, True)
+            elif kind == 2:
+                v = rng.bf16(100, 20, True)
+                v = 0.0 if (i // 32) % 3 == 1 else v
+            elif kind == 3:
+                v = rng.bf16(110, 20, False)
+            elif kind == 4:
+                v = rng.bf16(247, 8, True)
+            elif kind == 5:
+                v = rng.bf16(0, 1, True)
+            elif kind == 6:
+                v = 0.375
+            else:
+                v = rng.bf16(120, 10, True)
+                v = v if i % 256 == 17 else 0.0
+            out[r, i] = v
+    return out
+
+
+def known_answer_imatrix(width: int, seed: int) -> np.ndarray:
+    rng = _Rng(seed ^ 0x9E3779B97F4A7C15)
+    return np.array([0.0 if i % 5 == 3 else rng.bf16(119, 16, False) for i in range(width)], np.float32)
+
+
+def known_answers(width: int = 1024, rows: int = 8, seed: int = 0x2545F4914F6CDD1D) -> dict:
+    """llama.cpp's hashes for the known-answer rows: what the JSON file must hold."""
+    import hashlib
+
+    x = known_answer_rows(rows, width, seed)
+    qw = known_answer_imatrix(width, seed)
+    hashes = {}
+    for name in TYPE_IDS:
+        hashes[name] = hashlib.sha256(quantize(name, x)).hexdigest()
+        if name in ("q4_0", "q4_K", "q5_K", "q6_K"):
+            hashes[f"{name}+imatrix"] = hashlib.sha256(quantize(name, x, qw)).hexdigest()
+    return {"width": width, "rows": rows, "seed": seed, "sha256": dict(sorted(hashes.items()))}
+
+
+if __name__ == "__main__":  # python -m tests.interop.llama_ggml: rewrites the known answers
+    import json
+
+    KNOWN_ANSWERS.parent.mkdir(parents=True, exist_ok=True)
+    KNOWN_ANSWERS.write_text(json.dumps(known_answers(), indent=1) + "\n")
+    print(f"wrote {KNOWN_ANSWERS}")

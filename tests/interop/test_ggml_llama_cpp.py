@@ -5,6 +5,8 @@ without an importance matrix, on random and adversarial rows (tests/ggml_cases.p
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from gslice.testing import f32_to_bf16_bits
 
 from ggml_cases import CASES, imatrix, rows  # tests/, on the path as this package's root
 
-from .llama_ggml import TYPE_IDS, quantize
+from .llama_ggml import KNOWN_ANSWERS, TYPE_IDS, known_answers, quantize
 
 K_WIDTHS = [256, 512, 2048, 4096, 16384]
 WIDTHS = {name: [1, 7, *K_WIDTHS] for name in ("f32", "f16", "bf16")}
@@ -63,3 +65,9 @@ def test_negative_zero_block_is_llama_cpps():
     x[0, 0] = -0.0
     assert quantize("q4_0", x)[:2] == bytes([0x00, 0x80])
     assert _core.ggml_quantize("q4_0", x.tobytes(), "F32", 32) == quantize("q4_0", x)
+
+
+def test_the_engine_tiers_known_answers_are_llama_cpps():
+    # rust/engine/tests/ggml_known_answers.rs checks gslice against these hashes without
+    # llama.cpp; here they are recomputed with llama.cpp (regenerate: python -m tests.interop.llama_ggml).
+    assert json.loads(KNOWN_ANSWERS.read_text()) == known_answers()

@@ -201,7 +201,7 @@ unsafe fn row_avx2(buf: &mut RowBuf, s: Scheme, words: &mut Vec<u8>, scales: &mu
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static AVX2: OnceLock<bool> = OnceLock::new();
     *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))

@@ -16,21 +16,106 @@ pub const Q4_K_BYTES: usize = 144;
 pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
 
+/// Super-blocks searched side by side: their sub-blocks are the lanes of the searches.
+const GROUP: usize = 4;
+
+/// The candidate scales of the sub-block searches: Q4_K and Q5_K without an importance matrix,
+/// and both with one.
+const Q4_K_STEPS: Steps = Steps { rmin: -1.0, rdelta: 0.1, nstep: 20 };
+const Q5_K_STEPS: Steps = Steps { rmin: -0.5, rdelta: 0.1, nstep: 15 };
+const WEIGHTED_STEPS: Steps = Steps { rmin: -0.9, rdelta: 0.05, nstep: 36 };
+
 /// Q4_K (`bits` 4) or Q5_K (`bits` 5) of whole super-blocks.
+#[inline(always)]
 pub fn q45_k(bits: u32, x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     let bytes = if bits == 4 { Q4_K_BYTES } else { Q5_K_BYTES };
-    for (i, (xb, yb)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(bytes)).enumerate() {
-        let mut levels = [0u8; QK_K];
-        let header = match imatrix {
-            None => scales_unweighted(bits, xb, &mut levels),
-            Some(qw) => scales_weighted(bits, xb, &qw[i * QK_K..(i + 1) * QK_K], &mut levels),
+    let full = x.len() / (GROUP * QK_K) * GROUP;
+    let groups = x[..full * QK_K].chunks_exact(GROUP * QK_K).zip(out[..full * bytes].chunks_exact_mut(GROUP * bytes));
+    for (i, (xg, og)) in groups.enumerate() {
+        q45_group::<{ 8 * GROUP }>(bits, xg, og, imatrix.map(|m| &m[i * GROUP * QK_K..(i + 1) * GROUP * QK_K]));
+    }
+    let rest = x[full * QK_K..].chunks_exact(QK_K).zip(out[full * bytes..].chunks_exact_mut(bytes));
+    for (i, (xb, yb)) in rest.enumerate() {
+        let at = (full + i) * QK_K;
+        q45_group::<8>(bits, xb, yb, imatrix.map(|m| &m[at..at + QK_K]));
+    }
+}
+
+/// `L / 8` consecutive super-blocks; lane `k` is their sub-block `k` (elements `32k..32k+32`).
+#[inline(always)]
+fn q45_group<const L: usize>(bits: u32, x: &[f32], out: &mut [u8], qw: Option<&[f32]>) {
+    let xt = transpose::<32, L>(x);
+    let (wt, steps) = match qw {
+        None => (rms_weights(&xt), if bits == 4 { Q4_K_STEPS } else { Q5_K_STEPS }),
+        Some(qw) => (imatrix_weights(x, &xt, qw), WEIGHTED_STEPS),
+    };
+    let mut lv = [[0u8; L]; 32];
+    let (scales, mins) = offset_scale::<32, L>(&xt, &wt, nmax(bits), steps, &mut lv);
+    let mut sw = [0f32; L];
+    for wi in &wt {
+        for k in 0..L {
+            sw[k] += wi[k];
+        }
+    }
+    let bytes = out.len() / (L / 8);
+    for (g, (xb, yb)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(bytes)).enumerate() {
+        let lanes = 8 * g..8 * g + 8;
+        let header = match qw {
+            None => header_unweighted(&scales[lanes.clone()], &mins[lanes]),
+            Some(_) => header_weighted(bits, &scales[lanes.clone()], &mins[lanes.clone()], &sw[lanes]),
         };
+        let mut levels = [0u8; QK_K];
+        for (j, sub) in levels.chunks_exact_mut(32).enumerate() {
+            for (i, l) in sub.iter_mut().enumerate() {
+                *l = lv[i][8 * g + j];
+            }
+        }
         requantize(bits, xb, &header, &mut levels);
         yb[..2].copy_from_slice(&header.d.to_le_bytes());
         yb[2..4].copy_from_slice(&header.dmin.to_le_bytes());
         yb[4..16].copy_from_slice(&header.scales);
         pack_45(bits, &levels, &mut yb[16..]);
     }
+}
+
+/// Without an importance matrix: `rms + |x|`, the rms over the sub-block.
+#[inline(always)]
+fn rms_weights<const L: usize>(xt: &[[f32; L]; 32]) -> [[f32; L]; 32] {
+    let mut sum_x2 = [0f32; L];
+    for xi in xt {
+        for k in 0..L {
+            sum_x2[k] += xi[k] * xi[k];
+        }
+    }
+    let av_x: [f32; L] = std::array::from_fn(|k| (sum_x2[k] / 32.0).sqrt());
+    xt.map(|xi| std::array::from_fn(|k| av_x[k] + xi[k].abs()))
+}
+
+/// With one: `qw * sqrt(sigma2 + x^2)`, sigma2 twice the super-block's mean square.
+#[inline(always)]
+fn imatrix_weights<const L: usize>(x: &[f32], xt: &[[f32; L]; 32], qw: &[f32]) -> [[f32; L]; 32] {
+    let mut sigma2 = [0f32; L];
+    for (g, xb) in x.chunks_exact(QK_K).enumerate() {
+        let mut sum_x2 = 0f32;
+        for &v in xb {
+            sum_x2 += v * v;
+        }
+        sigma2[8 * g..8 * g + 8].fill(2.0 * sum_x2 / QK_K as f32);
+    }
+    let qwt = transpose::<32, L>(qw);
+    std::array::from_fn(|i| std::array::from_fn(|k| qwt[i][k] * (sigma2[k] + xt[i][k] * xt[i][k]).sqrt()))
+}
+
+/// `x` as `L` runs of `N` values, run `k` becoming lane `k`: `t[i][k] = x[N * k + i]`.
+#[inline(always)]
+fn transpose<const N: usize, const L: usize>(x: &[f32]) -> [[f32; L]; N] {
+    let mut t = [[0f32; L]; N];
+    for (k, run) in x.chunks_exact(N).take(L).enumerate() {
+        for (ti, &v) in t.iter_mut().zip(run) {
+            ti[k] = v;
+        }
+    }
+    t
 }
 
 /// A super-block's f16 scales and its packed 6-bit sub-block scales and mins.
@@ -43,6 +128,7 @@ struct Header {
 /// Sub-block `j`'s 6-bit scale and min (llama.cpp's `get_scale_min_k4` layout): j < 4 in the
 /// low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte j + 4 with their top two bits
 /// in the spare bits 6-7 of bytes j - 4 and j.
+#[inline(always)]
 fn pack_scales(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     let mut s = [0u8; 12];
     s[..4].copy_from_slice(&ls[..4]);
@@ -55,6 +141,7 @@ fn pack_scales(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     s
 }
 
+#[inline(always)]
 fn unpack_scale(s: &[u8; 12], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
@@ -63,33 +150,17 @@ fn unpack_scale(s: &[u8; 12], j: usize) -> (u8, u8) {
     }
 }
 
+#[inline(always)]
 fn nmax(bits: u32) -> i32 {
     (1 << bits) - 1
 }
 
-/// Without an importance matrix: each sub-block searched with weights `rms + |x|`, then scales
-/// and mins put on 6 bits relative to their maxima.
-fn scales_unweighted(bits: u32, x: &[f32], levels: &mut [u8; QK_K]) -> Header {
-    let steps = if bits == 4 {
-        Steps { rmin: -1.0, rdelta: 0.1, nstep: 20 }
-    } else {
-        Steps { rmin: -0.5, rdelta: 0.1, nstep: 15 }
-    };
-    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+/// Without an importance matrix: the sub-block scales and mins put on 6 bits relative to their
+/// maxima.
+#[inline(always)]
+fn header_unweighted(scales: &[f32], mins: &[f32]) -> Header {
     let (mut max_scale, mut max_min) = (0f32, 0f32);
-    let mut weights = [0f32; 32];
-    let mut aux = [0u8; 32];
     for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        let mut sum_x2 = 0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
-        }
-        (scales[j], mins[j]) = offset_scale(xs, &weights, nmax(bits), steps, &mut levels[32 * j..32 * j + 32], &mut aux);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -107,33 +178,13 @@ fn scales_unweighted(bits: u32, x: &[f32], levels: &mut [u8; QK_K]) -> Header {
     Header { d: f32_to_f16(max_scale / 63.0), dmin: f32_to_f16(max_min / 63.0), scales: pack_scales(&ls, &lm) }
 }
 
-/// With an importance matrix: weights `qw * sqrt(sigma2 + x^2)`, sigma2 twice the super-block's
-/// mean square, a longer search, and the 6-bit scales and mins fitted by `positive_scale`.
-fn scales_weighted(bits: u32, x: &[f32], qw: &[f32], levels: &mut [u8; QK_K]) -> Header {
-    let steps = Steps { rmin: -0.9, rdelta: 0.05, nstep: 36 };
-    let mut sum_x2 = 0f32;
-    for &v in x {
-        sum_x2 += v * v;
-    }
-    let sigma2 = 2.0 * sum_x2 / QK_K as f32;
-    let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-    let mut weights = [0f32; 32];
-    let mut aux = [0u8; 32];
-    for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        for ((w, &q), &v) in weights.iter_mut().zip(&qw[32 * j..32 * j + 32]).zip(xs) {
-            *w = q * (sigma2 + v * v).sqrt();
-        }
-        let mut sumw = 0f32;
-        for &w in &weights {
-            sumw += w;
-        }
-        sw[j] = sumw;
-        (scales[j], mins[j]) = offset_scale(xs, &weights, nmax(bits), steps, &mut levels[32 * j..32 * j + 32], &mut aux);
-    }
+/// With an importance matrix: the 6-bit scales and mins fitted by `positive_scale`, weighted by
+/// the sub-blocks' weight sums.
+#[inline(always)]
+fn header_weighted(bits: u32, scales: &[f32], mins: &[f32], sw: &[f32]) -> Header {
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
-    let d = positive_scale(&scales, 63, &mut ls, &sw);
-    let dmin = positive_scale(&mins, 63, &mut lm, &sw);
+    let d = positive_scale(scales, 63, &mut ls, sw);
+    let dmin = positive_scale(mins, 63, &mut lm, sw);
     // Levels above 63 come only from a negative level wrapping to a byte; llama.cpp's Q5_K caps
     // them, its Q4_K packs them as they are.
     if bits == 5 {
@@ -147,6 +198,7 @@ fn scales_weighted(bits: u32, x: &[f32], qw: &[f32], levels: &mut [u8; QK_K]) ->
 
 /// Final levels against the stored (rounded) scales; a sub-block whose scale is zero keeps the
 /// levels of its search.
+#[inline(always)]
 fn requantize(bits: u32, x: &[f32], h: &Header, levels: &mut [u8; QK_K]) {
     let (d_all, dmin_all) = (f16_to_f32(h.d), f16_to_f32(h.dmin));
     for j in 0..8 {
@@ -165,6 +217,7 @@ fn requantize(bits: u32, x: &[f32], h: &Header, levels: &mut [u8; QK_K]) {
 /// Levels into nibbles, 64 elements at a time: element l of a 64-group in the low nibble of
 /// byte l, element l + 32 in the high one; Q5_K's fifth bits go to `qh[l]`, bit 2k for the first
 /// half of group k and 2k + 1 for the second.
+#[inline(always)]
 fn pack_45(bits: u32, levels: &[u8; QK_K], out: &mut [u8]) {
     let (qh, qs) = if bits == 5 { out.split_at_mut(32) } else { out.split_at_mut(0) };
     qh.fill(0);
@@ -179,39 +232,51 @@ fn pack_45(bits: u32, levels: &[u8; QK_K], out: &mut [u8]) {
     }
 }
 
+/// Q6_K super-blocks searched side by side (16 sub-blocks each).
+const GROUP6: usize = 2;
+
 /// Q6_K of whole super-blocks: 16 sub-blocks of 16, each with the symmetric search (weights
 /// the importance matrix, or x^2), their scales put on int8 relative to the largest.
+#[inline(always)]
 pub fn q6_k(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    for (i, (xb, yb)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q6_K_BYTES)).enumerate() {
-        let mut levels = [0i8; QK_K];
-        let mut scales = [0f32; 16];
-        let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-        for ib in 0..16 {
-            let qw = imatrix.map(|q| &q[i * QK_K + 16 * ib..i * QK_K + 16 * ib + 16]);
-            let s = signed_scale(&xb[16 * ib..16 * ib + 16], 32, &mut levels[16 * ib..16 * ib + 16], qw);
-            scales[ib] = s;
-            if s.abs() > max_abs_scale {
-                max_abs_scale = s.abs();
-                max_scale = s;
-            }
-        }
-        if max_abs_scale < GROUP_MAX_EPS {
+    let full = x.len() / (GROUP6 * QK_K) * GROUP6;
+    let (x_full, x_rest) = x.split_at(full * QK_K);
+    let (out_full, out_rest) = out.split_at_mut(full * Q6_K_BYTES);
+    for (i, (xg, og)) in x_full.chunks_exact(GROUP6 * QK_K).zip(out_full.chunks_exact_mut(GROUP6 * Q6_K_BYTES)).enumerate() {
+        let n = GROUP6 * QK_K;
+        q6_group::<{ 16 * GROUP6 }>(xg, og, imatrix.map(|m| &m[i * n..(i + 1) * n]));
+    }
+    let qw_rest = imatrix.map(|m| &m[full * QK_K..]);
+    for (i, (xb, yb)) in x_rest.chunks_exact(QK_K).zip(out_rest.chunks_exact_mut(Q6_K_BYTES)).enumerate() {
+        q6_group::<16>(xb, yb, qw_rest.map(|m| &m[i * QK_K..(i + 1) * QK_K]));
+    }
+}
+
+/// `L / 16` consecutive super-blocks; lane `k` is their sub-block `k` (elements `16k..16k+16`).
+#[inline(always)]
+fn q6_group<const L: usize>(x: &[f32], out: &mut [u8], qw: Option<&[f32]>) {
+    let xt = transpose::<16, L>(x);
+    let qwt = qw.map(transpose::<16, L>);
+    let mut lv = [[0i8; L]; 16];
+    let all_scales = signed_scale::<16, L>(&xt, 32, qwt.as_ref(), &mut lv);
+    for (g, (xb, yb)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q6_K_BYTES)).enumerate() {
+        let Some((d, sc)) = q6_scales(&all_scales[16 * g..16 * g + 16]) else {
             yb.fill(0);
             continue;
-        }
-        let iscale = -128.0 / max_scale;
-        let d = f32_to_f16(1.0 / iscale);
-        let mut sc = [0i8; 16];
-        for ib in 0..16 {
-            sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        };
+        let mut levels = [0i8; QK_K];
+        for (j, sub) in levels.chunks_exact_mut(16).enumerate() {
+            for (i, l) in sub.iter_mut().enumerate() {
+                *l = lv[i][16 * g + j];
+            }
         }
         let d_all = f16_to_f32(d);
-        for j in 0..16 {
-            let dj = d_all * sc[j] as f32;
+        for ((sub, xs), &s) in levels.chunks_exact_mut(16).zip(xb.chunks_exact(16)).zip(&sc) {
+            let dj = d_all * s as f32;
             if dj == 0.0 {
                 continue;
             }
-            for (l, &v) in levels[16 * j..16 * j + 16].iter_mut().zip(&xb[16 * j..16 * j + 16]) {
+            for (l, &v) in sub.iter_mut().zip(xs) {
                 *l = (nearest_int(v / dj).clamp(-32, 31) + 32) as i8;
             }
         }
@@ -223,9 +288,32 @@ pub fn q6_k(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     }
 }
 
+/// The super-block scale (f16) and the sixteen int8 sub-block scales relative to the largest
+/// one; None when every sub-block scale is below `GROUP_MAX_EPS` (the block is stored as zeros).
+#[inline(always)]
+fn q6_scales(scales: &[f32]) -> Option<(u16, [i8; 16])> {
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for &s in scales {
+        if s.abs() > max_abs_scale {
+            max_abs_scale = s.abs();
+            max_scale = s;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        return None;
+    }
+    let iscale = -128.0 / max_scale;
+    let mut sc = [0i8; 16];
+    for (o, &s) in sc.iter_mut().zip(scales) {
+        *o = nearest_int(iscale * s).min(127) as i8;
+    }
+    Some((f32_to_f16(1.0 / iscale), sc))
+}
+
 /// 6-bit levels into low nibbles and high bit pairs, per half of 128: bytes l and l + 32 of the
 /// half's 64 low-nibble bytes hold elements (l, l + 64) and (l + 32, l + 96); high-bit byte l
 /// holds the top two bits of elements l, l + 32, l + 64, l + 96 at bits 0, 2, 4, 6.
+#[inline(always)]
 fn pack_6(levels: &[i8; QK_K], out: &mut [u8]) {
     let (ql, qh) = out.split_at_mut(128);
     for (h, half) in levels.chunks_exact(128).enumerate() {

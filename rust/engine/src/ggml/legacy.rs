@@ -17,18 +17,30 @@ pub const Q4_0_BYTES: usize = 2 + QK / 2;
 /// overflows to infinity.
 #[inline(always)]
 fn c_f32_to_i8(v: f32) -> i8 {
-    if v.abs() < 2_147_483_648.0 { v as i32 as i8 } else { 0 }
+    let v = if v.abs() < 2_147_483_648.0 { v } else { 0.0 };
+    // SAFETY: v is finite and within the i32 range (NaN failed the comparison above).
+    unsafe { v.to_int_unchecked::<i32>() as i8 }
+}
+
+/// The largest magnitude in a block, over 8 lanes so that it vectorizes (the maximum of
+/// finite values does not depend on the order).
+#[inline(always)]
+fn abs_max(xb: &[f32]) -> f32 {
+    let mut m = [0f32; 8];
+    for c in xb.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            m[k] = if m[k] > a { m[k] } else { a };
+        }
+    }
+    m.into_iter().fold(0.0, |acc, v| if acc > v { acc } else { v })
 }
 
 /// `d = amax / 127`, `q = round(x / d)` half away from zero.
+#[inline(always)]
 pub fn q8_0(x: &[f32], out: &mut [u8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
-        let mut amax = 0f32;
-        for &v in xb {
-            let a = v.abs();
-            amax = if amax > a { amax } else { a };
-        }
-        let d = amax / 127.0;
+        let d = abs_max(xb) / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         yb[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
         for (q, &v) in yb[2..].iter_mut().zip(xb) {
@@ -37,8 +49,9 @@ pub fn q8_0(x: &[f32], out: &mut [u8]) {
     }
 }
 
-/// `d = max / -8` with `max` the element of largest magnitude (the first such), levels
-/// `trunc(x / d + 8.5)` capped at 15.
+/// `d = max / -8` with `max` the first element of largest magnitude (+0.0 in a block of
+/// zeros), levels `trunc(x / d + 8.5)` capped at 15.
+#[inline(always)]
 pub fn q4_0(x: &[f32], out: &mut [u8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_0_BYTES)) {
         let (mut amax, mut max) = (0f32, 0f32);
@@ -60,24 +73,48 @@ pub fn q4_0(x: &[f32], out: &mut [u8]) {
 }
 
 /// Q4_0 with an importance matrix: each block's scale is searched with weights
-/// `imatrix[j] * sqrt(sigma2 + x[j]^2)`, sigma2 the row's mean square.
+/// `imatrix[j] * sqrt(sigma2 + x[j]^2)`, sigma2 the row's mean square. Blocks are searched 16
+/// side by side, then 4, then one at a time.
+#[inline(always)]
 pub fn q4_0_weighted(x: &[f32], out: &mut [u8], imatrix: &[f32]) {
     let mut sum_x2 = 0f32;
     for &v in x {
         sum_x2 += v * v;
     }
     let sigma2 = sum_x2 / x.len() as f32;
-    let mut weight = [0f32; QK];
-    let mut levels = [0i8; QK];
-    let blocks = x.chunks_exact(QK).zip(imatrix.chunks_exact(QK)).zip(out.chunks_exact_mut(Q4_0_BYTES));
-    for ((xb, qw), yb) in blocks {
-        for ((w, &q), &v) in weight.iter_mut().zip(qw).zip(xb) {
-            *w = q * (sigma2 + v * v).sqrt();
+    let mut done = q4_0_groups::<16>(sigma2, x, imatrix, out);
+    done += q4_0_groups::<4>(sigma2, &x[done..], &imatrix[done..], &mut out[done / QK * Q4_0_BYTES..]);
+    q4_0_groups::<1>(sigma2, &x[done..], &imatrix[done..], &mut out[done / QK * Q4_0_BYTES..]);
+}
+
+/// The whole groups of `L` blocks at the start of `x`; returns the elements done.
+#[inline(always)]
+fn q4_0_groups<const L: usize>(sigma2: f32, x: &[f32], qw: &[f32], out: &mut [u8]) -> usize {
+    let groups = x.chunks_exact(L * QK).zip(qw.chunks_exact(L * QK)).zip(out.chunks_exact_mut(L * Q4_0_BYTES));
+    let n = groups.len();
+    for ((xg, qg), og) in groups {
+        q4_0_group::<L>(sigma2, xg, qg, og);
+    }
+    n * L * QK
+}
+
+/// `L` consecutive blocks, block `k` in lane `k`.
+#[inline(always)]
+fn q4_0_group<const L: usize>(sigma2: f32, x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let mut xt = [[0f32; L]; QK];
+    let mut wt = [[0f32; L]; QK];
+    for (k, (xb, qb)) in x.chunks_exact(QK).zip(qw.chunks_exact(QK)).enumerate() {
+        for ((xi, wi), (&v, &q)) in xt.iter_mut().zip(wt.iter_mut()).zip(xb.iter().zip(qb)) {
+            xi[k] = v;
+            wi[k] = q * (sigma2 + v * v).sqrt();
         }
-        let d = signed_scale(xb, 8, &mut levels, Some(&weight));
-        yb[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+    }
+    let mut levels = [[0i8; L]; QK];
+    let d = signed_scale::<QK, L>(&xt, 8, Some(&wt), &mut levels);
+    for (k, yb) in out.chunks_exact_mut(Q4_0_BYTES).enumerate() {
+        yb[..2].copy_from_slice(&f32_to_f16(d[k]).to_le_bytes());
         for (j, q) in yb[2..].iter_mut().enumerate() {
-            *q = levels[j] as u8 | ((levels[j + QK / 2] as u8) << 4);
+            *q = levels[j][k] as u8 | ((levels[j + QK / 2][k] as u8) << 4);
         }
     }
 }

@@ -8,6 +8,11 @@
 //! - Q8_0: `quantize_row_q8_0_ref` in both cases (it ignores the matrix).
 //! - Q4_0: `quantize_row_q4_0_ref` / `quantize_row_q4_0_impl`.
 //! - Q4_K, Q5_K, Q6_K: `quantize_row_q{4,5,6}_K_ref` / `quantize_row_q{4,5,6}_K_impl`.
+//!
+//! Identity holds for finite rows (what is proven: tests/interop/test_ggml_llama_cpp.py, and
+//! tests/ggml_known_answers.rs with llama.cpp's recorded hashes). A row holding NaN or an
+//! infinity may give other bytes than llama.cpp's sequential scans: callers refuse such
+//! weights before quantizing, as they do for the other schemes.
 
 mod half;
 mod kquants;
@@ -117,6 +122,27 @@ pub fn quantize_row(t: GgmlType, row: &[f32], out: &mut [u8], imatrix: Option<&[
         }
     }
     let imatrix = imatrix.filter(|_| t.uses_imatrix());
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        unsafe { kernels_avx2(t, row, out, imatrix) };
+        return Ok(());
+    }
+    kernels(t, row, out, imatrix);
+    Ok(())
+}
+
+/// The same kernels compiled for AVX2: wider lanes for the side-by-side searches. Every
+/// operation is exactly rounded IEEE arithmetic without fused multiply-adds, so both versions
+/// give identical bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn kernels_avx2(t: GgmlType, row: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    kernels(t, row, out, imatrix);
+}
+
+#[inline(always)]
+fn kernels(t: GgmlType, row: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     use GgmlType::*;
     match (t, imatrix) {
         (F32, _) => {
@@ -141,7 +167,6 @@ pub fn quantize_row(t: GgmlType, row: &[f32], out: &mut [u8], imatrix: Option<&[
         (Q5_K, m) => kquants::q45_k(5, row, out, m),
         (Q6_K, m) => kquants::q6_k(row, out, m),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -167,6 +192,43 @@ mod tests {
         assert_eq!(GgmlType::parse("Q4_k"), Some(GgmlType::Q4_K));
         assert_eq!(GgmlType::from_id(14), Some(GgmlType::Q6_K));
         assert_eq!(GgmlType::from_id(3), None);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_and_baseline_kernels_agree() {
+        if !crate::quant::has_avx2() {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        // 7 super-blocks (K-quant groups of 4 and 1), and 59 blocks of 32 (Q4_0 groups of 16, 4, 1)
+        for width in [7 * 256, 59 * 32] {
+            compare_kernels(width);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn compare_kernels(width: usize) {
+        let mut s = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let row: Vec<f32> = (0..width).map(|i| if i % 97 < 40 { 0.0 } else { next() * (1 + i % 13) as f32 }).collect();
+        let imatrix: Vec<f32> = (0..width).map(|_| next() + 0.5).collect();
+        for t in ALL {
+            for m in [None, Some(&imatrix[..])] {
+                let Ok(bytes) = t.row_bytes(width as u64) else { continue };
+                let (mut a, mut b) = (vec![0u8; bytes as usize], vec![0u8; bytes as usize]);
+                let m = m.filter(|_| t.uses_imatrix());
+                kernels(t, &row, &mut a, m);
+                // SAFETY: AVX2 support was checked above.
+                unsafe { kernels_avx2(t, &row, &mut b, m) };
+                assert_eq!(a, b, "{} imatrix {}", t.name(), m.is_some());
+            }
+        }
     }
 
     #[test]

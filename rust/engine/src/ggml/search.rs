@@ -1,10 +1,17 @@
 //! The scale searches behind GGML's block quantizers, reproduced operation for operation from
-//! llama.cpp's `ggml-quants.c` (the commit llama-cpp-python 0.3.36 vendors). Bit identity
-//! needs the same f32 operations in the same order: `ggml-base` is compiled with `-O3` for
-//! baseline x86-64, which has no fused multiply-add, so every product is rounded before it is
-//! added, and every sum runs from the first element to the last. Rust neither fuses nor
-//! reorders float arithmetic, so writing the expressions in C's evaluation order suffices.
-//! Comparisons keep C's forms (`a > b ? a : b`), which treat NaN differently from `f32::max`.
+//! llama.cpp's `ggml-quants.c` (the commit llama-cpp-python 0.3.36 vendors).
+//!
+//! Bit identity needs the same f32 operations in the same order: `ggml-base` is compiled with
+//! `-O3` for baseline x86-64, which has no fused multiply-add, so every product is rounded
+//! before it is added, and every sum runs from a block's first element to its last. Rust
+//! neither fuses nor reorders float arithmetic, so writing the expressions in C's evaluation
+//! order suffices. Comparisons keep C's forms (`a > b ? a : b`), which treat NaN differently
+//! from `f32::max`.
+//!
+//! Speed without changing a bit: the searches run `L` independent blocks side by side, element
+//! `i` of block `k` at `x[i][k]`. Each lane performs exactly the scalar sequence of operations
+//! of its block (sums stay sequential within a lane), and the loops over lanes vectorize; a
+//! branch of the C code becomes a per-lane selection. `L = 1` is the plain scalar code.
 
 /// Blocks whose largest magnitude is below this are stored as zeros (`GROUP_MAX_EPS`).
 pub const GROUP_MAX_EPS: f32 = 1e-15;
@@ -18,73 +25,100 @@ pub fn nearest_int(x: f32) -> i32 {
     (bits & 0x007F_FFFF) - 0x0040_0000
 }
 
-/// C's `MAX(a, b)`: `b` unless `a > b`.
+/// Symmetric levels `-nmax..nmax-1` for each lane's block, with the scale that minimises the
+/// weighted squared error among 19 candidates around `-nmax / max` (`make_qx_quants` with
+/// `rmse_type` 1). Weights are `qw`, or `x^2` without it. `levels` receives `l + nmax`; returns
+/// the scales. A block whose largest magnitude is below `GROUP_MAX_EPS` gets scale 0, levels 0.
 #[inline(always)]
-pub fn c_max(a: f32, b: f32) -> f32 {
-    if a > b { a } else { b }
-}
-
-/// Symmetric levels `-nmax..nmax-1` for `x`, with the scale that minimises the weighted squared
-/// error over 19 candidate scales around `-nmax / max` (`make_qx_quants` with `rmse_type` 1).
-/// Weights are `qw`, or `x^2` without it. `levels` receives `l + nmax`. Returns the scale.
-pub fn signed_scale(x: &[f32], nmax: i32, levels: &mut [i8], qw: Option<&[f32]>) -> f32 {
-    let n = x.len();
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        let a = v.abs();
-        if a > amax {
-            amax = a;
-            max = v;
+pub fn signed_scale<const N: usize, const L: usize>(
+    x: &[[f32; L]; N],
+    nmax: i32,
+    qw: Option<&[[f32; L]; N]>,
+    levels: &mut [[i8; L]; N],
+) -> [f32; L] {
+    let (mut max, mut amax) = ([0f32; L], [0f32; L]);
+    for xi in x {
+        for k in 0..L {
+            let a = xi[k].abs();
+            let larger = a > amax[k];
+            amax[k] = if larger { a } else { amax[k] };
+            max[k] = if larger { xi[k] } else { max[k] };
         }
     }
-    if amax < GROUP_MAX_EPS {
-        levels[..n].fill(0);
-        return 0.0;
+    let mut w = [[0f32; L]; N];
+    for (wi, xi) in w.iter_mut().zip(x) {
+        for k in 0..L {
+            wi[k] = xi[k] * xi[k];
+        }
     }
+    let w = qw.unwrap_or(&w);
     let nmaxf = nmax as f32;
-    let weight = |i: usize| match qw {
-        Some(w) => w[i],
-        None => x[i] * x[i],
-    };
-    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let sums = |iscale: f32| {
-        let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for (i, &v) in x.iter().enumerate() {
-            let l = level(iscale, v) as f32;
-            let w = weight(i);
-            sumlx += w * v * l;
-            suml2 += w * l * l;
+    // Levels are held as f32 (exact small integers): the sums use them as floats.
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+    let sums = |iscale: &[f32; L], lv: &mut [[f32; L]; N]| {
+        let (mut sumlx, mut suml2) = ([0f32; L], [0f32; L]);
+        for ((li, xi), wi) in lv.iter_mut().zip(x).zip(w) {
+            for k in 0..L {
+                let l = level(iscale[k], xi[k]);
+                li[k] = l;
+                sumlx[k] += wi[k] * xi[k] * l;
+                suml2[k] += wi[k] * l * l;
+            }
         }
         (sumlx, suml2)
     };
-    let set_levels = |levels: &mut [i8], iscale: f32| {
-        for (o, &v) in levels.iter_mut().zip(x) {
-            *o = (level(iscale, v) + nmax) as i8;
-        }
-    };
 
-    let iscale = -nmaxf / max;
-    set_levels(levels, iscale);
-    let (sumlx, suml2) = sums(iscale);
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
+    let mut lv = [[0f32; L]; N];
+    let iscale = std::array::from_fn(|k| -nmaxf / max[k]);
+    let (sumlx, suml2) = sums(&iscale, &mut lv);
+    let mut scale: [f32; L] = std::array::from_fn(|k| if suml2[k] != 0.0 { sumlx[k] / suml2[k] } else { 0.0 });
+    let mut best: [f32; L] = std::array::from_fn(|k| scale[k] * sumlx[k]);
+    let mut aux = [[0f32; L]; N];
+    for is in (-9..=9).filter(|&is| is != 0) {
+        let numerator = -(nmaxf + 0.1 * is as f32);
+        let iscale: [f32; L] = std::array::from_fn(|k| numerator / max[k]);
+        let (sumlx, suml2) = sums(&iscale, &mut aux);
+        let better: [bool; L] = std::array::from_fn(|k| suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k]);
+        if !better.contains(&true) {
             continue;
         }
-        let iscale = -(nmaxf + 0.1 * is as f32) / max;
-        let (sumlx, suml2) = sums(iscale);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            set_levels(levels, iscale);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        let take = lane_mask::<L>(&better);
+        for (li, ai) in lv.iter_mut().zip(&aux) {
+            select(li, ai, &take);
+        }
+        let new_scale: [f32; L] = std::array::from_fn(|k| sumlx[k] / suml2[k]);
+        select(&mut scale, &new_scale, &take);
+        let new_best: [f32; L] = std::array::from_fn(|k| scale[k] * sumlx[k]);
+        select(&mut best, &new_best, &take);
+    }
+    // A block of zeros keeps levels 0 and scale 0 (its lanes computed with max = 0).
+    let zero = lane_mask::<L>(&std::array::from_fn(|k| amax[k] < GROUP_MAX_EPS));
+    select(&mut scale, &[0.0; L], &zero);
+    for (o, li) in levels.iter_mut().zip(&lv) {
+        for k in 0..L {
+            o[k] = (li[k] as i32 + nmax) as i8 & !(zero[k] as i8);
         }
     }
     scale
 }
 
+/// All ones for the lanes that are `true`, zero for the others.
+#[inline(always)]
+fn lane_mask<const L: usize>(t: &[bool; L]) -> [u32; L] {
+    std::array::from_fn(|k| 0u32.wrapping_sub(t[k] as u32))
+}
+
+/// `dst[k] = src[k]` where `take[k]` is all ones, through bit masks: this vectorizes where a
+/// per-lane branch does not.
+#[inline(always)]
+fn select<const L: usize>(dst: &mut [f32; L], src: &[f32; L], take: &[u32; L]) {
+    for k in 0..L {
+        dst[k] = f32::from_bits((src[k].to_bits() & take[k]) | (dst[k].to_bits() & !take[k]));
+    }
+}
+
 /// Parameters of the asymmetric search: candidate inverse scales `(rmin + rdelta * is + nmax)
-/// / (max - min)` for `is` in `0..=nstep`.
+/// / (max - min)` for `is` in `0..=nstep` (`nstep` >= 1).
 #[derive(Clone, Copy)]
 pub struct Steps {
     pub rmin: f32,
@@ -92,93 +126,117 @@ pub struct Steps {
     pub nstep: i32,
 }
 
-/// Levels `0..=nmax` with a scale and a non-positive offset `min` (x ~ scale * l + min) that
-/// minimise the weighted squared error: least squares on the levels of each candidate scale
-/// (`make_qkx2_quants` and `make_qkx3_quants`, which agree when weights are given and the error
-/// is squared). Returns `(scale, -min)`.
-pub fn offset_scale(x: &[f32], weights: &[f32], nmax: i32, steps: Steps, levels: &mut [u8], aux: &mut [u8]) -> (f32, f32) {
-    let n = x.len();
+/// For each lane's block, levels `0..=nmax` with a scale and a non-positive offset `min`
+/// (x ~ scale * l + min) that minimise the weighted squared error: least squares on the levels
+/// of each candidate scale (`make_qkx2_quants` and `make_qkx3_quants`, which agree when
+/// weights are given and the error is squared). Returns `(scales, -mins)`. A constant block
+/// (after raising a positive min to 0) gets scale 0, levels 0.
+#[inline(always)]
+pub fn offset_scale<const N: usize, const L: usize>(
+    x: &[[f32; L]; N],
+    w: &[[f32; L]; N],
+    nmax: i32,
+    steps: Steps,
+    levels: &mut [[u8; L]; N],
+) -> ([f32; L], [f32; L]) {
     let (mut min, mut max) = (x[0], x[0]);
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
+    let mut sum_w = w[0];
+    let mut sum_x: [f32; L] = std::array::from_fn(|k| sum_w[k] * x[0][k]);
+    for (xi, wi) in x.iter().zip(w).skip(1) {
+        for k in 0..L {
+            min[k] = if xi[k] < min[k] { xi[k] } else { min[k] };
+            max[k] = if xi[k] > max[k] { xi[k] } else { max[k] };
+            sum_w[k] += wi[k];
+            sum_x[k] += wi[k] * xi[k];
         }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
     }
-    if min > 0.0 {
-        min = 0.0;
+    for m in min.iter_mut() {
+        *m = if *m > 0.0 { 0.0 } else { *m };
     }
-    if max == min {
-        levels[..n].fill(0);
-        return (0.0, -min);
-    }
+    let flat: [bool; L] = std::array::from_fn(|k| max[k] == min[k]);
     let nmaxf = nmax as f32;
-    let level = |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
-    let error = |levels: &[u8], scale: f32, min: f32| {
-        let mut e = 0f32;
-        for i in 0..n {
-            let diff = scale * levels[i] as f32 + min - x[i];
-            e += weights[i] * (diff * diff);
+    // Levels are held as f32 (exact small integers): the sums and errors use them as floats.
+    let level = |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as f32;
+    let error = |levels: &[[f32; L]; N], scale: &[f32; L], min: &[f32; L]| {
+        let mut e = [0f32; L];
+        for ((li, xi), wi) in levels.iter().zip(x).zip(w) {
+            for k in 0..L {
+                let diff = scale[k] * li[k] + min[k] - xi[k];
+                e[k] += wi[k] * (diff * diff);
+            }
         }
         e
     };
 
-    let iscale = nmaxf / (max - min);
-    let mut scale = 1.0 / iscale;
-    for (o, &v) in levels.iter_mut().zip(x) {
-        *o = level(iscale, v, min);
+    let iscale: [f32; L] = std::array::from_fn(|k| nmaxf / (max[k] - min[k]));
+    let mut scale: [f32; L] = std::array::from_fn(|k| 1.0 / iscale[k]);
+    let mut lv = [[0f32; L]; N];
+    for (li, xi) in lv.iter_mut().zip(x) {
+        for k in 0..L {
+            li[k] = level(iscale[k], xi[k], min[k]);
+        }
     }
-    let mut best_error = error(levels, scale, min);
-    if steps.nstep < 1 {
-        return (scale, -min);
-    }
+    let mut best = error(&lv, &scale, &min);
+    let mut aux = [[0f32; L]; N];
     for is in 0..=steps.nstep {
-        let iscale = (steps.rmin + steps.rdelta * is as f32 + nmaxf) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            let l = level(iscale, x[i], min);
-            aux[i] = l;
-            let (w, l) = (weights[i], l as f32);
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
+        // `min` moves with every better candidate, and the later candidates start from it.
+        let numerator = steps.rmin + steps.rdelta * is as f32 + nmaxf;
+        let iscale: [f32; L] = std::array::from_fn(|k| numerator / (max[k] - min[k]));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; L], [0f32; L], [0f32; L]);
+        for ((ai, xi), wi) in aux.iter_mut().zip(x).zip(w) {
+            for k in 0..L {
+                let l = level(iscale[k], xi[k], min[k]);
+                ai[k] = l;
+                sum_l[k] += wi[k] * l;
+                sum_l2[k] += wi[k] * l * l;
+                sum_xl[k] += wi[k] * l * xi[k];
+            }
         }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let cur = error(aux, this_scale, this_min);
-            if cur < best_error {
-                levels[..n].copy_from_slice(&aux[..n]);
-                best_error = cur;
-                scale = this_scale;
-                min = this_min;
-            }
+        let mut this_scale = [0f32; L];
+        let mut this_min = [0f32; L];
+        let mut solvable = [false; L];
+        for k in 0..L {
+            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            solvable[k] = d > 0.0 && !flat[k];
+            let s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+            let m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+            this_scale[k] = if m > 0.0 { sum_xl[k] / sum_l2[k] } else { s };
+            this_min[k] = if m > 0.0 { 0.0 } else { m };
+        }
+        if !solvable.contains(&true) {
+            continue;
+        }
+        let cur = error(&aux, &this_scale, &this_min);
+        let better: [bool; L] = std::array::from_fn(|k| solvable[k] && cur[k] < best[k]);
+        let take = lane_mask::<L>(&better);
+        for (li, ai) in lv.iter_mut().zip(&aux) {
+            select(li, ai, &take);
+        }
+        select(&mut best, &cur, &take);
+        select(&mut scale, &this_scale, &take);
+        select(&mut min, &this_min, &take);
+    }
+    // A constant block keeps levels 0 and scale 0 (its lanes computed with max - min = 0).
+    let flat = lane_mask::<L>(&flat);
+    select(&mut scale, &[0.0; L], &flat);
+    for (o, li) in levels.iter_mut().zip(&lv) {
+        for k in 0..L {
+            o[k] = (li[k] as u8) & !(flat[k] as u8);
         }
     }
-    (scale, -min)
+    (scale, std::array::from_fn(|k| -min[k]))
 }
 
 /// Levels `0..=nmax` for the non-negative `x` (the sub-block scales or mins of a K-quant
 /// super-block) and their common scale: the best of nine candidates around `nmax / max` by
 /// weighted squared error, then up to five rounds of moving single levels while that improves
-/// the least-squares fit (`make_qp_quants`). Returns the scale.
+/// the least-squares fit (`make_qp_quants`). Returns the scale. Runs once per super-block on 8
+/// values: plain scalar code.
 pub fn positive_scale(x: &[f32], nmax: i32, levels: &mut [u8], weights: &[f32]) -> f32 {
     let n = x.len();
     let mut max = 0f32;
     for &v in x {
-        max = c_max(max, v);
+        max = if max > v { max } else { v };
     }
     if max < GROUP_MAX_EPS {
         levels[..n].fill(0);
@@ -196,10 +254,7 @@ pub fn positive_scale(x: &[f32], nmax: i32, levels: &mut [u8], weights: &[f32]) 
         let diff = x[i] - scale * levels[i] as f32;
         best_mse += weights[i] * diff * diff;
     }
-    for is in -4..=4 {
-        if is == 0 {
-            continue;
-        }
+    for is in (-4..=4).filter(|&is| is != 0) {
         let iscale_is = (0.1 * is as f32 + nmaxf) / max;
         let scale_is = 1.0 / iscale_is;
         let mut mse = 0f32;
