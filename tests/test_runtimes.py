@@ -197,6 +197,9 @@ def test_a_source_whose_kv_sharing_does_not_start_at_20():
     assert (moved.effect, moved.message) == (
         "wrong", "the source's KV sharing starts at layer 25, and with layer 21 skipped it is at layer 24 "
                  "(llama.cpp fixes it at 20, producers 18 and 19)")
+    moved = verdicts(SliceSpec(layers_to_skip=(0, 1)), arch)["llama.cpp"].problems[0]
+    assert moved.message == ("the source's KV sharing starts at layer 25, and with layers 0-1 skipped it is at layer 23 "
+                             "(llama.cpp fixes it at 20, producers 18 and 19)")
 
 
 def test_values_llama_cpp_fixes_in_code(e4b):
@@ -223,16 +226,9 @@ def test_values_llama_cpp_fixes_in_code(e4b):
     ]
 
 
-def test_require_is_the_guard_a_format_runs():
-    runtimes.require(E4B, gemma3n.resolve(E4B, SliceSpec(layers_to_skip=tuple(range(20, 35)), ffn_dims=2048)), "llama.cpp")
-    with pytest.raises(SpecError) as e:
-        runtimes.require(E4B, gemma3n.resolve(E4B, SliceSpec(layers_to_skip=(12,))), "llama.cpp")
-    assert str(e.value) == (
-        "llama.cpp would not compute this slice correctly: layer 12 is skipped, which moves the KV-sharing start "
-        "off layer 20 to layer 19 (llama.cpp fixes it at 20, producers 18 and 19)"
-    )
+def test_an_unknown_runtime_is_named():
     with pytest.raises(SpecError, match="^runtime 'lm studio' is not one of transformers, vllm, llama.cpp, ollama, mlx-lm, mlx-vlm$"):
-        runtimes.require(E4B, None, "lm studio")
+        verdicts(None)["lm studio"]
 
 
 def test_verdicts_are_frozen_and_json_able():

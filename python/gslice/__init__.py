@@ -23,6 +23,7 @@ from .catalogue import Preset, presets  # noqa: E402
 from .proposals import ProposalVerdict, proposals  # noqa: E402
 from .accounting import Footprint, SizePlan, plan  # noqa: E402
 from .recommendation import Recommendation, recommend  # noqa: E402
+from .runtimes import Compatibility, Verdict, compatibility  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -43,6 +44,9 @@ __all__ = [
     "Footprint",
     "recommend",
     "Recommendation",
+    "compatibility",
+    "Compatibility",
+    "Verdict",
     "GsliceError",
     "SpecError",
     "SourceError",

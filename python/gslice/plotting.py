@@ -48,10 +48,14 @@ def plot_presets(catalogue: Sequence[Preset], path: str | os.PathLike) -> None:
     top.set_title("Gemma 3n slices: effective parameters (computed from shapes) vs published MMLU")
     top.grid(alpha=0.3)
     top.legend(loc="lower right", fontsize=8)
-    for p in ours:
+    previous = None
+    for p in sorted(ours, key=lambda q: q.params.effective):
         x = p.params.effective / 1e9
         bottom.axvline(x, color="tab:red" if not p.trained_widths else "tab:green", alpha=0.5)
-        bottom.annotate(p.id.removeprefix("gslice-"), (x, 0.5), rotation=90, fontsize=7, ha="right", va="center")
+        # a preset within 0.05B of the previous one gets its label on the other side of the line
+        side = "left" if previous is not None and x - previous < 0.05 else "right"
+        bottom.annotate(p.id.removeprefix("gslice-"), (x, 0.5), rotation=90, fontsize=7, ha=side, va="center")
+        previous = x
     bottom.set_yticks([])
     bottom.set_ylabel("gslice\npresets", rotation=0, ha="right", va="center")
     bottom.set_title("quality unmeasured (green: trained widths 8192/16384 only; red: other widths)", fontsize=8)

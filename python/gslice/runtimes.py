@@ -53,7 +53,7 @@ TRANSFORMERS = Runtime(
 )
 VLLM = Runtime(
     "vllm",
-    "vLLM main, vllm/model_executor/models/gemma3n.py (read; vLLM does not install here)",
+    "vLLM 0.33.0, vllm/model_executor/models/gemma3n.py (read from its wheel; vLLM does not run here)",
 )
 LLAMA_CPP = Runtime(
     "llama.cpp",
@@ -68,7 +68,7 @@ LLAMA_CPP = Runtime(
 )
 OLLAMA = Runtime(
     "ollama",
-    "Ollama's own engine, model/models/gemma3n/model_text.go (read; Ollama does not run llama.cpp's Gemma 3n)",
+    "Ollama's own engine, model/models/gemma3n/model_text.go at 64f40bd (read; it does not use llama.cpp's Gemma 3n code)",
 )
 MLX_LM = Runtime(
     "mlx-lm",
@@ -132,13 +132,6 @@ class Verdict:
     def ok(self) -> bool:
         return not self.problems
 
-    def line(self) -> str:
-        """'llama.cpp: yes' or 'llama.cpp: no: <first problem>' (+ how many more)."""
-        if self.ok:
-            return f"{self.runtime.name}: yes"
-        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        return f"{self.runtime.name}: no: {self.problems[0].message}{more}"
-
     def to_dict(self) -> dict:
         r = self.runtime
         return {"runtime": r.name, "ok": self.ok, "problems": [p.to_dict() for p in self.problems],
@@ -189,14 +182,6 @@ def _in_order(problems: list[Problem]) -> tuple[Problem, ...]:
     return tuple(sorted(problems, key=lambda p: (REFUSED, ABORTS, WRONG).index(p.effect)))
 
 
-def require(arch: Architecture, res: Resolved | None, runtime: str) -> None:
-    """Raises SpecError, one line per problem, unless ``runtime`` computes the slice correctly
-    (the guard a format for that runtime runs before writing a byte)."""
-    verdict = compatibility(arch, res)[runtime]
-    if not verdict.ok:
-        raise SpecError("\n".join(f"{runtime} would not compute this slice correctly: {p.message}" for p in verdict.problems))
-
-
 # -- the slice as a runtime sees it ---------------------------------------------------------
 
 
@@ -229,8 +214,9 @@ class _Slice:
         return text if old == new else f"{text} (source {noun} {fmt_ranges(old)})"
 
 
-def _skipped_phrase(layers: list[int]) -> str:
-    return f"layer {layers[0]} is" if len(layers) == 1 else f"layers {fmt_ranges(layers)} are"
+def _listed(layers: list[int]) -> str:
+    """'layer 12' / 'layers 5-14'."""
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {fmt_ranges(layers)}"
 
 
 # -- KV sharing ----------------------------------------------------------------------------
@@ -287,8 +273,9 @@ def _kv_start_message(s: _Slice) -> str:
         return (f"no layer of the slice reuses keys/values, but llama.cpp makes layers {fixed}-{n - 1} reuse "
                 f"those of layers {fixed - 2} and {fixed - 1}")
     if below and s.source.first_shared == fixed:
-        return f"{_skipped_phrase(below)} skipped, which moves the KV-sharing start off layer {fixed} to layer {start} {tail}"
-    moved = f", and with {_skipped_phrase(below)[:-3]} skipped it is at layer {start}" if below else ""
+        verb = "is" if len(below) == 1 else "are"
+        return f"{_listed(below)} {verb} skipped, which moves the KV-sharing start off layer {fixed} to layer {start} {tail}"
+    moved = f", and with {_listed(below)} skipped it is at layer {start}" if below else ""
     return f"the source's KV sharing starts at layer {s.source.first_shared}{moved} {tail}"
 
 
