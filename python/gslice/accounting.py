@@ -14,7 +14,11 @@ and the published E4B layout (:func:`gslice.gemma3n.shapes_from_config`). Figure
   ``weight_shape`` int64[2]. Everything else (embeddings, norms, convolutions, towers) stays
   bf16;
 * inference RAM = resident weights + KV cache (:data:`RAM_FORMULA`);
-* which runtimes compute the slice correctly (:mod:`gslice.runtimes`).
+* which runtimes compute the slice correctly (:mod:`gslice.runtimes`);
+* the GGUF file of each type (:data:`gslice.formats.gguf.TYPES`) when llama.cpp computes the
+  slice correctly: its tensor data (:func:`gslice.formats.gguf.file_tensor_bytes`: the text
+  decoder, the embedding tables padded to the vocabulary, each tensor at llama.cpp's type for
+  that file type; the metadata, mostly the tokenizer, adds a few MB).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Mapping, Sequence
 from . import engine, gemma3n, runtimes
 from .catalogue import Preset, spec_with_preset
 from .errors import SourceError, SpecError
-from .formats import safetensors
+from .formats import gguf, safetensors
 from .gemma3n import ParamCounts
 from .runtimes import Compatibility
 from .spec import SliceSpec
@@ -93,6 +97,8 @@ class SizePlan:
     group_size: int
     footprints: tuple[Footprint, ...]  # one per scheme, in SCHEMES order
     runtimes: Compatibility  # which runtimes compute the slice correctly
+    # GGUF tensor data per file type; None when llama.cpp would not compute the slice correctly
+    gguf_bytes: dict[str, int] | None = None
 
     def footprint(self, scheme: str) -> Footprint:
         for f in self.footprints:
@@ -115,6 +121,7 @@ class SizePlan:
             "footprints": {f.scheme: f.to_dict() for f in self.footprints},
             "ram_formula": RAM_FORMULA,
             "runtimes": self.runtimes.to_dict(),
+            "gguf_bytes": self.gguf_bytes,
         }
 
 
@@ -154,6 +161,10 @@ def size_plan(label, preset, arch, res, shapes, new_config, context=DEFAULT_CONT
     """The figures for a resolved slice whose output shapes and config are known."""
     prefix = gemma3n.output_prefix(arch, res.spec)
     text = gemma3n.text_config(new_config)
+    compat = runtimes.compatibility(arch, res)
+    gguf_bytes = None
+    if compat["llama.cpp"].ok:
+        gguf_bytes = {t: gguf.file_tensor_bytes(arch, res, shapes, new_config, t) for t in gguf.TYPES}
     return SizePlan(
         source=label,
         preset=preset,
@@ -166,7 +177,8 @@ def size_plan(label, preset, arch, res, shapes, new_config, context=DEFAULT_CONT
         context=context,
         group_size=group_size,
         footprints=tuple(footprint(shapes, text, prefix, s, context, group_size) for s in SCHEMES),
-        runtimes=runtimes.compatibility(arch, res),
+        runtimes=compat,
+        gguf_bytes=gguf_bytes,
     )
 
 
