@@ -308,17 +308,13 @@ TOKENIZER_TEXT = (
 ) * 20
 
 
-def write_sentencepiece(path: str | Path, vocab: int) -> int:
-    """Trains a tiny SentencePiece BPE model into ``path``/tokenizer.model with Gemma's special
-    ids (pad 0, eos 1, bos 2, unk 3) and byte fallback; names them in config.json (the
-    ``*_token_id`` fields llama.cpp's converter reads) and tokenizer_config.json. "\n" stays a
-    newline (identity normalization). Returns the model's own vocabulary size (<= ``vocab``; the
-    rest of the ids are unused)."""
+def sentencepiece_model(vocab: int) -> bytes:
+    """A tiny SentencePiece BPE model (at most ``vocab`` pieces) with Gemma's special ids (pad 0,
+    eos 1, bos 2, unk 3) and byte fallback; "\n" stays a newline (identity normalization)."""
     import io
 
     import sentencepiece as spm
 
-    out = Path(path)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(TOKENIZER_TEXT.splitlines()), model_writer=buf, vocab_size=vocab, model_type="bpe",
@@ -326,7 +322,19 @@ def write_sentencepiece(path: str | Path, vocab: int) -> int:
         character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
         bos_piece="<bos>", unk_piece="<unk>", minloglevel=2,
     )
-    (out / "tokenizer.model").write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def write_sentencepiece(path: str | Path, vocab: int) -> int:
+    """Writes :func:`sentencepiece_model` as ``path``/tokenizer.model and names its special ids
+    in config.json (the ``*_token_id`` fields llama.cpp's converter reads) and
+    tokenizer_config.json. Returns the model's own vocabulary size (<= ``vocab``; the rest of
+    the ids are unused)."""
+    import sentencepiece as spm
+
+    out = Path(path)
+    model = sentencepiece_model(vocab)
+    (out / "tokenizer.model").write_bytes(model)
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
     ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "unk_token_id": 3}
@@ -337,7 +345,7 @@ def write_sentencepiece(path: str | Path, vocab: int) -> int:
     tok = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
            "pad_token": "<pad>", "unk_token": "<unk>", "tokenizer_class": "GemmaTokenizer"}
     (out / "tokenizer_config.json").write_text(json.dumps(tok))
-    return spm.SentencePieceProcessor(model_proto=buf.getvalue()).get_piece_size()
+    return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
 
 
 def write_safetensors(path: str | Path, arrays: dict[str, tuple[str, np.ndarray]]) -> Path:
