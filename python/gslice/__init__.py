@@ -7,10 +7,15 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    ArgumentError,
     DiskFullError,
     GsliceError,
+    HubError,
     InternalError,
+    Interrupted,
+    NothingFitsError,
     OutputExistsError,
+    ProtectedPathError,
     SourceError,
     SpecError,
     WriteError,
@@ -48,10 +53,15 @@ __all__ = [
     "Compatibility",
     "Verdict",
     "GsliceError",
+    "ArgumentError",
     "SpecError",
     "SourceError",
     "OutputExistsError",
+    "ProtectedPathError",
     "DiskFullError",
     "WriteError",
+    "HubError",
+    "NothingFitsError",
     "InternalError",
+    "Interrupted",
 ]

@@ -26,7 +26,8 @@ import re
 from dataclasses import dataclass
 
 from . import gemma3n
-from .errors import SourceError, SpecError
+from .arguments import bool_arg
+from .errors import ArgumentError, SourceError, SpecError
 from .gemma3n import Architecture, ParamCounts
 from .official_configs import OfficialConfig, hub_configs, shipped_configs
 from .spec import SliceSpec
@@ -217,7 +218,7 @@ def _gslice_preset(arch: Architecture, blocks, kept_blocks, sliding: int, full: 
 
 def presets(from_hub: bool = False) -> tuple[Preset, ...]:
     """Google's configurations (shipped, or the live Hub CSV), then gslice's presets."""
-    return official_presets(from_hub) + gslice_presets()
+    return official_presets(bool_arg(from_hub, "from_hub")) + gslice_presets()
 
 
 def find_preset(name: str, from_hub: bool = False) -> Preset:
@@ -259,6 +260,10 @@ def spec_with_preset(
 ) -> "tuple[SliceSpec, Preset | None]":
     """(the spec to slice with, the Preset or None): a preset's layers and widths for this
     source, with the tower options of ``spec`` and ``modalities``."""
+    if spec is not None and not isinstance(spec, SliceSpec):
+        raise ArgumentError(f"spec must be a SliceSpec or None, not {type(spec).__name__}")
+    if preset is not None and not isinstance(preset, (str, Preset)):
+        raise ArgumentError(f"preset must be a preset id or name (str), not {type(preset).__name__}")
     drop_vision, drop_audio = _towers(modalities)
     base = spec or SliceSpec()
     if preset is not None and (base.layers_to_skip or base.ffn_dims is not None):
@@ -275,6 +280,6 @@ def spec_with_preset(
 
 
 def _towers(modalities: str) -> tuple[bool, bool]:
-    if modalities not in MODALITIES:
+    if not isinstance(modalities, str) or modalities not in MODALITIES:
         raise SpecError(f"modalities: {modalities!r} is not one of {', '.join(MODALITIES)}")
     return MODALITIES[modalities]

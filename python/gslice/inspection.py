@@ -8,12 +8,14 @@ from dataclasses import asdict
 
 from . import engine, gemma3n, runtimes
 from .sources import Source
+from .spec import SliceSpec
 
 
 def describe(source: Source) -> dict:
     config = gemma3n.read_config(source.path)
     arch = gemma3n.architecture(config, str(source.path / "config.json"))
     ck = engine.inspect(source.path)
+    gemma3n.check_source(config, arch, ck, gemma3n.resolve(arch, SliceSpec()))  # what it says must be true
     shapes = {n: t.shape for n, t in ck.tensors.items()}
     return {
         "source": source.label,

@@ -9,13 +9,10 @@ from dataclasses import dataclass
 
 from .accounting import DEFAULT_CONTEXT, SCHEMES, SizePlan, plan
 from .catalogue import MODALITIES, presets
-from .errors import GsliceError, SpecError
+from .arguments import bool_arg
+from .errors import NothingFitsError, SpecError
 from .runtimes import NAMES
 from .units import fmt_bytes, parse_size
-
-
-class NothingFitsError(GsliceError):
-    """No preset fits the RAM budget."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +71,10 @@ def recommend(
     budget = parse_size(ram, "--ram") if isinstance(ram, str) else ram
     if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
         raise SpecError(f"--ram: {ram!r} must be a positive size")
-    if quant not in SCHEMES:
+    bool_arg(ple_on_disk, "ple_on_disk")
+    if not isinstance(quant, str) or quant not in SCHEMES:
         raise SpecError(f"--quant: {quant!r} is not one of {', '.join(SCHEMES)}")
-    if modalities not in MODALITIES:
+    if not isinstance(modalities, str) or modalities not in MODALITIES:
         raise SpecError(f"--modalities: {modalities!r} is not one of {', '.join(MODALITIES)}")
     if runtime is not None and runtime not in NAMES:
         raise SpecError(f"--runtime: {runtime!r} is not one of {', '.join(NAMES)}")

@@ -1,4 +1,5 @@
-"""Pieces shared by the `gslice` commands: error handling and plain-text tables."""
+"""Pieces shared by the `gslice` commands: error handling, strict option types and
+plain-text tables."""
 
 from __future__ import annotations
 
@@ -7,30 +8,61 @@ import sys
 
 import click
 
-from ..errors import GsliceError
+from .. import interrupts
+from ..errors import GsliceError, Interrupted, SpecError
+from ..spec import parse_int
 from ..units import fmt_ranges as compact_ranges  # noqa: F401 (used by the commands)
 
 
 def friendly_errors(fn):
-    """Bad input ends in one line on stderr and exit 2, never a traceback."""
+    """Bad input ends in one line on stderr and exit 2, never a traceback. SIGINT and SIGTERM
+    end the command with a line saying what is on disk (see :mod:`gslice.interrupts`; commands
+    that write update the note as they go) and exit 128 + the signal number."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with interrupts.trapped("nothing was written"):
+                return fn(*args, **kwargs)
         except GsliceError as e:
             # Some errors list several problems (bulk planning): one line each.
             for line in str(e).splitlines() or [""]:
                 click.echo(f"error: {line}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was left behind", err=True)
+        except Interrupted as e:
+            click.echo(str(e), err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # off the main thread, or the program's own handler
+            click.echo("interrupted", err=True)
             sys.exit(130)
         except OSError as e:
             click.echo(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
             sys.exit(2)
 
     return wrapper
+
+
+class StrictInt(click.ParamType):
+    """An integer option in ASCII digits within [low, high] (click's INT also takes '١',
+    '２０' and '1_0', as Python's int() does)."""
+
+    name = "integer"
+
+    def __init__(self, low: int = 1, high: int | None = None):
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            n = value
+        else:
+            try:
+                n = parse_int(str(value), param.opts[0] if param else "value")
+            except SpecError as e:
+                self.fail(str(e).split(": ", 1)[-1], param, ctx)
+        if n < self.low or (self.high is not None and n > self.high):
+            bound = f"from {self.low} to {self.high}" if self.high is not None else f"at least {self.low}"
+            self.fail(f"{n} is out of range: it must be {bound}", param, ctx)
+        return n
 
 
 def table(rows) -> str:

@@ -14,7 +14,7 @@ from ..proposals import ProposalVerdict, proposals
 from ..runtimes import NAMES, RUNTIMES
 from ..units import fmt_bytes
 from . import main
-from .common import friendly_errors
+from .common import friendly_errors, StrictInt
 
 Cell = Callable[[Preset, SizePlan], str]
 
@@ -34,7 +34,7 @@ SIZE_COLUMNS: list[tuple[str, Cell]] = [
 @click.option("--from-hub", is_flag=True, help="Read Google's configurations from the Hub dataset google/gemma3n-slicing-configs.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Also draw effective parameters vs MMLU into this PNG.")
 @click.option("--modalities", type=click.Choice(list(MODALITIES)), default="all", show_default=True, help="Towers kept in the figures.")
-@click.option("--context", type=click.IntRange(1), default=DEFAULT_CONTEXT, show_default=True, help="Tokens of KV cache in the RAM figures.")
+@click.option("--context", type=StrictInt(1), default=DEFAULT_CONTEXT, show_default=True, help="Tokens of KV cache in the RAM figures.")
 @friendly_errors
 def presets_cmd(as_json, markdown, from_hub, plot_file, modalities, context):
     """List the presets with sizes computed from shapes on E4B (no download)."""

@@ -12,14 +12,14 @@ from ..recommendation import Recommendation, nothing_fits, recommend
 from ..runtimes import NAMES
 from ..units import fmt_bytes, fmt_params
 from . import main
-from .common import friendly_errors, table
+from .common import friendly_errors, table, StrictInt
 
 FLAGS = {"all": "", "text+audio": " --drop-vision", "text": " --text-only"}
 
 
 @main.command("recommend")
 @click.option("--ram", required=True, help="Memory the model may use, e.g. 4GB or 3.5GiB.")
-@click.option("--context", type=click.IntRange(1), default=DEFAULT_CONTEXT, show_default=True, help="Tokens of KV cache to reserve.")
+@click.option("--context", type=StrictInt(1), default=DEFAULT_CONTEXT, show_default=True, help="Tokens of KV cache to reserve.")
 @click.option("--modalities", type=click.Choice(list(MODALITIES)), default="all", show_default=True, help="Towers to keep.")
 @click.option("--quant", type=click.Choice(SCHEMES), default="bf16", show_default=True, help="Weight storage the estimate assumes.")
 @click.option("--ple-on-disk", is_flag=True, help="Assume a runtime that memory-maps the PLE table instead of loading it.")

@@ -66,4 +66,8 @@ class Prepared(Protocol):
 
     def describe(self, plan: "SlicePlan") -> dict: ...
 
-    def report(self, plan: "SlicePlan", result: engine.EngineReport) -> dict | None: ...
+    def figures(self, plan: "SlicePlan") -> dict | None:
+        """The format's part of the report that depends on the plan alone (computed before
+        anything is written), handed back to ``report`` with the engine's result."""
+
+    def report(self, plan: "SlicePlan", figures: dict | None, result: engine.EngineReport) -> dict | None: ...

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
-from .. import engine, gemma3n
+from .. import engine, gemma3n, ownership
 from ..engine import MetaKv, TensorPlan
 from ..errors import InternalError, SourceError, SpecError
 from . import gguf_gemma3n as g3n
@@ -212,7 +212,10 @@ class GGUFOutput:
             "note": TEXT_ONLY_NOTE,
         }
 
-    def report(self, plan: "SlicePlan", result: engine.EngineReport) -> dict | None:
+    def figures(self, plan: "SlicePlan") -> dict | None:
+        return None
+
+    def report(self, plan: "SlicePlan", figures: dict | None, result: engine.EngineReport) -> dict | None:
         return None
 
 
@@ -362,6 +365,19 @@ def read_manifest(path: Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get(DIGEST_FIELD), str):
         raise SourceError(f"{path}: {MANIFEST_KEY} has no {DIGEST_FIELD}")
     return data
+
+
+def is_gslice_file(path: Path) -> bool:
+    """Whether ``path`` is a GGUF file gslice wrote (its metadata holds the manifest): what may
+    be replaced by --overwrite (:mod:`gslice.ownership`). Only reads."""
+    try:
+        read_manifest(path)
+    except Exception:  # noqa: BLE001 - any file that cannot be read as one is not ours
+        return False
+    return True
+
+
+ownership.register_file_format("gguf", is_gslice_file)
 
 
 def file_digest(path: Path, recorded: str) -> str:

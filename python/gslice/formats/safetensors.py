@@ -89,11 +89,11 @@ class QuantOptions:
             if given:
                 raise SpecError(f"{given[0]} needs quant='int4' or 'int8' (--quant)")
             return None
-        if quant not in SCHEMES:
+        if not isinstance(quant, str) or quant not in SCHEMES:
             raise SpecError(f"quant: {quant!r} is not a supported scheme (choose {' or '.join(SCHEMES)})")
         if group_size is None:
             group_size = DEFAULT_GROUP_SIZE
-        if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size not in GROUP_SIZES:
             raise SpecError(f"group_size: {group_size!r} is not supported (choose {', '.join(map(str, GROUP_SIZES))})")
         for name, v in (("quant_embeddings", quant_embeddings), ("quant_audio", quant_audio)):
             if not isinstance(v, bool):
@@ -278,15 +278,27 @@ class SafetensorsOutput:
     def describe(self, plan: "SlicePlan") -> dict:
         return {"name": "safetensors", "quant": self.quant.scheme if self.quant else None}
 
-    def report(self, plan: "SlicePlan", result: engine.EngineReport) -> dict | None:
-        """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
-        ``rel_`` figures are relative to the weight's RMS). Totals over the whole output."""
+    def figures(self, plan: "SlicePlan") -> dict | None:
+        """What the report says of the quantization before anything is written (None without)."""
         if self.quant is None:
             return None
-        weight_of = {t.name: t.quant.weight for t in self.tensors if t.quant}
+        return {
+            **self.quant.to_json(),
+            "kept": [{"name": n, "reason": r} for n, r in self.quant_plan.kept],
+            "output_bytes_unquantized": plan.unquantized_bytes(),
+            "weight_of": {t.name: t.quant.weight for t in self.tensors if t.quant},
+        }
+
+    def report(self, plan: "SlicePlan", figures: dict | None, result: engine.EngineReport) -> dict | None:
+        """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
+        ``rel_`` figures are relative to the weight's RMS). Totals over the whole output; the
+        error figures are None when nothing was quantized (a dry run). Cannot fail."""
+        if figures is None:
+            return None
+        weight_of = figures.pop("weight_of")
         tensors = [
             {
-                "name": weight_of[q.name],
+                "name": weight_of.get(q.name, q.name),
                 "source": q.source,
                 "shape": list(q.shape),
                 "bytes_before": q.bytes_before,
@@ -300,17 +312,15 @@ class SafetensorsOutput:
             for q in result.quantized
         ]
         rel = [t["rel_rms_error"] for t in tensors]
-        worst = max(tensors, key=lambda t: t["rel_rms_error"])
+        worst = max(tensors, key=lambda t: t["rel_rms_error"], default=None)
         return {
-            **self.quant.to_json(),
+            **figures,
             "tensors": tensors,
-            "kept": [{"name": n, "reason": r} for n, r in self.quant_plan.kept],
             "quantized_bytes_before": sum(t["bytes_before"] for t in tensors),
             "quantized_bytes_after": sum(t["bytes_after"] for t in tensors),
-            "output_bytes_unquantized": plan.unquantized_bytes(),
             "output_bytes": result.outputs[0].tensor_bytes,
-            "rel_rms_error_mean": sum(rel) / len(rel),
-            "rel_rms_error_max": worst["rel_rms_error"],
-            "rel_rms_error_worst": worst["name"],
-            "rel_max_abs_error_max": max(t["rel_max_abs_error"] for t in tensors),
+            "rel_rms_error_mean": sum(rel) / len(rel) if rel else None,
+            "rel_rms_error_max": worst["rel_rms_error"] if worst else None,
+            "rel_rms_error_worst": worst["name"] if worst else None,
+            "rel_max_abs_error_max": max((t["rel_max_abs_error"] for t in tensors), default=None),
         }

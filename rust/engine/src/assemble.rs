@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::execute::{lock, piece_path};
 use crate::hash::{sha256_bytes, sha256_file};
 use crate::layout::{Layout, OutputLayout};
+use crate::ownership::check_replaceable;
 use crate::plan::{FileSpec, ManifestSpec, OutputSpec};
 use crate::report::{FileReport, OutputReport, ShardReport};
 
@@ -92,6 +93,7 @@ pub(crate) fn describe_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Lay
     Ok(finish_report(spec, ol, shards, files))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn assemble_output(
     spec: &OutputSpec,
     ol: &OutputLayout,
@@ -100,9 +102,10 @@ pub(crate) fn assemble_output(
     hashes: &[Option<String>],
     copies: &Mutex<StagedCopies>,
     cleanup: &Mutex<Cleanup>,
+    source: &Path,
 ) -> Result<OutputReport> {
     if ol.single_file {
-        return assemble_file(spec, ol, layout, staging, hashes);
+        return assemble_file(spec, ol, layout, staging, hashes, source);
     }
     let parent = parent_dir(&spec.dir)?;
     let name = spec.dir.file_name().expect("checked in preflight").to_string_lossy().into_owned();
@@ -143,14 +146,22 @@ pub(crate) fn assemble_output(
         put(&mut files, &m.name, text.as_bytes())?;
     }
     sync_dir(&tmp)?;
-    commit(&tmp, &spec.dir, spec.overwrite)?;
+    // The path may have changed since the run started: the same rule decides again.
+    check_replaceable(&spec.dir, spec.overwrite, spec.manifest.as_ref().map(|m| m.name.as_str()), source)?;
+    // From here the output is complete; once it is in place nothing may turn that into a failure.
+    let previous = commit(&tmp, &spec.dir)?;
     lock(cleanup).0.retain(|p| p != &tmp);
+    if let Some(old) = previous {
+        // A failure to delete the previous output leaves a hidden folder named by this
+        // process, which the next run into this folder reports and removes.
+        let _ = fs::remove_dir_all(old);
+    }
     Ok(finish_report(spec, ol, shards, files))
 }
 
 /// A single-file output: its piece, with the manifest digest written into its header (the hash
 /// was taken with the digits still zero), flushed and renamed into place.
-fn assemble_file(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout, staging: &Path, hashes: &[Option<String>]) -> Result<OutputReport> {
+fn assemble_file(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout, staging: &Path, hashes: &[Option<String>], source: &Path) -> Result<OutputReport> {
     let (name, p) = ol.shards[0].clone();
     let path = piece_path(staging, p);
     let digest = hashes[p].clone();
@@ -159,7 +170,10 @@ fn assemble_file(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout, staging:
         f.write_all_at(hex.as_bytes(), at).map_err(|e| Error::io(&path, "write", e))?;
         f.sync_all().map_err(|e| Error::io(&path, "flush", e))?;
     }
-    commit(&path, &spec.dir, spec.overwrite)?;
+    check_replaceable(&spec.dir, spec.overwrite, spec.manifest.as_ref().map(|m| m.name.as_str()), source)?;
+    if let Some(old) = commit(&path, &spec.dir)? {
+        let _ = fs::remove_file(old); // the previous file, swapped out (see assemble_output)
+    }
     let shards = shard_reports(ol, layout);
     let files = vec![FileReport { name, bytes: layout.pieces[p].size, sha256: digest }];
     Ok(finish_report(spec, ol, shards, files))
@@ -213,34 +227,88 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, "flush", e))
 }
 
-/// Renames the finished folder into place; an existing one (allowed by `overwrite`) is moved
-/// aside first and deleted only once the new one is in place.
-fn commit(tmp: &Path, dest: &Path, overwrite: bool) -> Result<()> {
+/// Puts the finished folder `tmp` at `dest`. An existing `dest` (checked replaceable by the
+/// caller) is exchanged with it in one atomic step where the system allows it, so there is no
+/// moment without an output; returns where the previous output now is, for the caller to
+/// delete. Flushing the parent afterwards is best-effort: the output is already in place.
+fn commit(tmp: &Path, dest: &Path) -> Result<Option<PathBuf>> {
     let parent = parent_dir(dest)?;
-    if dest.symlink_metadata().is_ok() {
-        if !overwrite {
-            return Err(Error::Exists(dest.to_path_buf()));
+    let previous = if dest.symlink_metadata().is_ok() {
+        if exchange(tmp, dest).is_ok() {
+            Some(tmp.to_path_buf())
+        } else {
+            // No atomic exchange here: move the old output aside, then put the new one in.
+            let name = dest.file_name().expect("checked in preflight").to_string_lossy().into_owned();
+            let old = unique_path(&parent, &format!(".{name}.gslice-old"));
+            fs::rename(dest, &old).map_err(|e| Error::io(dest, "move aside", e))?;
+            if let Err(e) = fs::rename(tmp, dest) {
+                let _ = fs::rename(&old, dest);
+                return Err(Error::io(dest, "rename into", e));
+            }
+            Some(old)
         }
-        let name = dest.file_name().expect("checked").to_string_lossy().into_owned();
-        let old = unique_path(&parent, &format!(".{name}.gslice-old"));
-        fs::rename(dest, &old).map_err(|e| Error::io(dest, "move aside", e))?;
-        if let Err(e) = fs::rename(tmp, dest) {
-            let _ = fs::rename(&old, dest);
-            return Err(Error::io(dest, "rename into", e));
-        }
-        remove_any(&old);
     } else {
-        fs::rename(tmp, dest).map_err(|e| Error::io(dest, "rename into", e))?;
-    }
-    sync_dir(&parent)
+        rename_new(tmp, dest)?;
+        None
+    };
+    let _ = sync_dir(&parent);
+    Ok(previous)
 }
 
-fn remove_any(path: &Path) {
-    if path.is_dir() {
-        let _ = fs::remove_dir_all(path);
-    } else {
-        let _ = fs::remove_file(path);
+/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`, macOS `renamex_np(RENAME_SWAP)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    rename_flags(a, b, RenameMode::Exchange)
+}
+
+/// Renames `tmp` to `dest`, failing if `dest` appeared meanwhile (where the system can tell).
+fn rename_new(tmp: &Path, dest: &Path) -> Result<()> {
+    match rename_flags(tmp, dest, RenameMode::NoReplace) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Exists(dest.to_path_buf())),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOSYS) => {
+            fs::rename(tmp, dest).map_err(|e| Error::io(dest, "rename into", e))
+        }
+        Err(e) => Err(Error::io(dest, "rename into", e)),
     }
+}
+
+enum RenameMode {
+    Exchange,
+    NoReplace,
+}
+
+#[cfg(target_os = "linux")]
+fn rename_flags(from: &Path, to: &Path, mode: RenameMode) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (cstr(from)?, cstr(to)?);
+    let flags = match mode {
+        RenameMode::Exchange => libc::RENAME_EXCHANGE,
+        RenameMode::NoReplace => libc::RENAME_NOREPLACE,
+    };
+    // The raw system call: glibc's wrapper appeared only in 2.28, newer than manylinux wheels allow.
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(target_os = "macos")]
+fn rename_flags(from: &Path, to: &Path, mode: RenameMode) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (cstr(from)?, cstr(to)?);
+    let flags = match mode {
+        RenameMode::Exchange => libc::RENAME_SWAP,
+        RenameMode::NoReplace => libc::RENAME_EXCL,
+    };
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe { libc::renamex_np(a.as_ptr(), b.as_ptr(), flags) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn rename_flags(_from: &Path, _to: &Path, _mode: RenameMode) -> std::io::Result<()> {
+    Err(std::io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// The folder an output will live in, created if needed (like `mkdir -p`).

@@ -230,6 +230,82 @@ fn manifest_text(fields: &serde_json::Map<String, Value>) -> Result<(String, usi
     Ok((text, at + marker.len() - 65))
 }
 
+/// Whether `path` is a GGUF file whose metadata holds a string under `key` (read from the
+/// header only; any read or format problem means no).
+pub fn file_has_key(path: &std::path::Path, key: &str) -> bool {
+    let Ok(f) = std::fs::File::open(path) else { return false };
+    let mut r = std::io::BufReader::new(f);
+    find_string_key(&mut r, key).unwrap_or(false)
+}
+
+fn find_string_key(r: &mut impl std::io::Read, key: &str) -> std::io::Result<bool> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC || read_u32(r)? != VERSION {
+        return Ok(false);
+    }
+    let _tensors = read_u64(r)?;
+    let n_kv = read_u64(r)?;
+    for _ in 0..n_kv {
+        let k = read_bytes(r)?;
+        let ty = read_u32(r)?;
+        if ty == 8 && k == key.as_bytes() {
+            return Ok(true);
+        }
+        skip_value(r, ty)?;
+    }
+    Ok(false)
+}
+
+fn read_u32(r: &mut impl std::io::Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_u64(r: &mut impl std::io::Read) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// A GGUF string, at most 1 MiB long (a key; values are skipped, not read).
+fn read_bytes(r: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    let n = read_u64(r)?;
+    if n > 1 << 20 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "key too long"));
+    }
+    let mut b = vec![0u8; n as usize];
+    r.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn skip_value(r: &mut impl std::io::Read, ty: u32) -> std::io::Result<()> {
+    let fixed = match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4 | 5 | 6 => 4,
+        10..=12 => 8,
+        8 => read_u64(r)?,
+        9 => {
+            let item = read_u32(r)?;
+            let n = read_u64(r)?;
+            for _ in 0..n {
+                skip_value(r, item)?;
+            }
+            return Ok(());
+        }
+        _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown GGUF value type")),
+    };
+    let (mut left, mut buf) = (fixed, [0u8; 4096]);
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
