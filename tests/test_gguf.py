@@ -315,3 +315,27 @@ def test_bulk_writes_one_gguf_file_per_preset(tmp_path, cli):
     assert sorted(p.name for p in out.iterdir()) == ["google-e2b.gguf"]
     again = cli("bulk", src, "--presets", "google-e2b", "-o", out, "--format", "gguf", "--gguf-type", "q8_0", "--resume", "--json")
     assert json.loads(again.out)["rows"][0]["status"] == "skipped"
+
+
+def test_overwrite_replaces_only_a_gguf_file_gslice_wrote(llama_src, tmp_path, cli):
+    out = tmp_path / "m.gguf"
+    args = ("slice", llama_src, "-o", out, "--format", "gguf", "--gguf-type", "q8_0", "-q")
+    assert cli(*args).code == 0
+    first = out.read_bytes()
+    exists = cli(*args)
+    assert (exists.code, exists.err) == (2, f"error: output path {out} already exists (pass overwrite=True / --overwrite to replace a previous gslice output)\n")
+    assert cli(*args, "--overwrite", "--layers-to-skip", "21").code == 0
+    assert out.read_bytes() != first and gguf.GGUFReader(out).fields["gemma3n.block_count"].contents() == 24
+    # a GGUF file without gslice's manifest (written by the gguf package itself) is someone else's
+    foreign = tmp_path / "foreign.gguf"
+    w = gguf.GGUFWriter(str(foreign), "gemma3n")
+    w.add_block_count(1)
+    w.add_tensor("t", np.zeros(32, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    before = foreign.read_bytes()
+    refused = cli("slice", llama_src, "-o", foreign, "--format", "gguf", "--overwrite")
+    assert (refused.code, refused.err) == (2, f"error: output path {foreign} is a file gslice did not write; refusing to replace it\n")
+    assert foreign.read_bytes() == before and hidden_leftovers(tmp_path) == []

@@ -369,6 +369,25 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_recognised_by_its_manifest_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields = json!({"format": "gslice-manifest/1"}).as_object().unwrap().clone();
+        let meta = [kv("general.tags", "array", json!(["a", "b"])), kv("n", "uint64", json!(7))];
+        let meta = [MetaKv { item: Some("string".into()), ..meta[0].clone() }, meta[1].clone()];
+        let ours = layout(&meta, &[], 32, Some(("gslice.manifest", &fields))).unwrap();
+        let theirs = layout(&meta, &[], 32, None).unwrap();
+        let (a, b, c) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"), dir.path().join("c.gguf"));
+        std::fs::write(&a, &ours.header).unwrap();
+        std::fs::write(&b, &theirs.header).unwrap();
+        std::fs::write(&c, b"not a gguf file").unwrap();
+        assert!(file_has_key(&a, "gslice.manifest"));
+        assert!(!file_has_key(&a, "gslice-manifest.json"));
+        assert!(!file_has_key(&b, "gslice.manifest"));
+        assert!(!file_has_key(&c, "gslice.manifest"));
+        assert!(!file_has_key(&dir.path().join("missing"), "gslice.manifest"));
+    }
+
+    #[test]
     fn bad_layouts_are_refused() {
         let shape = [1u64];
         let t = |name| TensorEntry { name, shape: &shape, ggml: GgmlType::F32, nbytes: 4 };
