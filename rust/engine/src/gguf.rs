@@ -284,7 +284,7 @@ fn skip_value(r: &mut impl std::io::Read, ty: u32) -> std::io::Result<()> {
     let fixed = match ty {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
-        4 | 5 | 6 => 4,
+        4..=6 => 4,
         10..=12 => 8,
         8 => read_u64(r)?,
         9 => {
