@@ -50,10 +50,12 @@ CASES = {
     "e2b-shaped": (30, 10, {}),
 }
 TYPES = ("f32", "bf16", "q8_0", "q4_0")
-# max |llama.cpp logit - transformers logit| (measured: f32 0.0023-0.0051, bf16 0.09-0.15,
-# q8_0 0.30-0.43, q4_0 0.22-0.39) and the share of prompt positions whose argmax agrees.
-TOLERANCE = {"f32": 0.02, "bf16": 0.4, "q8_0": 1.0, "q4_0": 1.0}
-ARGMAX = {"f32": 1.0, "bf16": 0.95, "q8_0": 0.9, "q4_0": 0.9}
+# max |llama.cpp logit - transformers logit| over the four slices (measured with transformers
+# 5.23.0, and the same with 5.24.0: f32 0.0016-0.0029, bf16 0.095-0.115, q8_0 0.22-0.28,
+# q4_0 0.19-0.31; the guard-bypassed control: 2.43) and the share of prompt positions whose
+# argmax agrees (measured: f32 1.0, the others 0.93-1.0).
+TOLERANCE = {"f32": 0.01, "bf16": 0.3, "q8_0": 0.8, "q4_0": 0.8}
+ARGMAX = {"f32": 1.0, "bf16": 0.9, "q8_0": 0.9, "q4_0": 0.9}
 NEW_TOKENS = 8
 
 
