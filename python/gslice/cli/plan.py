@@ -9,7 +9,7 @@ import click
 from ..accounting import DEFAULT_CONTEXT, RAM_FORMULA, SizePlan, plan
 from ..units import fmt_bytes, fmt_params
 from . import main
-from .common import StrictInt, compact_ranges, friendly_errors, render_runtimes, run_lengths, table
+from .common import compact_ranges, friendly_errors, render_runtimes, run_lengths, table, StrictInt
 from .slice import spec_from_options
 
 

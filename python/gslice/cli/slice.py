@@ -19,7 +19,7 @@ from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list, 
 from ..units import fmt_bytes, fmt_params, parse_size
 from ..arguments import MAX_THREADS
 from . import main
-from .common import StrictInt, compact_ranges, file_listing, friendly_errors, run_lengths, runtime_lines, table
+from .common import compact_ranges, file_listing, friendly_errors, run_lengths, runtime_lines, table, StrictInt
 
 
 def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False, preset=None) -> SliceSpec:
