@@ -215,7 +215,8 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         ("KV sharing", f"last {r.num_kv_shared_layers} layers reuse earlier keys/values"),
         ("parameters", f"effective {fmt_params(p['effective'])} (was {fmt_params(sp['effective'])}), "
                        f"text {fmt_params(p['text'])}, total {fmt_params(p['total'])}"),
-        ("tensors", f"{r.tensors:,} in {len(r.shards)} shard{'s' if len(r.shards) != 1 else ''}"),
+        ("tensors", f"{r.tensors:,} in one GGUF file" if r.format and r.format["name"] == "gguf"
+                    else f"{r.tensors:,} in {len(r.shards)} shard{'s' if len(r.shards) != 1 else ''}"),
         ("written", f"{fmt_bytes(r.bytes_written)} in {r.seconds:.1f} s "
                     f"({fmt_bytes(r.bytes_written / max(r.seconds, 1e-9))}/s, {fmt_bytes(r.bytes_kernel_copied)} copied in-kernel)"),
     ]

@@ -24,7 +24,7 @@ import math
 import re
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
@@ -77,11 +77,9 @@ class GGUF:
         tensors = []
         for t in g3n.tensors(plan):
             first = t.sources[0]
-            shape = engine.TensorPlan(t.name, first.source, first.op, stack=tuple(s.source for s in t.sources[1:]),
-                                      pad_rows=t.pad_rows).shape(plan.checkpoint.tensors[first.source].shape)
-            ggml = tensor_type(t.name, shape, file_type, dtype)
-            tensors.append(TensorPlan(t.name, first.source, first.op, stack=tuple(s.source for s in t.sources[1:]),
-                                      pad_rows=t.pad_rows, ggml=ggml))
+            tp = TensorPlan(t.name, first.source, first.op, stack=tuple(s.source for s in t.sources[1:]), pad_rows=t.pad_rows)
+            shape = tp.shape(plan.checkpoint.tensors[first.source].shape)
+            tensors.append(replace(tp, ggml=tensor_type(t.name, shape, file_type, dtype)))
         return GGUFOutput(tuple(tensors), file_type, dtype)
 
 
