@@ -10,7 +10,6 @@ transformers measures the model, not the cache's rounding. llama.cpp's log goes 
 
 from __future__ import annotations
 
-import ctypes
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
