@@ -20,6 +20,7 @@ import pytest
 
 import gslice
 from gslice.formats import gguf as gguf_format
+from gslice.formats import gguf_tokenizer
 from gslice.testing import (
     LLAMA_LIKE,
     as_float32,
@@ -354,4 +355,4 @@ def test_tokenizer_json_is_read_without_its_model(tmp_path):
     path = tmp_path / "tokenizer.json"
     for text in (json.dumps(doc), json.dumps(doc, indent=2)):
         path.write_text(text)
-        assert gguf_format.tokenizer_json_without_model(path) == {k: v for k, v in doc.items() if k != "model"}
+        assert gguf_tokenizer.tokenizer_json_without_model(path) == {k: v for k, v in doc.items() if k != "model"}
