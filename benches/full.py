@@ -1,10 +1,13 @@
 """The full-size benchmark, in one run: E4B -> E2B with gslice (bf16, and int4 when the CLI
 has ``--quant``), bulk of Google's 16 presets, the ``cp`` floor, the published notebook's
-method, and gslice and the notebook inside hard memory caps.
+method, and gslice and the notebook inside hard memory caps; and E4B -> E2B text-only as a GGUF
+Q8_0 file for llama.cpp, next to the path a user has today: the notebook's method, then
+llama.cpp's own ``convert_hf_to_gguf.py`` to Q8_0 (``--llama-cpp-source``, the folder
+``.ci/llama-cpp-source`` prints; run with ``--torch-python``).
 
     python benches/full.py --scratch /work/bench-scratch --out bench-results.json \
         [--size full|mid|small] [--torch-python ~/.cache/gslice/interop-venv/bin/python] \
-        [--markdown bench.md] [--readme README.md]
+        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--markdown bench.md] [--readme README.md]
 
 Everything is measured as a child process (wall, user and sys CPU, peak RSS from wait4) on
 a synthetic checkpoint with the published E4B layout (benches/synth.py), written into
@@ -61,9 +64,11 @@ TARGETS = {
     "int4_rss": 400e6,
     "bulk_bytes_vs_source": 1.5,
     "bulk_time_vs_bf16": 2.5,
+    "gguf_vs_cp": 1.3,  # gslice GGUF Q8_0 wall <= 1.3 x cp (with sync) of the file
+    "gguf_rss": 300e6,
 }
 # Runs that --recycle puts in a page-cache-recycling cgroup.
-RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk"}
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "gguf", "gguf_cp_sync"}
 README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->"
 
 
@@ -112,7 +117,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cap-notebook", type=int, default=None, help="MiB (default: 4096 at full size)")
     ap.add_argument("--verify", choices=("full", "sampled"), default=None,
                     help="compare the notebook's output with gslice's on every byte or on samples (default: full below full size)")
-    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,int4,bulk,cp")
+    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,int4,bulk,cp,gguf")
+    ap.add_argument("--llama-cpp-source", default=os.environ.get("GSLICE_LLAMA_CPP_SOURCE"),
+                    help="the folder holding llama.cpp's convert_hf_to_gguf.py (.ci/llama-cpp-source prints it), "
+                         "for the user's path to a GGUF: the notebook's method, then the converter")
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs of each measurement; the table shows the median by wall time (default: 1 at full size, 3 below)")
     ap.add_argument("--profile", metavar="DIR",
@@ -158,6 +166,8 @@ class Bench:
             self.cp_floor(out_g)
         if "notebook" not in self.skip:
             self.notebook(out_g)
+        if "gguf" not in self.skip:
+            self.gguf()
         if "cgroup" not in self.skip:
             self.capped(out_g)
         if self.args.profile:
@@ -225,7 +235,58 @@ class Bench:
         if r.ok:
             r.extra["fsync_after"] = measure.fsync_tree(out)
             self.compare("notebook_equals_gslice", out_g, out)
+            if "gguf" not in self.skip:
+                self.convert_to_gguf(out)
         measure.remove(out)
+
+    def gguf_cmd(self, out: Path) -> list[str]:
+        cmd = self.gslice_cmd(out, "--text-only", "--format", "gguf", "--gguf-type", "q8_0")
+        if self.args.size == "full":
+            return cmd
+        # Below full size the dimensions are scaled (per-layer input 64, not the 256 llama.cpp
+        # fixes), so the guard would refuse the file that is only written here to be timed.
+        self.notes["gguf"] = (f"at {self.args.size} size the dimensions are scaled: llama.cpp could not run this "
+                              "file, so the guard is bypassed for this timing")
+        bypass = "import sys; import gslice.formats.gguf as g; g.guard = lambda plan: None; from gslice.cli import main; main()"
+        return [self.python, "-c", bypass, *cmd[3:]]
+
+    def gguf(self) -> None:
+        """E4B -> E2B text-only as one GGUF Q8_0 file; cp of that file as the floor; the same
+        inside the gslice memory cap; its tensors against the converter's file (when made)."""
+        out = self.work / "e2b-q8_0.gguf"
+        r = self.measure("gguf", "gslice slice E4B->E2B text-only GGUF Q8_0", self.gguf_cmd(out), out, prepare=(self.src,))
+        if not r.ok:
+            return
+        copy = self.work / "e2b-q8_0-cp.gguf"
+        self.measure("gguf_cp_sync", "cp + sync of the GGUF file", ["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", str(out), str(copy)],
+                     copy, prepare=(out,))
+        measure.remove(copy)
+        converted = self.work / "e2b-converted-q8_0.gguf"
+        if converted.exists():
+            self.checks["gguf_tensors_equal_converter"] = gguf_compare(out, converted, self.profile["sample"])
+            measure.remove(converted)
+        if "cgroup" not in self.skip and not measure.cgroup_v1_available():
+            capped = self.work / "e2b-q8_0-capped.gguf"
+            with MemoryCgroup(f"gslice-bench-{os.getpid()}-gg", self.profile["cap_gslice"]) as cg:
+                rc = self.measure("gguf_capped", f"gslice GGUF Q8_0 under a {self.profile['cap_gslice'] // MiB} MiB cap",
+                                  self.gguf_cmd(capped), capped, cgroup=cg, prepare=(self.src,))
+            if rc.ok:
+                self.checks["gguf_capped_equals_uncapped"] = gguf_compare(out, capped, self.profile["sample"])
+            measure.remove(capped)
+        measure.remove(out)
+
+    def convert_to_gguf(self, notebook_out: Path) -> None:
+        """The second step of the user's path: llama.cpp's converter on the notebook's output."""
+        source = self.args.llama_cpp_source
+        if not source or not (Path(source) / "convert_hf_to_gguf.py").is_file():
+            self.notes["convert"] = "not run: give --llama-cpp-source (the folder .ci/llama-cpp-source prints)"
+            return
+        out = self.work / "e2b-converted-q8_0.gguf"
+        cmd = [self.args.torch_python, str(Path(source) / "convert_hf_to_gguf.py"), str(notebook_out),
+               "--outfile", str(out), "--outtype", "q8_0"]
+        r = self.measure("convert", "then llama.cpp's convert_hf_to_gguf.py to Q8_0", cmd, out, prepare=(notebook_out,))
+        if not r.ok:
+            measure.remove(out)
 
     def capped(self, out_g: Path) -> None:
         why = measure.cgroup_v1_available()
@@ -383,6 +444,34 @@ class Bench:
         }
 
 
+def gguf_compare(a: Path, b: Path, sample: int | None) -> dict:
+    """Tensor names, types, shapes and data of two GGUF files (``sample``: only the first and
+    last ``sample`` MiB of each tensor). Metadata is not compared: the notebook's config keeps
+    the source's per-layer lists, so the converter's file describes 35 layers for 30."""
+    import gguf
+
+    ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
+    ta, tb = {t.name: t for t in ra.tensors}, {t.name: t for t in rb.tensors}
+    problems = [f"only in {a.name}: {n}" for n in sorted(set(ta) - set(tb))] + [f"only in {b.name}: {n}" for n in sorted(set(tb) - set(ta))]
+    compared = 0
+    for name in sorted(set(ta) & set(tb)):
+        x, y = ta[name], tb[name]
+        if (x.tensor_type, list(x.shape)) != (y.tensor_type, list(y.shape)):
+            problems.append(f"{name}: {x.tensor_type.name} {list(x.shape)} vs {y.tensor_type.name} {list(y.shape)}")
+            continue
+        dx, dy = x.data.reshape(-1).view("u1"), y.data.reshape(-1).view("u1")
+        if sample and dx.size > 2 * sample * MiB:
+            n = sample * MiB
+            same = (dx[:n] == dy[:n]).all() and (dx[-n:] == dy[-n:]).all()
+            compared += 2 * n
+        else:
+            same = (dx == dy).all()
+            compared += dx.size
+        if not same:
+            problems.append(f"{name}: data differs")
+    return {"tensors": len(ta), "bytes_compared": compared, "mode": "sampled" if sample else "every byte", "problems": problems[:20]}
+
+
 def git_commit() -> str | None:
     p = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return p.stdout.strip() or None
@@ -427,10 +516,19 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
            lambda x: x <= TARGETS["bulk_bytes_vs_source"], "x")
     target("bulk wall / bf16 wall", ratio(wall("bulk"), wall("bf16")), TARGETS["bulk_time_vs_bf16"],
            lambda x: x <= TARGETS["bulk_time_vs_bf16"], "x")
+    target("GGUF Q8_0 wall / cp+sync of the file", ratio(wall("gguf"), wall("gguf_cp_sync")), TARGETS["gguf_vs_cp"],
+           lambda x: x <= TARGETS["gguf_vs_cp"], "x")
+    g = runs.get("gguf")
+    target("GGUF Q8_0 peak RSS", g["peak_rss"] if g else None, TARGETS["gguf_rss"], lambda x: x <= TARGETS["gguf_rss"], "B")
+    gc = runs.get("gguf_capped")
+    target("GGUF Q8_0 completes under the cap (and equals the uncapped file)",
+           None if gc is None else int(gc["exit_code"] == 0 and not checks.get("gguf_capped_equals_uncapped", {}).get("problems", ["missing"])),
+           1, lambda x: x == 1)
     return out
 
 
-ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped"]
+ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped",
+             "gguf", "gguf_cp_sync", "gguf_capped", "convert"]
 
 
 def markdown(res: dict) -> str:
@@ -491,6 +589,14 @@ def markdown(res: dict) -> str:
         limit = fmt(t["limit"]) if t["unit"] else "yes"
         met = {None: "-", True: "yes", False: "**no**"}[t["met"]]
         lines.append(f"| {t['target']} | {limit} | {measured} | {met} |")
+    runs = res["runs"]
+    if all(k in runs and runs[k]["exit_code"] == 0 for k in ("gguf", "notebook", "convert")):
+        nb, cv, gg = runs["notebook"], runs["convert"], runs["gguf"]
+        lines += ["", f"E4B -> E2B as a GGUF Q8_0 file: the user's path today (the notebook's method, then llama.cpp's "
+                      f"convert_hf_to_gguf.py) takes {nb['wall']:.1f} s (peak RSS {nb['peak_rss'] / 1e6:.0f} MB) + "
+                      f"{cv['wall']:.1f} s (peak RSS {cv['peak_rss'] / 1e6:.0f} MB) = {nb['wall'] + cv['wall']:.1f} s and writes "
+                      f"the full checkpoint in between; gslice writes the file in one pass in {gg['wall']:.1f} s "
+                      f"(peak RSS {gg['peak_rss'] / 1e6:.0f} MB)."]
     for key, c in res["checks"].items():
         lines.append("")
         lines.append(f"Check {key}: {c['tensors']} tensors, {c['bytes_compared'] / 1e9:.2f} GB compared ({c['mode']}): "

@@ -246,8 +246,10 @@ def warm(*paths: Path) -> None:
 
 
 def remove(path: Path) -> None:
-    if Path(path).exists():
+    if Path(path).is_dir():
         shutil.rmtree(path)
+    elif Path(path).exists():
+        Path(path).unlink()
 
 
 # -- the machine --------------------------------------------------------------------------

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gslice.testing import sentencepiece_model
+
 # The package's reference data, read from the source tree (benches/ lives beside python/).
 DATA = Path(__file__).resolve().parent.parent / "python" / "gslice" / "data"
 REFERENCE = DATA / "gemma-3n-E4B.tensors.json"
@@ -228,8 +230,10 @@ def config(size: str) -> dict:
 def side_files(size: str) -> dict[str, bytes]:
     """Tokenizer, processor and generation files with the published names and sizes (divided
     like the tensors at smaller sizes): tokenizer.json (33.4 MB published) lists a vocabulary
-    of the config's size plus filler merges, tokenizer.model (4.7 MB) is filler bytes. Their
-    size matters: gslice copies them into every output."""
+    of the config's size plus filler merges. Their size matters: gslice copies them into every
+    output. tokenizer.model is a real SentencePiece model, a tiny one (300 pieces; published:
+    262,144 in 4.7 MB): GGUF outputs and llama.cpp's converter read it, padding the vocabulary
+    to the config's size."""
     k = SCALES[size]
     vocab = _dim(262144, k)
     tokens = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{f"tok{i}": i for i in range(3, vocab)}}
@@ -240,7 +244,7 @@ def side_files(size: str) -> dict[str, bytes]:
     js = lambda o: json.dumps(o, indent=2).encode()  # noqa: E731
     return {
         "tokenizer.json": json.dumps(tokenizer).encode(),
-        "tokenizer.model": np.random.default_rng(1).integers(0, 256, 4_696_020 // (k * k), dtype=np.uint8).tobytes(),
+        "tokenizer.model": sentencepiece_model(300),
         "tokenizer_config.json": js({"model_max_length": 1000000000000000019884624838656, "tokenizer_class": "GemmaTokenizer",
                                      "processor_class": "Gemma3nProcessor", "padding_side": "left"}),
         "special_tokens_map.json": js({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}),

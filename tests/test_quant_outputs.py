@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from gslice import SliceSpec, accounting, gemma3n, prepare_slice, slice_model
-from gslice.quantization import QuantOptions
+from gslice.formats.safetensors import QuantOptions
 from gslice.testing import read_checkpoint
 
 E2B = dict(layers_to_skip=range(20, 25), ffn_dims=32)
@@ -59,3 +59,23 @@ def test_bulk_quantizes_like_single_slices(e4b, tmp_path, cli):
     row = json.loads(again.out)["rows"][0]
     assert (row["status"], row["reason"]) == ("replaced", "it was written with other quantization options")
     assert Path(out / "google-e2b" / "config.json").exists()
+
+
+def test_format_object_and_quant_keywords_write_the_same(e4b, tmp_path):
+    import gslice
+
+    a = slice_model(e4b, tmp_path / "a", quant="int4", group_size=32, **E2B)
+    b = slice_model(e4b, tmp_path / "b", format=gslice.Safetensors(quant="int4", group_size=32), **E2B)
+    assert [f["sha256"] for f in a.files if f["name"].endswith(".safetensors")] == [
+        f["sha256"] for f in b.files if f["name"].endswith(".safetensors")
+    ]
+    manifest = json.loads((tmp_path / "b" / "gslice-manifest.json").read_text())
+    assert manifest["output_format"] == {"name": "safetensors"}
+    assert manifest["quant"] == QuantOptions("int4", 32).to_json()
+    try:
+        slice_model(e4b, tmp_path / "c", format=gslice.Safetensors(), quant="int4", **E2B)
+    except gslice.SpecError as e:
+        assert str(e) == "give the quantization inside format=Safetensors(quant=...), or quant=..., not both"
+    else:
+        raise AssertionError("format= and quant= together were accepted")
+    assert not (tmp_path / "c").exists()

@@ -16,7 +16,7 @@ import pytest
 import gslice
 from gslice import engine
 from gslice.engine import OutputPlan, Quantization, TensorPlan
-from gslice.quantization import QuantOptions
+from gslice.formats.safetensors import QuantOptions
 from gslice.testing import (
     E4B_LIKE,
     TinyGemma3n,

@@ -21,6 +21,8 @@ from .errors import (  # noqa: E402
     WriteError,
 )
 from .slicing import SlicePlan, SliceReport, prepare_slice, slice_model  # noqa: E402
+from .formats.safetensors import Safetensors  # noqa: E402
+from .formats.gguf import GGUF  # noqa: E402
 from .spec import SliceSpec, load_spec_file  # noqa: E402
 from .catalogue import Preset, presets  # noqa: E402
 from .proposals import ProposalVerdict, proposals  # noqa: E402
@@ -36,6 +38,8 @@ __all__ = [
     "SlicePlan",
     "SliceReport",
     "SliceSpec",
+    "Safetensors",
+    "GGUF",
     "load_spec_file",
     "presets",
     "Preset",

@@ -7,13 +7,18 @@ and the published E4B layout (:func:`gslice.gemma3n.shapes_from_config`). Figure
   text, audio, vision, total;
 * bytes on disk per scheme, tensor data only (safetensors headers excluded):
   ``bf16`` 2 bytes per parameter; ``int8`` / ``int4`` pack the text decoder's 2-D linear
-  weights (:data:`gslice.gemma3n.QUANT_LAYER_WEIGHTS`, input width a multiple of the
-  group size) in the compressed-tensors ``pack-quantized`` layout: ``weight_packed`` int32
+  weights (the ``decoder`` quantization targets of :func:`gslice.gemma3n.tensor_role`, input
+  width a multiple of the group size) in the compressed-tensors ``pack-quantized`` layout
+  (:func:`gslice.formats.safetensors.packed_bytes`): ``weight_packed`` int32
   [rows, ceil(cols x bits / 32)], ``weight_scale`` bf16 [rows, ceil(cols / group)],
   ``weight_shape`` int64[2]. Everything else (embeddings, norms, convolutions, towers) stays
   bf16;
 * inference RAM = resident weights + KV cache (:data:`RAM_FORMULA`);
-* which runtimes compute the slice correctly (:mod:`gslice.runtimes`).
+* which runtimes compute the slice correctly (:mod:`gslice.runtimes`);
+* the GGUF file of each type (:data:`gslice.formats.gguf.TYPES`) when llama.cpp computes the
+  slice correctly: its tensor data (:func:`gslice.formats.gguf.file_tensor_bytes`: the text
+  decoder, the embedding tables padded to the vocabulary, each tensor at llama.cpp's type for
+  that file type; the metadata, mostly the tokenizer, adds a few MB).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from . import engine, gemma3n, runtimes
 from .catalogue import Preset, spec_with_preset
 from .arguments import bool_arg, int_arg, path_arg
 from .errors import SourceError, SpecError
+from .formats import gguf, safetensors
 from .jsonfile import read_json
 from .gemma3n import ParamCounts
 from .runtimes import Compatibility
@@ -92,6 +98,8 @@ class SizePlan:
     group_size: int
     footprints: tuple[Footprint, ...]  # one per scheme, in SCHEMES order
     runtimes: Compatibility  # which runtimes compute the slice correctly
+    # GGUF tensor data per file type; None when llama.cpp would not compute the slice correctly
+    gguf_bytes: dict[str, int] | None = None
 
     def footprint(self, scheme: str) -> Footprint:
         for f in self.footprints:
@@ -114,6 +122,7 @@ class SizePlan:
             "footprints": {f.scheme: f.to_dict() for f in self.footprints},
             "ram_formula": RAM_FORMULA,
             "runtimes": self.runtimes.to_dict(),
+            "gguf_bytes": self.gguf_bytes,
         }
 
 
@@ -157,6 +166,10 @@ def size_plan(label, preset, arch, res, shapes, new_config, context=DEFAULT_CONT
     """The figures for a resolved slice whose output shapes and config are known."""
     prefix = gemma3n.output_prefix(arch, res.spec)
     text = gemma3n.text_config(new_config)
+    compat = runtimes.compatibility(arch, res)
+    gguf_bytes = None
+    if compat["llama.cpp"].ok:
+        gguf_bytes = {t: gguf.file_tensor_bytes(arch, res, shapes, new_config, t) for t in gguf.TYPES}
     return SizePlan(
         source=label,
         preset=preset,
@@ -169,7 +182,8 @@ def size_plan(label, preset, arch, res, shapes, new_config, context=DEFAULT_CONT
         context=context,
         group_size=group_size,
         footprints=tuple(footprint(shapes, text, prefix, s, context, group_size) for s in SCHEMES),
-        runtimes=runtimes.compatibility(arch, res),
+        runtimes=compat,
+        gguf_bytes=gguf_bytes,
     )
 
 
@@ -177,7 +191,7 @@ def footprint(shapes: Mapping[str, Sequence[int]], text: dict, prefix: str, sche
     bits = BITS.get(scheme)
     disk = resident = quantized = 0
     for name, shape in shapes.items():
-        packed = bits is not None and gemma3n.is_quantized_linear(name, shape, prefix, group_size)
+        packed = bits is not None and safetensors.is_packed(gemma3n.tensor_role(name, len(shape), prefix), shape, group_size)
         n = tensor_bytes(shape, bits if packed else None, group_size)
         disk += n
         quantized += math.prod(shape) if packed else 0
@@ -198,10 +212,7 @@ def tensor_bytes(shape: Sequence[int], bits: int | None, group_size: int) -> int
     """bf16, or pack-quantized: int32 words of packed values + bf16 scales + int64[2] shape."""
     if bits is None:
         return math.prod(shape) * BF16
-    rows, cols = shape
-    packed = rows * math.ceil(cols * bits / 32) * 4
-    scales = rows * math.ceil(cols / group_size) * BF16
-    return packed + scales + 2 * 8
+    return safetensors.packed_bytes(shape, bits, group_size)
 
 
 # -- where shapes come from ---------------------------------------------------------------

@@ -19,9 +19,10 @@ from . import download, engine, gemma3n, ownership, staging
 from .errors import GsliceError, OutputExistsError, SpecError
 from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
-from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
+from .formats.base import Format
+from .formats.safetensors import QuantOptions
+from .manifest import MANIFEST_NAME, HashCache, check_output, is_file_output, read_manifest, read_output_manifest, same_source, source_record
 from .slicing import SlicePlan, output_plan, prepare_slice, source_files
-from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
 
@@ -79,6 +80,7 @@ def prepare_bulk(
     hash_progress: Callable[[int, int], None] | None = None,
     full_download: bool = False,
     weights: bool = True,
+    format: Format | None = None,
 ) -> BulkPlan:
     """Plans and validates every preset, decides what to do with existing outputs (``resume``
     re-hashes them, in one pass that ``progress`` follows; ``hash_progress`` follows the
@@ -104,7 +106,7 @@ def prepare_bulk(
             problems.append(str(e))
             continue
         try:
-            plans.append((p, prepare_slice(source, spec, quant=quant)))
+            plans.append((p, prepare_slice(source, spec, quant=quant, format=format)))
         except SpecError as e:
             problems.append(f"preset {p.slug}: {e}")
     if problems:
@@ -117,7 +119,7 @@ def prepare_bulk(
     protected = source_files(plans[0][1])
     items = []
     for preset, plan in plans:
-        d = out / preset.slug
+        d = out / (f"{preset.slug}.gguf" if plan.format.name == "gguf" else preset.slug)
         try:
             action, reason = _existing(d, preset, plan, record, resume, overwrite, source.path, protected)
         except OutputExistsError as e:
@@ -143,7 +145,7 @@ def _existing(d: Path, preset: Preset, plan: SlicePlan, record: dict, resume: bo
     if overwrite:
         return "replace", "--overwrite"
     try:
-        data = read_manifest(d)
+        data = read_output_manifest(d)
     except GsliceError:
         return "replace", "unfinished (no manifest)"
     why = _manifest_differs(data, preset, plan, record)
@@ -152,17 +154,19 @@ def _existing(d: Path, preset: Preset, plan: SlicePlan, record: dict, resume: bo
 
 def _verify_finished(items: list[BulkItem], progress) -> None:
     """Re-hashes the files of every finished output at once (one progress total), then keeps
-    ("skip") those whose files check out and redoes the others."""
+    ("skip") those whose files check out and redoes the others. A GGUF file checks its own
+    digest."""
     todo = [it for it in items if it.action == "verify"]
     if not todo:
         return
     cache = HashCache()
-    data = {id(it): read_manifest(it.dir) for it in todo}
-    paths = [it.dir / n for it in todo for n, meta in data[id(it)]["files"].items()
+    folders = [it for it in todo if not is_file_output(it.dir)]
+    data = {id(it): read_output_manifest(it.dir) for it in todo}
+    paths = [it.dir / n for it in folders for n, meta in data[id(it)]["files"].items()
              if (it.dir / n).is_file() and not (it.dir / n).is_symlink() and (it.dir / n).stat().st_size == meta["size"]]
     cache.hash_all(paths, progress)
     for it in todo:
-        why = check_files(it.dir, data[id(it)], cache)
+        why = check_output(it.dir, data[id(it)], cache)
         if why:
             it.action, it.reason = "replace", why[0] + (f" (and {len(why) - 1} more)" if len(why) > 1 else "")
         else:
@@ -174,6 +178,8 @@ def _manifest_differs(data: dict, preset: Preset, plan: SlicePlan, record: dict)
         return ["its spec differs from the preset's"]
     if data.get("quant") != (plan.quant.to_json() if plan.quant else None):
         return ["it was written with other quantization options"]
+    if data.get("output_format", {"name": "safetensors"}) != plan.format.to_json():
+        return ["it was written in another output format"]
     if (data.get("preset") or {}).get("slug") != preset.slug:
         return ["it was written for another preset"]
     return same_source(data.get("source") or {}, record)
@@ -293,7 +299,9 @@ def _figures(it: BulkItem) -> dict:
         preset=it.preset.name, slug=it.preset.slug, dir=str(it.dir), layers=len(plan.resolved.kept),
         ffn_dims=list(plan.resolved.widths), params=asdict(plan.params()), tensors=len(plan.tensors), reason=it.reason,
     )
-    if it.action == "skip":
+    if it.action == "skip" and is_file_output(it.dir):  # a finished GGUF file
+        common["shard_bytes"] = common["bytes"] = it.dir.stat().st_size
+    elif it.action == "skip":
         files = read_manifest(it.dir)["files"]
         common["shard_bytes"] = sum(m["size"] for n, m in files.items() if n.endswith(".safetensors"))
         common["bytes"] = sum(m["size"] for m in files.values()) + (it.dir / MANIFEST_NAME).stat().st_size

@@ -1,8 +1,10 @@
 """Typed access to the Rust engine (``gslice._core``).
 
-The engine knows safetensors files and plans; it knows nothing about Gemma. A plan lists, for
-each output folder, the tensors to write (each = a source tensor + one operation, optionally
-quantized) and the extra files (config, tokenizer, model card) to place beside them.
+The engine knows safetensors and GGUF files and plans; it knows nothing about Gemma. A plan
+lists, for each output (a folder of safetensors shards, or one GGUF file), the tensors to write
+(each = a source tensor + one operation, optionally quantized; for GGUF also stacked, padded
+and stored as a GGML type) and, for a folder, the extra files (config, tokenizer, model card)
+to place beside them, for a GGUF file its typed metadata.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ from .errors import (
 )
 
 DEFAULT_MAX_SHARD_SIZE = 5_000_000_000
+
+# GGML types the engine writes: (elements per block, bytes per block), as ggml's type traits.
+GGML_BLOCKS = {
+    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2),
+    "q8_0": (32, 34), "q4_0": (32, 18), "q4_K": (256, 144), "q5_K": (256, 176), "q6_K": (256, 210),
+}
+
+
+def ggml_row_bytes(ggml: str, width: int) -> int | None:
+    """Bytes of one row of ``width`` elements, or None when the width is not whole blocks."""
+    n, size = GGML_BLOCKS[ggml]
+    return None if width % n else width // n * size
+
 
 # Bytes per element of the safetensors dtypes the engine accepts.
 DTYPE_SIZES = {
@@ -172,10 +187,17 @@ class AffineQuantization:
 
 @dataclass(frozen=True)
 class TensorPlan:
+    """One output tensor. GGUF outputs only: ``stack`` (more sources whose ``op`` output is
+    stacked after the source's along a new leading dimension), ``pad_rows`` (zero rows added
+    up to this many) and ``ggml`` (the GGML type it is stored as, required there)."""
+
     name: str
     source: str
     op: Op = field(default_factory=copy)
     quant: Quantization | AffineQuantization | None = None
+    stack: tuple[str, ...] = ()
+    pad_rows: int | None = None
+    ggml: str | None = None
 
     @property
     def weight_name(self) -> str:
@@ -186,19 +208,39 @@ class TensorPlan:
         out = {"name": self.name, "source": self.source, "op": self.op}
         if self.quant:
             out["quant"] = self.quant.to_json()
+        if self.stack:
+            out["stack"] = list(self.stack)
+        if self.pad_rows is not None:
+            out["pad_rows"] = self.pad_rows
+        if self.ggml is not None:
+            out["ggml"] = self.ggml
         return out
+
+    def shape(self, source_shape: Sequence[int]) -> tuple[int, ...]:
+        """The output shape (after the operation, a stack and padding), before any encoding."""
+        shape = list(output_shape(source_shape, self.op))
+        if self.stack:
+            shape.insert(0, 1 + len(self.stack))
+        if self.pad_rows is not None:
+            shape[0] = self.pad_rows
+        return tuple(shape)
 
     def entries(self, source_shape: Sequence[int], source_dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
         """Name -> (shape, dtype) of every safetensors entry the engine writes for this tensor
         (computed the same way as the engine does before writing)."""
-        shape = output_shape(source_shape, self.op)
+        shape = self.shape(source_shape)
+        if self.ggml is not None:
+            return {self.name: (shape, self.ggml)}
         if self.quant is None:
             return {self.name: (shape, source_dtype)}
         rows, cols = shape
         return self.quant.entries(self.name, rows, cols)
 
     def nbytes(self, source_shape: Sequence[int], source_dtype: str) -> int:
-        """Bytes this tensor occupies in the output."""
+        """Bytes this tensor occupies in the output (without a GGUF file's alignment padding)."""
+        if self.ggml is not None:
+            shape = self.shape(source_shape)
+            return math.prod(shape[:-1]) * ggml_row_bytes(self.ggml, shape[-1])
         return sum(math.prod(s) * DTYPE_SIZES[d] for s, d in self.entries(source_shape, source_dtype).values())
 
 
@@ -211,14 +253,37 @@ class Manifest:
     fields: dict
 
 
+@dataclass(frozen=True)
+class MetaKv:
+    """A GGUF key-value pair: ``type`` is a GGUF value type ("uint32", "float32", "string",
+    ...) or "array" with ``item`` the type of its elements. Non-finite floats are given as the
+    strings "inf", "-inf" and "nan"."""
+
+    key: str
+    type: str
+    value: object
+    item: str | None = None
+
+    def to_json(self) -> dict:
+        out = {"key": self.key, "type": self.type, "value": self.value}
+        if self.item is not None:
+            out["item"] = self.item
+        return out
+
+
 @dataclass
 class OutputPlan:
+    """An output folder (``container`` "safetensors"), or one file (``container`` "gguf", whose
+    ``dir`` is the file's path, with ``metadata`` and no side files)."""
+
     dir: Path
     tensors: list[TensorPlan]
     text_files: dict[str, str] = field(default_factory=dict)
     copied_files: dict[str, Path] = field(default_factory=dict)
     overwrite: bool = False
     manifest: Manifest | None = None
+    container: str = "safetensors"
+    metadata: list[MetaKv] = field(default_factory=list)
 
     def to_json(self) -> dict:
         files = [{"name": n, "text": t} for n, t in self.text_files.items()]
@@ -229,6 +294,9 @@ class OutputPlan:
             "tensors": [t.to_json() for t in self.tensors],
             "files": files,
         }
+        if self.container != "safetensors":
+            out["container"] = self.container
+            out["metadata"] = [kv.to_json() for kv in self.metadata]
         if self.manifest is not None:
             out["manifest"] = {"name": self.manifest.name, "fields": self.manifest.fields}
         return out
@@ -484,6 +552,26 @@ def compare(
     try:
         with interrupts.trapped():
             raw = json.loads(_core.compare(json.dumps(plan), progress))
+    except _core.EngineError as e:
+        _raise(e)
+    return CompareReport(raw["tensors"], raw["bytes_compared"], tuple(Mismatch(**m) for m in raw["mismatches"]))
+
+
+def compare_gguf(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    tensors: Sequence[TensorPlan],
+    offsets: dict[str, int],
+    *,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CompareReport:
+    """Compares the data of every tensor of the GGUF file ``output`` (at ``offsets``, read from
+    its header) with what its plan derives from ``source``, byte for byte."""
+    plan = {"source": str(source), "output": str(output), "tensors": [t.to_json() for t in tensors],
+            "offsets": offsets, "threads": threads}
+    try:
+        raw = json.loads(_core.compare_gguf(json.dumps(plan), progress))
     except _core.EngineError as e:
         _raise(e)
     return CompareReport(raw["tensors"], raw["bytes_compared"], tuple(Mismatch(**m) for m in raw["mismatches"]))

@@ -13,9 +13,9 @@ Gemma 3n implementation and the published checkpoints (docs/design.md, "Gemma 3n
   earlier layer of their attention type, so those producer layers cannot be skipped;
 * audio Conformer blocks can be dropped and renumbered; their FFN width is fixed at
   4 x hidden size in transformers, so it cannot be narrowed;
-* with quantization, the 2-D Linear weights listed under "quantization targets" below are
-  written in compressed-tensors' pack-quantized format; every other Linear module is named in
-  the config's ignore list.
+* every output tensor gets a role (:func:`tensor_role`): what it is, which kind of module it
+  belongs to and whether it is a weight-only quantization target; the output formats
+  (:mod:`gslice.formats`) map roles to their own names and types.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from types import MappingProxyType
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from . import engine, quantization
-from .engine import CheckpointInfo, TensorPlan
+from . import engine
+from .engine import CheckpointInfo
 from .errors import InternalError, SourceError, SpecError
+from .formats.base import Role, SlicedTensor
 from .jsonfile import read_json
-from .quantization import QuantOptions
 from .spec import SliceSpec
 
 MULTIMODAL_TYPE = "gemma3n"
@@ -490,7 +490,7 @@ def check_source(config: dict, arch: Architecture, ck: CheckpointInfo, res: Reso
         n = sorted(wrong, key=_natural_key)[0]
         more = f" ({len(wrong) - 1} more tensors differ from it too)" if len(wrong) > 1 else ""
         raise SourceError(f"tensor {n} has shape {list(ck.tensors[n].shape)}, but config.json implies {list(expected[n])}{more}")
-    missing = [n for n in expected if n not in ck.tensors and not _optional(n, arch) and _map_tensor(n, arch, res) is not None]
+    missing = [n for n in expected if n not in ck.tensors and not _optional(n, arch) and _map_tensor(n, len(expected[n]), arch, res) is not None]
     if missing:
         them = "it" if len(missing) == 1 else "them"
         raise SourceError(f"missing {_tensors(missing)}: config.json implies {them} and the output holds {them}")
@@ -575,16 +575,17 @@ def _ranges(xs: set[int]) -> str:
 # -- the plan -----------------------------------------------------------------------------
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_NUMBERED = re.compile(r"^(altup_projections|altup_unembed_projections)\.(\d+)\.weight$")
 
 
-def plan_tensors(arch: Architecture, ck: CheckpointInfo, res: Resolved) -> list[TensorPlan]:
-    """The output tensors, each a source tensor and an engine operation, in natural order."""
-    out = [tp for name in ck.tensors if (tp := _map_tensor(name, arch, res)) is not None]
+def plan_tensors(arch: Architecture, ck: CheckpointInfo, res: Resolved) -> list[SlicedTensor]:
+    """The output tensors, each a source tensor, an engine operation and a role, in natural order."""
+    out = [t for name in ck.tensors if (t := _map_tensor(name, len(ck.tensors[name].shape), arch, res)) is not None]
     out.sort(key=lambda t: _natural_key(t.name))
     return out
 
 
-def _map_tensor(name: str, arch: Architecture, res: Resolved) -> TensorPlan | None:
+def _map_tensor(name: str, rank: int, arch: Architecture, res: Resolved) -> SlicedTensor | None:
     spec = res.spec
     if spec.drop_vision and name.startswith(VISION_PREFIXES):
         return None
@@ -594,22 +595,25 @@ def _map_tensor(name: str, arch: Architecture, res: Resolved) -> TensorPlan | No
         block = int(m.group(1))
         if block not in res.audio_kept:
             return None
-        return TensorPlan(f"model.audio_tower.conformer.{res.audio_kept.index(block)}.{m.group(2)}", name)
+        new = f"model.audio_tower.conformer.{res.audio_kept.index(block)}.{m.group(2)}"
+        return SlicedTensor(new, name, engine.copy(), tensor_role(new, rank, arch.prefix))
     if not name.startswith(arch.prefix):
-        return TensorPlan(name, name)
+        return SlicedTensor(name, name, engine.copy(), tensor_role(name, rank, arch.prefix))
     rest = name[len(arch.prefix) :]
-    out_prefix = PREFIXES[TEXT_TYPE] if spec.text_only else arch.prefix
+    out_prefix = output_prefix(arch, spec)
     if m := _LAYER.match(rest):
         layer, suffix = int(m.group(1)), m.group(2)
         if layer not in res.new_index:
             return None
         new = res.new_index[layer]
-        return TensorPlan(f"{out_prefix}layers.{new}.{suffix}", name, _mlp_op(suffix, arch.ffn_widths[layer], res.widths[new]))
+        out = f"{out_prefix}layers.{new}.{suffix}"
+        return SlicedTensor(out, name, _mlp_op(suffix, arch.ffn_widths[layer], res.widths[new]), tensor_role(out, rank, out_prefix))
+    op = engine.copy()
     if rest == PLE_TABLE:
-        return TensorPlan(out_prefix + rest, name, _ple_op(engine.keep_col_blocks, arch, res))
-    if rest == PLE_PROJECTION:
-        return TensorPlan(out_prefix + rest, name, _ple_op(engine.keep_row_blocks, arch, res))
-    return TensorPlan(out_prefix + rest, name)
+        op = _ple_op(engine.keep_col_blocks, arch, res)
+    elif rest == PLE_PROJECTION:
+        op = _ple_op(engine.keep_row_blocks, arch, res)
+    return SlicedTensor(out_prefix + rest, name, op, tensor_role(out_prefix + rest, rank, out_prefix))
 
 
 def _mlp_op(suffix: str, source_width: int, width: int) -> engine.Op:
@@ -632,10 +636,10 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-# -- quantization targets -----------------------------------------------------------------
+# -- roles: what each tensor is, for the formats ------------------------------------------
 
-# The Linear weights --quant quantizes, relative to the decoder prefix. Per layer: attention,
-# MLP, LAuReL's low-rank pair, and the per-layer-input gate and projection.
+# The Linear weights every quantizing format targets, relative to the decoder prefix. Per
+# layer: attention, MLP, LAuReL's low-rank pair, and the per-layer-input gate and projection.
 QUANT_LAYER_WEIGHTS = (
     "self_attn.q_proj.weight",
     "self_attn.k_proj.weight",
@@ -650,86 +654,48 @@ QUANT_LAYER_WEIGHTS = (
     "per_layer_projection.weight",
 )
 # Model-level: the PLE projection and AltUp's stream projections.
-QUANT_TEXT_WEIGHTS = re.compile(r"^(per_layer_model_projection|altup_projections\.\d+|altup_unembed_projections\.\d+)\.weight$")
+QUANT_TEXT_WEIGHTS = (PLE_PROJECTION, "altup_projections.weight", "altup_unembed_projections.weight")
 # AltUp's modality_router [4, H], prediction_coefs [16, 4] and correction_coefs [4, 4] stay in
 # the source dtype: under 0.6 MB together in E4B, and they weight the four AltUp streams
 # directly, so quantization error there would shift every residual stream for no real saving.
 # The coefficient matrices are also narrower than any group.
 #
-# Embeddings are nn.Embedding modules, not Linear; with --quant-embeddings the PLE table
-# (4.7 GB of E4B's 15.7) is quantized, targeted by name. embed_tokens stays: lm_head is tied
-# to it. transformers 5.23 loads a quantized embedding only with
-# CompressedTensorsConfig(dequantize=True); its default path fails in _init_weights
-# ("'Gemma3nTextScaledWordEmbedding' object has no attribute 'weight'").
-QUANT_EMBEDDINGS = (PLE_TABLE,)
+# Embeddings are nn.Embedding modules, not Linear; on request the PLE table (4.7 GB of E4B's
+# 15.7) is quantized ("embeddings" target). embed_tokens never is: lm_head is tied to it.
+# transformers 5.23 loads a quantized embedding only with CompressedTensorsConfig(dequantize=True);
+# its default path fails in _init_weights ("'Gemma3nTextScaledWordEmbedding' object has no
+# attribute 'weight'").
 # The tower embedders' lookup tables are never quantized; their projections are Linear.
 TOWER_EMBEDDING_TABLES = ("model.embed_audio.embedding.weight", "model.embed_vision.embedding.weight")
 AUDIO_TOWER = "model.audio_tower."
-# Not stored (tied to embed_tokens) but a Linear module transformers would otherwise target.
-TIED_HEAD = "lm_head"
 
 
-@dataclass(frozen=True)
-class QuantPlan:
-    """Which output tensors are quantized, and what config.json must say about the rest."""
-
-    tensors: tuple[TensorPlan, ...]
-    # Linear modules left unquantized: the compressed-tensors ignore list.
-    ignore: tuple[str, ...]
-    # Non-Linear modules that are quantized (embeddings), targeted by exact name.
-    extra_targets: tuple[str, ...]
-    # Targets left in the source dtype, with the reason.
-    kept: tuple[tuple[str, str], ...]
-
-
-def plan_quantization(arch: Architecture, ck: CheckpointInfo, res: Resolved, tensors: Sequence[TensorPlan], opts: QuantOptions) -> QuantPlan:
-    """Marks the quantization targets among ``tensors``. A target whose width (columns) is not
-    a multiple of the group size stays in the source dtype (e.g. laurel.linear_right, whose
-    width is laurel_rank = 64 in E4B, with groups of 128), except the FFN width, which the spec
-    chooses: then SpecError."""
-    prefix = output_prefix(arch, res.spec)
-    g = opts.group_size
-    out, ignore, extra, kept = [], [TIED_HEAD], [], []
-    for tp in tensors:
-        shape = engine.output_shape(ck.tensors[tp.source].shape, tp.op)
-        role = _quant_role(tp.name, shape, prefix, opts)
-        if role in ("target", "embedding"):
-            if shape[-1] % g == 0:
-                out.append(quantization.quantized(tp, opts))
-                if role == "embedding":
-                    extra.append(quantization.module_of(tp.name))
-                continue
-            if tp.name.endswith(MLP_COLS):
-                layer = _LAYER.match(tp.name[len(prefix):]).group(1)
-                raise SpecError(
-                    f"group_size {g}: the FFN width {shape[-1]} of output layer {layer} is not a multiple of it "
-                    f"(mlp.down_proj is quantized in groups of {g} along that width); use FFN widths that are "
-                    f"multiples of {g} or a smaller group size"
-                )
-            kept.append((tp.name, f"width {shape[-1]} is not a multiple of the group size {g}"))
-        out.append(tp)
-        if role in ("target", "linear"):
-            ignore.append(quantization.module_of(tp.name))
-    return QuantPlan(tuple(out), tuple(ignore), tuple(extra), tuple(kept))
+def tensor_role(name: str, rank: int, prefix: str) -> Role:
+    """The role of an output tensor, from its name (``prefix`` is the output's decoder prefix)
+    and rank: a 2-D ``.weight`` is a Linear or Embedding module's weight."""
+    weight = rank == 2 and name.endswith(".weight")
+    if not name.startswith(prefix):
+        part = "audio" if name.startswith(AUDIO_PREFIXES) else "vision"
+        if name in TOWER_EMBEDDING_TABLES:
+            return Role(part, name, module="embedding")
+        audio_linear = weight and name.startswith(AUDIO_TOWER)
+        return Role(part, name, module="linear" if weight else None, target="audio" if audio_linear else None)
+    rest = name[len(prefix) :]
+    if m := _LAYER.match(rest):
+        layer, kind = int(m.group(1)), m.group(2)
+        target = "decoder" if kind in QUANT_LAYER_WEIGHTS else None
+        return Role("text", kind, layer=layer, module="linear" if weight else None, target=target)
+    if m := _NUMBERED.match(rest):
+        return Role("text", f"{m.group(1)}.weight", index=int(m.group(2)), module="linear", target="decoder")
+    if rest in EMBEDDINGS:
+        return Role("text", rest, module="embedding", target="embeddings" if rest == PLE_TABLE else None)
+    target = "decoder" if rest in QUANT_TEXT_WEIGHTS else None
+    return Role("text", rest, module="linear" if weight else None, target=target)
 
 
-def _quant_role(name: str, shape: Sequence[int], prefix: str, opts: QuantOptions) -> str | None:
-    """Returns "target" or "embedding" (to quantize), "linear" (a Linear module to leave
-    alone), or None (not a Linear weight: norms, convolutions, scalars, embedding tables)."""
-    if len(shape) != 2 or not name.endswith(".weight") or name in TOWER_EMBEDDING_TABLES:
-        return None
-    if name.startswith(prefix):
-        rest = name[len(prefix):]
-        if rest in EMBEDDINGS:
-            return "embedding" if opts.embeddings and rest in QUANT_EMBEDDINGS else None
-        m = _LAYER.match(rest)
-        if (m and m.group(2) in QUANT_LAYER_WEIGHTS) or QUANT_TEXT_WEIGHTS.match(rest):
-            return "target"
-        return "linear"
-    if name.startswith(AUDIO_TOWER):
-        return "target" if opts.audio else "linear"
-    # embed_audio / embed_vision projections, and any 2-D weight of the vision tower.
-    return "linear"
+def is_spec_width(role: Role) -> bool:
+    """Whether the last dimension of a tensor of this role is the FFN width the spec chooses."""
+    return role.part == "text" and role.kind == MLP_COLS
 
 
 # -- the new config -----------------------------------------------------------------------
@@ -1122,20 +1088,13 @@ def output_shapes(arch: Architecture, shapes: Mapping[str, Sequence[int]], res: 
     """The output tensor shapes of a slice, by the same mapping :func:`plan_tensors` uses."""
     out: dict[str, tuple[int, ...]] = {}
     for name, shape in shapes.items():
-        tp = _map_tensor(name, arch, res)
-        if tp is not None:
-            out[tp.name] = engine.output_shape(shape, tp.op)
+        t = _map_tensor(name, len(shape), arch, res)
+        if t is not None:
+            out[t.name] = engine.output_shape(shape, t.op)
     return out
 
 
-# -- what a runtime holds in memory, and what quantization touches ------------------------
-
-def is_quantized_linear(name: str, shape: Sequence[int], prefix: str, group_size: int) -> bool:
-    """Whether ``--quant`` (without --quant-embeddings / --quant-audio) packs this tensor: the
-    rule :func:`plan_quantization` applies, so size estimates match the files it writes."""
-    opts = QuantOptions("int4", group_size)  # which tensors are targets does not depend on the bits
-    return _quant_role(name, shape, prefix, opts) == "target" and shape[-1] % group_size == 0
-
+# -- what a runtime holds in memory -------------------------------------------------------
 
 def ple_table_name(prefix: str) -> str:
     return prefix + PLE_TABLE

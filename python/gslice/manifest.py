@@ -98,6 +98,7 @@ def manifest_fields(
         "source": source,
         "spec": plan.spec.to_json(),
         "quant": plan.quant.to_json() if plan.quant else None,
+        "output_format": plan.format.to_json(),
         "preset": preset,
         "result": {
             "layers": len(plan.resolved.kept),
@@ -118,6 +119,29 @@ def manifest(
 
 
 # -- reading and checking -----------------------------------------------------------------
+
+
+def is_file_output(path: Path) -> bool:
+    """A single-file output (GGUF) rather than a folder."""
+    return path.suffix == ".gguf" or path.is_file()
+
+
+def read_output_manifest(path: Path) -> dict:
+    """The manifest of an output folder, or the one a GGUF file carries."""
+    if is_file_output(path):
+        from .formats import gguf
+
+        return gguf.read_manifest(path)
+    return read_manifest(path)
+
+
+def check_output(path: Path, data: Mapping, cache: "HashCache | None" = None, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Problems with an output against its manifest (:func:`check_files`, or a GGUF file's digest)."""
+    if is_file_output(path):
+        from .formats import gguf
+
+        return gguf.check_file(path)[1]
+    return check_files(path, data, cache, progress)
 
 
 def read_manifest(folder: Path) -> dict:

@@ -9,18 +9,20 @@ from . import __version__
 from .units import fmt_params
 
 if TYPE_CHECKING:
+    from .formats.safetensors import QuantOptions
     from .slicing import SlicePlan
 
 
-def model_card(plan: "SlicePlan", title: str | None = None) -> str:
+def model_card(plan: "SlicePlan", title: str | None = None, quant: "QuantOptions | None" = None, quantized: int = 0) -> str:
+    """``quant``: the compressed-tensors quantization, with ``quantized`` weights packed."""
     src = plan.source
     params = plan.params()
     front = ["---", "library_name: transformers", "license: gemma"]
     if src.repo_id:
         front.append(f"base_model: {src.repo_id}")
     front += ["tags:", "- matformer", "- gemma3n", "- gslice"]
-    if plan.quant is not None:
-        front += ["- compressed-tensors", f"- {plan.quant.scheme}"]
+    if quant is not None:
+        front += ["- compressed-tensors", f"- {quant.scheme}"]
     front += ["---", ""]
     kept, widths = plan.resolved.kept, plan.resolved.widths
     lines = [
@@ -37,12 +39,12 @@ def model_card(plan: "SlicePlan", title: str | None = None) -> str:
     if plan.spec.drop_vision or plan.spec.drop_audio:
         dropped = [n for n, d in (("vision", plan.spec.drop_vision), ("audio", plan.spec.drop_audio)) if d]
         lines.append(f"- towers removed: {', '.join(dropped)}")
-    if plan.quant is not None:
-        q = plan.quant
+    if quant is not None:
+        q = quant
         lines.append(
             f"- quantization: {q.scheme}, symmetric, groups of {q.group_size}, BF16 scales, in the compressed-tensors "
             f"`pack-quantized` format (load with transformers and the `compressed-tensors` package); "
-            f"{sum(1 for t in plan.tensors if t.quant)} weights quantized, the rest unchanged"
+            f"{quantized} weights quantized, the rest unchanged"
         )
     lines += ["", "Spec:", "", "```json", json.dumps(plan.spec.to_json(), indent=2), "```", ""]
     return "\n".join(front + lines)

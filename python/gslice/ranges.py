@@ -144,12 +144,13 @@ def plan_ranges(ck: CheckpointInfo, tensors: Iterable[TensorPlan]) -> dict[int, 
     parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     seen: set[tuple] = set()
     for t in tensors:
-        key = (t.source, repr(t.op))
-        if key in seen:  # bulk: many outputs read the same source tensor the same way
-            continue
-        seen.add(key)
-        info = ck.tensors[t.source]
-        parts.setdefault(info.shard, []).append(tensor_ranges(info.offset, info.shape, info.dtype, t.op))
+        for source in (t.source, *t.stack):  # a stacked GGUF tensor reads each source the same way
+            key = (source, repr(t.op))
+            if key in seen:  # bulk: many outputs read the same source tensor the same way
+                continue
+            seen.add(key)
+            info = ck.tensors[source]
+            parts.setdefault(info.shard, []).append(tensor_ranges(info.offset, info.shape, info.dtype, t.op))
     return {
         shard: normalize(np.concatenate([b for b, _ in ps]), np.concatenate([e for _, e in ps]))
         for shard, ps in parts.items()

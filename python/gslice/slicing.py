@@ -11,40 +11,52 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, accounting, download, engine, gemma3n, ownership, quantization, staging
+from . import __version__, accounting, download, engine, gemma3n, ownership, staging
 from .arguments import ArgumentError, bool_arg, callback_arg, int_arg, optional_str, path_arg, threads_arg
 from .catalogue import spec_with_preset
-from .engine import CheckpointInfo, EngineReport, TensorPlan
-from .errors import SourceError
-from .gemma3n import Architecture, ParamCounts, QuantPlan, Resolved
-from .quantization import QuantOptions
+from .engine import CheckpointInfo, TensorPlan
+from .errors import SourceError, SpecError
+from .formats.base import Format, Prepared, SlicedTensor
+from .formats.safetensors import QuantOptions, Safetensors
+from .gemma3n import Architecture, ParamCounts, Resolved
 from .sources import Source, resolve_source
 from .spec import SliceSpec
 
 
 @dataclass(frozen=True)
 class SlicePlan:
-    """A validated slice: every output tensor, its operation and shape, and the new config."""
+    """A validated slice: every output tensor (source, operation, role) and the new config,
+    laid out by an output format (``output``: the engine's tensors and how to write them)."""
 
     source: Source
     config: dict
     arch: Architecture
     resolved: Resolved
     checkpoint: CheckpointInfo
-    tensors: tuple[TensorPlan, ...]
+    sliced: tuple[SlicedTensor, ...]
     new_config: dict
     preset: str | None = None  # the preset id the spec came from
-    quant: QuantOptions | None = None
-    quant_plan: QuantPlan | None = None
+    format: Format = Safetensors()
+    output: Prepared | None = None
 
     @property
     def spec(self) -> SliceSpec:
         return self.resolved.spec
 
+    @property
+    def tensors(self) -> tuple[TensorPlan, ...]:
+        """What the engine writes: the format's tensors."""
+        return self.output.tensors
+
+    @property
+    def quant(self) -> QuantOptions | None:
+        """The compressed-tensors quantization of a safetensors output (None otherwise)."""
+        return self.format.options if isinstance(self.format, Safetensors) else None
+
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every output weight's shape before quantization, under its unquantized name."""
+        """Every output tensor's shape under its checkpoint name, before any format's changes."""
         src = self.checkpoint.tensors
-        return {t.weight_name: engine.output_shape(src[t.source].shape, t.op) for t in self.tensors}
+        return {t.name: engine.output_shape(src[t.source].shape, t.op) for t in self.sliced}
 
     def output_bytes(self) -> int:
         """Tensor bytes of the output as written (quantized tensors at their packed size)."""
@@ -52,16 +64,16 @@ class SlicePlan:
         return sum(t.nbytes(src[t.source].shape, src[t.source].dtype) for t in self.tensors)
 
     def unquantized_bytes(self) -> int:
-        """Tensor bytes the same slice takes without quantization."""
+        """Tensor bytes the slice takes in the source dtype."""
         src = self.checkpoint.tensors
         return sum(
             math.prod(engine.output_shape(src[t.source].shape, t.op)) * engine.DTYPE_SIZES[src[t.source].dtype]
-            for t in self.tensors
+            for t in self.sliced
         )
 
     def config_text(self) -> str:
         """config.json as written into the output (and re-derived by `gslice verify`)."""
-        return json.dumps(self.new_config, indent=2) + "\n"
+        return self.output.config_text()
 
     def params(self) -> ParamCounts:
         return gemma3n.count_params(self.output_shapes(), gemma3n.output_prefix(self.arch, self.spec))
@@ -79,13 +91,16 @@ def prepare_slice(
     revision: str | None = None,
     quant: QuantOptions | None = None,
     full_download: bool = False,
+    format: Format | None = None,
 ) -> SlicePlan:
-    """Checks the spec (or the preset, with the spec's tower options) and the quantization
+    """Checks the spec (or the preset, with the spec's tower options) and the output format
     against the source's config and tensors. Raises before any write. ``src`` may be a folder
     or a Hub repo id: only its small files and shard headers are fetched here (the data ranges
-    the plan reads come when it is written), or, with ``full_download``, every file whole."""
+    the plan reads come when it is written), or, with ``full_download``, every file whole.
+    ``quant`` is the older way to ask for ``format=Safetensors(quant=...)``."""
     if quant is not None and not isinstance(quant, QuantOptions):
         raise ArgumentError(f"quant must be a QuantOptions or None, not {type(quant).__name__}")
+    fmt = output_format(format, quant)
     if isinstance(src, Source):
         source = src
     else:
@@ -102,14 +117,22 @@ def prepare_slice(
     resolved = gemma3n.resolve(arch, spec)
     ck = engine.inspect(source.path)
     gemma3n.check_source(config, arch, ck, resolved)
-    tensors = tuple(gemma3n.plan_tensors(arch, ck, resolved))
+    sliced = tuple(gemma3n.plan_tensors(arch, ck, resolved))
     new_config = gemma3n.rewrite_config(config, arch, resolved)
-    qplan = None
-    if quant is not None:
-        qplan = gemma3n.plan_quantization(arch, ck, resolved, tensors, quant)
-        tensors = qplan.tensors
-        new_config["quantization_config"] = quantization.quantization_config(quant, qplan.ignore, qplan.extra_targets)
-    return SlicePlan(source, config, arch, resolved, ck, tensors, new_config, found.id if found else None, quant, qplan)
+    plan = SlicePlan(source, config, arch, resolved, ck, sliced, new_config, found.id if found else None, fmt)
+    return replace(plan, output=fmt.prepare(plan))
+
+
+def output_format(format: Format | None, quant: QuantOptions | None = None) -> Format:
+    """The format a caller asked for: ``format``, or the older quantization options (which
+    mean ``Safetensors``), never both."""
+    if format is not None and quant is not None:
+        raise SpecError("give the quantization inside format=Safetensors(quant=...), or quant=..., not both")
+    if format is None:
+        return Safetensors.of(quant)
+    if not hasattr(format, "prepare"):
+        raise SpecError(f"format: {format!r} is not an output format (gslice.Safetensors(...) or gslice.GGUF(...))")
+    return format
 
 
 @dataclass(frozen=True)
@@ -134,8 +157,9 @@ class SliceReport:
     seconds: float
     files: list[dict] = field(default_factory=list)  # every file of the output: name, bytes, sha256
     dry_run: bool = False
-    # None without quantization; see quantization_summary.
+    # None without compressed-tensors quantization; see formats.safetensors.SafetensorsOutput.report.
     quantization: dict | None = None
+    format: dict | None = None  # the output format and what it did (GGUF: file type, tensor types)
     tool: str = field(default=f"gslice {__version__}")
     preset: str | None = None
     size: dict | None = None  # accounting.SizePlan.to_dict(): parameters, disk and RAM per scheme
@@ -173,14 +197,16 @@ def slice_model(
     quant_embeddings: bool = False,
     quant_audio: bool = False,
     full_download: bool = False,
+    format: Format | None = None,
 ) -> SliceReport:
     """Slices ``src`` (a folder or a Hub repo id) into ``out``. Give a ``spec``, or its fields
     as keywords, or a ``preset`` id or name (with the tower keywords).
 
-    ``quant="int4"`` or ``"int8"`` also quantizes the text decoder's Linear weights group-wise
-    (``group_size`` 32, 64 or 128, default 128) in compressed-tensors' pack-quantized format;
-    ``quant_embeddings`` adds the per-layer embedding table, ``quant_audio`` the audio tower's
-    Linear weights. The target list is in :mod:`gslice.gemma3n`.
+    ``format`` says how the slice is written: ``gslice.Safetensors(...)`` (the default: a
+    Hugging Face checkpoint folder, optionally quantized) or ``gslice.GGUF(type=...)`` (one
+    file for llama.cpp). The older keywords ``quant="int4"`` or ``"int8"``, ``group_size``,
+    ``quant_embeddings`` and ``quant_audio`` mean ``format=Safetensors(...)`` with the same
+    options (see :class:`gslice.Safetensors`); give one or the other.
 
     From a Hub repo id, only the byte ranges the slice reads are downloaded, into the gslice
     range cache (``GSLICE_CACHE``); ``full_download=True`` downloads whole files into the
@@ -205,7 +231,8 @@ def slice_model(
         )
     elif (layers_to_skip, ffn_dims, audio_layers_to_skip) != (None, None, None) or drop_vision or drop_audio or text_only:
         raise ArgumentError("give either spec or its fields (layers_to_skip, ffn_dims, ...), not both")
-    plan = prepare_slice(src, spec, preset=preset, revision=revision, quant=opts, full_download=full_download)
+    plan = prepare_slice(src, spec, preset=preset, revision=revision, quant=opts, full_download=full_download,
+                         format=format)
     return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
 
 
@@ -219,22 +246,14 @@ def output_plan(
     preset: dict | None = None,
     download_record: dict | None = None,
 ) -> engine.OutputPlan:
-    """The engine's view of one output folder: tensors, config, model card, copied files and
-    the manifest (``source_record`` from :func:`gslice.manifest.source_record`,
-    ``download_record`` from :meth:`gslice.download.DownloadPlan.manifest_record`)."""
+    """The engine's view of one output, as its format lays it out, with the manifest
+    (``source_record`` from :func:`gslice.manifest.source_record`, ``download_record`` from
+    :meth:`gslice.download.DownloadPlan.manifest_record`)."""
     from .manifest import manifest
-    from .modelcard import model_card
 
-    return engine.OutputPlan(
-        dir=Path(out).expanduser().absolute(),
-        tensors=list(plan.tensors),
-        text_files={
-            "config.json": plan.config_text(),
-            "README.md": model_card(plan, title=preset["name"] if preset else None),
-        },
-        copied_files=gemma3n.files_to_copy(plan.source.files, plan.spec),
-        overwrite=overwrite,
-        manifest=manifest(plan, source_record, preset, max_shard_size, download_record),
+    return plan.output.output_plan(
+        plan, out, overwrite=overwrite, manifest=manifest(plan, source_record, preset, max_shard_size, download_record),
+        title=preset["name"] if preset else None,
     )
 
 
@@ -312,7 +331,8 @@ def _figures(plan: SlicePlan) -> dict:
         source_params=asdict(plan.source_params()),
         preset=plan.preset,
         size=size_plan_of(plan).to_dict(),
-        quantization=_quantization_figures(plan),
+        quantization=plan.output.figures(plan),
+        format=plan.output.describe(plan),
     )
 
 
@@ -331,7 +351,7 @@ def slice_report(plan: SlicePlan, figures: dict, result: engine.EngineReport, wr
         seconds=seconds,
         files=[asdict(f) for f in written.files],
         dry_run=result.dry_run,
-        quantization=quantization_summary(plan, quant, result),
+        quantization=plan.output.report(plan, quant, result),
         leftovers=leftovers,
     )
 
@@ -342,51 +362,3 @@ def size_plan_of(plan: SlicePlan, context: int | None = None) -> accounting.Size
         plan.source.label, plan.preset, plan.arch, plan.resolved, plan.output_shapes(), plan.new_config,
         context or accounting.DEFAULT_CONTEXT,
     )
-
-
-def _quantization_figures(plan: SlicePlan) -> dict | None:
-    if plan.quant is None:
-        return None
-    return {
-        **plan.quant.to_json(),
-        "kept": [{"name": n, "reason": r} for n, r in plan.quant_plan.kept],
-        "output_bytes_unquantized": plan.unquantized_bytes(),
-        "weight_of": {t.name: t.quant.weight for t in plan.tensors if t.quant},
-    }
-
-
-def quantization_summary(plan: SlicePlan, figures: dict | None, result: EngineReport) -> dict | None:
-    """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
-    ``rel_`` figures are relative to the weight's RMS). Totals over the whole output; the
-    error figures are None when nothing was quantized (a dry run)."""
-    if figures is None:
-        return None
-    weight_of = figures.pop("weight_of")
-    tensors = [
-        {
-            "name": weight_of.get(q.name, q.name),
-            "source": q.source,
-            "shape": list(q.shape),
-            "bytes_before": q.bytes_before,
-            "bytes_after": q.bytes_after,
-            "weight_rms": q.weight_rms,
-            "rms_error": q.rms_error,
-            "max_abs_error": q.max_abs_error,
-            "rel_rms_error": q.rel_rms_error,
-            "rel_max_abs_error": q.rel_max_abs_error,
-        }
-        for q in result.quantized
-    ]
-    rel = [t["rel_rms_error"] for t in tensors]
-    worst = max(tensors, key=lambda t: t["rel_rms_error"], default=None)
-    return {
-        **figures,
-        "tensors": tensors,
-        "quantized_bytes_before": sum(t["bytes_before"] for t in tensors),
-        "quantized_bytes_after": sum(t["bytes_after"] for t in tensors),
-        "output_bytes": result.outputs[0].tensor_bytes,
-        "rel_rms_error_mean": sum(rel) / len(rel) if rel else None,
-        "rel_rms_error_max": worst["rel_rms_error"] if worst else None,
-        "rel_rms_error_worst": worst["name"] if worst else None,
-        "rel_max_abs_error_max": max((t["rel_max_abs_error"] for t in tensors), default=None),
-    }

@@ -21,6 +21,8 @@ __all__ = [
     "TinyGemma3n",
     "E4B_LIKE",
     "E2B_LIKE",
+    "LLAMA_LIKE",
+    "write_sentencepiece",
     "write_tiny_checkpoint",
     "read_checkpoint",
     "reference_slice",
@@ -68,6 +70,11 @@ class TinyGemma3n:
 E4B_LIKE = TinyGemma3n()
 # E2B as published: 30 layers, the last 10 sharing KV, FFN half of E4B's.
 E2B_LIKE = TinyGemma3n(num_layers=30, num_kv_shared=10, ffn=32)
+# At the sizes llama.cpp's Gemma 3n fixes in code (AltUp 4, LAuReL rank 64, 256 per-layer input
+# values, KV sharing from layer 20 on with producers 18 and 19, sparsity on layers 0-9), small
+# elsewhere, with widths that are whole GGML blocks; 25 layers, the last 5 sharing KV.
+LLAMA_LIKE = TinyGemma3n(num_layers=25, num_kv_shared=5, hidden=64, ffn=128, ple_dim=256, heads=2, kv_heads=1,
+                         head_dim=32, vocab=320, vocab_per_layer=300, laurel_rank=64, audio_hidden=32)
 
 
 def tensor_shapes(m: TinyGemma3n) -> dict[str, tuple[int, ...]]:
@@ -294,6 +301,53 @@ def write_tiny_checkpoint(
     for fname, text in _SIDE_FILES.items():
         (out / fname).write_text(text)
     return out
+
+
+TOKENIZER_TEXT = (
+    "the quick brown fox jumps over the lazy dog\n"
+    "gemma slices smaller models out of a bigger one, on a laptop without a GPU\n"
+    "one two three four five six seven eight nine ten eleven twelve\n"
+) * 20
+
+
+def sentencepiece_model(vocab: int) -> bytes:
+    """A tiny SentencePiece BPE model (at most ``vocab`` pieces) with Gemma's special ids (pad 0,
+    eos 1, bos 2, unk 3) and byte fallback; "\n" stays a newline (identity normalization)."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TOKENIZER_TEXT.splitlines()), model_writer=buf, vocab_size=vocab, model_type="bpe",
+        hard_vocab_limit=False, normalization_rule_name="identity", byte_fallback=True, add_dummy_prefix=False,
+        character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", unk_piece="<unk>", minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def write_sentencepiece(path: str | Path, vocab: int) -> int:
+    """Writes :func:`sentencepiece_model` as ``path``/tokenizer.model and names its special ids
+    in config.json (the ``*_token_id`` fields llama.cpp's converter reads) and
+    tokenizer_config.json. Returns the model's own vocabulary size (<= ``vocab``; the rest of
+    the ids are unused)."""
+    import sentencepiece as spm
+
+    out = Path(path)
+    model = sentencepiece_model(vocab)
+    (out / "tokenizer.model").write_bytes(model)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "unk_token_id": 3}
+    config.update(ids)
+    if "text_config" in config:
+        config["text_config"].update(ids)
+    config_path.write_text(json.dumps(config, indent=2))
+    tok = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
+           "pad_token": "<pad>", "unk_token": "<unk>", "tokenizer_class": "GemmaTokenizer"}
+    (out / "tokenizer_config.json").write_text(json.dumps(tok))
+    return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
 
 
 def write_safetensors(path: str | Path, arrays: dict[str, tuple[str, np.ndarray]]) -> Path:

@@ -10,9 +10,10 @@ from typing import Callable
 
 from . import download, engine, gemma3n
 from .errors import GsliceError, SourceError, SpecError
-from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
+from .formats import gguf
+from .manifest import MANIFEST_NAME, HashCache, check_files, is_file_output, read_manifest, same_source, source_record
 from .slicing import prepare_slice
-from .quantization import QuantOptions
+from .formats.safetensors import QuantOptions
 from .sources import Source, resolve_source
 from .spec import spec_from_mapping
 
@@ -35,12 +36,13 @@ class VerifyResult:
 
 
 def output_folders(path: str | os.PathLike) -> list[Path]:
-    """``path`` itself if it carries a manifest; else its sub-folders that do (a bulk run's
-    output folder); else ``path`` (whose check then reports the missing manifest)."""
+    """``path`` itself if it carries a manifest (or is a GGUF file); else its sub-folders that do
+    and its GGUF files (a bulk run's output folder); else ``path`` (whose check then reports the
+    missing manifest)."""
     p = Path(path)
     if (p / MANIFEST_NAME).is_file() or not p.is_dir():
         return [p]
-    children = sorted(c for c in p.iterdir() if c.is_dir() and (c / MANIFEST_NAME).is_file())
+    children = sorted(c for c in p.iterdir() if (c.is_dir() and (c / MANIFEST_NAME).is_file()) or (c.is_file() and c.suffix == ".gguf"))
     return children or [p]
 
 
@@ -59,6 +61,8 @@ def verify_output(
     re-derives every tensor and the config from the manifest's spec and compares bytes (a Hub
     source fetches the byte ranges that takes, as a slice does, unless ``full_download``).
     Raises (exit 2) only when there is nothing to verify against."""
+    if is_file_output(Path(out)):
+        return _verify_file(Path(out), against, revision, threads, progress)
     folder = Path(out)
     data = read_manifest(folder)
     problems = check_files(folder, data, cache, progress)
@@ -83,6 +87,26 @@ def verify_output(
     problems += _side_files(folder, plan)
     got = fetched.bytes + fetched.headers_bytes if fetched else 0
     return VerifyResult(str(folder), problems, len(data["files"]), len(plan.tensors), compared, got)
+
+
+def _verify_file(path: Path, against, revision, threads, progress) -> VerifyResult:
+    """A GGUF file: its digest; with a source, its header and every tensor's data re-derived."""
+    data, problems = gguf.check_file(path)
+    if against is None:
+        return VerifyResult(str(path), problems, 1, None)
+    source = against if isinstance(against, Source) else resolve_source(against, revision)
+    where = f"{path}: {gguf.MANIFEST_KEY}"
+    try:
+        spec = spec_from_mapping(data.get("spec"), where)
+        plan = prepare_slice(source, spec, format=gguf.GGUF.from_json(data.get("output_format") or {}, where))
+    except SpecError as e:
+        raise SourceError(f"the spec in {where} does not apply to {source.label}: {e}") from None
+    problems += same_source(data.get("source") or {}, source_record(source, plan.checkpoint.shards), compare_mtime=False)
+    header, offsets = gguf.compare_file(path, plan)
+    problems += header
+    report = engine.compare_gguf(source.path, path, plan.tensors, offsets, threads=threads, progress=progress)
+    problems += [f"tensor {m.tensor} {m.problem}" for m in report.mismatches]
+    return VerifyResult(str(path), problems, 1, len(plan.tensors), report.bytes_compared)
 
 
 def _side_files(folder: Path, plan) -> list[str]:

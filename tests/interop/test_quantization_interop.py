@@ -23,7 +23,8 @@ import pytest
 import gslice
 from gslice import gemma3n
 from gslice.engine import CheckpointInfo, TensorInfo
-from gslice.quantization import QuantOptions, module_of
+from gslice.formats import safetensors
+from gslice.formats.safetensors import QuantOptions, module_of
 from gslice.spec import SliceSpec
 from gslice.testing import bf16_bits_to_f32, f32_to_bf16_bits, read_checkpoint, reference_quantize
 
@@ -231,8 +232,8 @@ def test_config_targets_exactly_our_tensors_on_the_e4b_architecture(torch):
     res = gemma3n.resolve(arch, SliceSpec(layers_to_skip=tuple(range(20, 25)), ffn_dims=8192))
     gemma3n.check_source(config, arch, ck, res)
     opts = QuantOptions("int4", 128, audio=True)
-    qplan = gemma3n.plan_quantization(arch, ck, res, gemma3n.plan_tensors(arch, ck, res), opts)
-    qconfig = gslice.quantization.quantization_config(opts, qplan.ignore, qplan.extra_targets)
+    qplan = safetensors.plan_quantization(gemma3n.plan_tensors(arch, ck, res), ck, opts)
+    qconfig = safetensors.quantization_config(opts, qplan.ignore, qplan.extra_targets)
     new_config = gemma3n.rewrite_config(config, arch, res)
     with torch.device("meta"):
         model = Gemma3nForConditionalGeneration(Gemma3nConfig.from_dict(new_config))

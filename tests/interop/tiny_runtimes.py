@@ -43,7 +43,6 @@ from .tiny_gemma3n import randomize
 VOCAB = 256
 LOGIT_SCALE = 4.0  # on the final norm: next-token distributions peaked like a trained model's
 NUM_LAYERS, NUM_KV_SHARED = 22, 2
-LLAMA_CPP_VERSION = "0.3.36"
 
 
 def text_config(num_layers: int = NUM_LAYERS, num_kv_shared: int = NUM_KV_SHARED, ffn_width: int = 128) -> Gemma3nTextConfig:
@@ -123,16 +122,13 @@ def save_text_model(model: Gemma3nForCausalLM, folder: Path, tokenizer_text: str
 
 
 def llama_cpp_source() -> Path:
-    """llama.cpp's source tree as vendored by the llama-cpp-python sdist: GSLICE_LLAMA_CPP_SRC,
-    or the copy `.ci/llama-cpp-wheel` keeps beside the wheel it builds."""
-    env = os.environ.get("GSLICE_LLAMA_CPP_SRC")
-    candidates = [Path(env)] if env else []
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gslice" / "wheels"
-    candidates += sorted(cache.glob(f"llama-cpp-python-{LLAMA_CPP_VERSION}-*/src/llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp"))
-    for c in candidates:
-        if (c / "convert_hf_to_gguf.py").is_file():
-            return c
-    raise FileNotFoundError("llama.cpp's source (convert_hf_to_gguf.py) not found: run .ci/llama-cpp-wheel or set GSLICE_LLAMA_CPP_SRC")
+    """The folder holding convert_hf_to_gguf.py (with its conversion package and gguf-py) of the
+    llama.cpp that llama-cpp-python 0.3.36 vendors: `.ci/llama-cpp-source` prepares it and
+    `.ci/run` exports it as GSLICE_LLAMA_CPP_SOURCE."""
+    path = os.environ.get("GSLICE_LLAMA_CPP_SOURCE")
+    if not path or not (Path(path) / "convert_hf_to_gguf.py").is_file():
+        raise FileNotFoundError("set GSLICE_LLAMA_CPP_SOURCE to the folder `.ci/llama-cpp-source` prints")
+    return Path(path)
 
 
 def convert_to_gguf(pairs: list[tuple[Path, Path]], outtype: str = "f32") -> None:

@@ -14,7 +14,7 @@ from ..evaluation import runners as eval_runners
 from ..evaluation.record import record
 from ..evaluation.report import fmt_kl
 from ..errors import Interrupted
-from .slice import quant_option_decorators, quant_options, upload_output
+from .slice import format_option_decorators, format_options, upload_output
 from ..bulk import BulkReport, prepare_bulk, select_presets, write_bulk
 from ..progress import ByteProgress, TokenProgress
 from ..units import fmt_bytes, fmt_params, parse_size
@@ -34,7 +34,7 @@ from .eval import eval_settings
 @click.option("--overwrite", is_flag=True, help="Replace existing preset folders.")
 @click.option("--no-dedupe", is_flag=True, help="Write every output's files independently (no hard links).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
-@quant_option_decorators
+@format_option_decorators
 @click.option("--push-to-hub", "push_template", default=None, metavar="REPO", help="Upload each output to REPO, which must contain {slug}, e.g. me/gemma-3n-{slug}.")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repos as private.")
 @click.option("--dry-run", is_flag=True, help="Plan and validate everything, print what would be written; write nothing.")
@@ -46,20 +46,23 @@ from .eval import eval_settings
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
-def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, quant, group_size,
-             quant_embeddings, quant_audio, push_template, private, eval_text, eval_context, eval_max_tokens, dry_run,
-             hash_source, full_download, as_json, quiet):
-    """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/."""
+def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, fmt, gguf_type, quant,
+             group_size, quant_embeddings, quant_audio, push_template, private, eval_text, eval_context, eval_max_tokens,
+             dry_run, hash_source, full_download, as_json, quiet):
+    """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/
+    (with --format gguf: OUT/<preset-slug>.gguf)."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     presets = select_presets(preset_names)
-    quant_opts = quant_options(quant, group_size, quant_embeddings, quant_audio)
+    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio)
+    if push_template and out_format.name == "gguf":
+        raise click.UsageError("--push-to-hub uploads checkpoint folders; upload GGUF files with huggingface_hub's upload_file")
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     repos = _repos(push_template, presets)
     show = not (quiet or as_json)
     with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
-                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar, hash_progress=hashing,
+                            hash_source=hash_source and not dry_run, format=out_format, progress=bar, hash_progress=hashing,
                             # --eval runs the whole source model: a Hub source must be downloaded whole
                             full_download=full_download or bool(eval_text), weights=not dry_run)
     evaluation = _eval_settings(eval_text, eval_context, eval_max_tokens, jobs, plan) if eval_text and not dry_run else None

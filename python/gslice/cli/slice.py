@@ -10,7 +10,9 @@ import click
 from .. import gemma3n, hub, interrupts
 from ..errors import HubError, SpecError
 from ..progress import ByteProgress
-from ..quantization import DEFAULT_GROUP_SIZE, GROUP_SIZES, SCHEMES, QuantOptions
+from ..formats import gguf
+from ..formats.base import Format
+from ..formats.safetensors import DEFAULT_GROUP_SIZE, GROUP_SIZES, SCHEMES, QuantOptions, Safetensors
 from ..slicing import SliceReport, output_target, prepare_slice, write_slice
 from ..sources import resolve_source
 from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list, parse_int
@@ -43,14 +45,21 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
     )
 
 
-def quant_option_decorators(fn):
-    """--quant, --group-size, --quant-embeddings and --quant-audio (shared with `gslice bulk`)."""
-    for option in reversed(_QUANT_OPTIONS):
+def format_option_decorators(fn):
+    """--format, --gguf-type, --quant, --group-size, --quant-embeddings and --quant-audio
+    (shared with `gslice bulk`)."""
+    for option in reversed(_FORMAT_OPTIONS):
         fn = option(fn)
     return fn
 
 
-_QUANT_OPTIONS = [
+_FORMAT_OPTIONS = [
+    click.option("--format", "fmt", type=click.Choice(["safetensors", "gguf"]), default=None,
+                 help="safetensors (default): a Hugging Face checkpoint folder; gguf: one file for llama.cpp "
+                      "(the text decoder only, -o names the file)."),
+    click.option("--gguf-type", default=None, metavar="|".join(gguf.TYPES),
+                 help="With --format gguf: the file type (default: the source's dtype); norms stay f32 and "
+                      "the rest follows llama.cpp's own tools."),
     click.option("--quant", default=None, metavar="|".join(SCHEMES),
                  help="Quantize the text decoder's Linear weights group-wise (compressed-tensors pack-quantized)."),
     click.option("--group-size", default=None, metavar="|".join(map(str, GROUP_SIZES)),
@@ -75,7 +84,7 @@ _QUANT_OPTIONS = [
 @click.option("--drop-vision", is_flag=True, help="Remove the vision tower and its embedder.")
 @click.option("--drop-audio", is_flag=True, help="Remove the audio tower and its embedder.")
 @click.option("--text-only", is_flag=True, help="Remove both towers; the output loads as Gemma3nForCausalLM.")
-@quant_option_decorators
+@format_option_decorators
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
 @click.option("--threads", type=StrictInt(1, MAX_THREADS), default=None, help="Worker threads (default: all cores).")
@@ -88,18 +97,20 @@ _QUANT_OPTIONS = [
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio,
-              text_only, quant, group_size, quant_embeddings, quant_audio, overwrite, max_shard_size, threads, push_repo, private,
-              dry_run, hash_source, full_download, as_json, quiet):
+              text_only, fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, overwrite, max_shard_size, threads,
+              push_repo, private, dry_run, hash_source, full_download, as_json, quiet):
     """Slice SRC (a checkpoint folder or a Hub repo id) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
     spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, preset)
-    quant_opts = quant_options(quant, group_size, quant_embeddings, quant_audio)
+    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio)
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     if push_repo:
+        if out_format.name == "gguf":
+            raise SpecError("--push-to-hub uploads checkpoint folders; upload a GGUF file with huggingface_hub's upload_file")
         hub.check_repo_id(push_repo)
     source = resolve_source(src, revision, full_download=full_download, weights=not dry_run)
-    plan = prepare_slice(source, spec, preset=preset, quant=quant_opts)
+    plan = prepare_slice(source, spec, preset=preset, format=out_format)
     output_target(plan, out, overwrite=overwrite)  # a refused output path fails before the Hub is asked
     if push_repo and not dry_run:
         hub.create_repo(push_repo, private=private)  # fails in seconds on a missing login, before the slice
@@ -145,11 +156,26 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
         ("layers", f"{r.layers} of {r.source_layers}"),
         ("parameters", f"effective {fmt_params(p['effective'])}, total {fmt_params(p['total'])}"),
     ]
+    if r.format and r.format["name"] == "gguf":
+        head.append(("note", r.format["note"]))
     where = f"dry run: would write {r.output}"
     if repo:
         where += f" and upload it to {hub.repo_url(repo)}" + (" (private)" if private else "")
     listing = table(head) + "\n" + file_listing(r.files, where + ":")
     return listing + (f"\n{r.download['line']}" if r.download else "")
+
+
+def format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio) -> Format:
+    """The output format the command-line options describe."""
+    if fmt == "gguf":
+        given = [f for f, v in (("--quant", quant), ("--group-size", group_size), ("--quant-embeddings", quant_embeddings),
+                                ("--quant-audio", quant_audio)) if v]
+        if given:
+            raise SpecError(f"{given[0]} applies to --format safetensors; a GGUF file's type is --gguf-type ({', '.join(gguf.TYPES)})")
+        return gguf.GGUF(gguf_type)
+    if gguf_type is not None:
+        raise SpecError("--gguf-type needs --format gguf")
+    return Safetensors.of(quant_options(quant, group_size, quant_embeddings, quant_audio))
 
 
 def quant_options(quant, group_size, quant_embeddings, quant_audio) -> QuantOptions | None:
@@ -193,7 +219,8 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         ("KV sharing", f"last {r.num_kv_shared_layers} layers reuse earlier keys/values"),
         ("parameters", f"effective {fmt_params(p['effective'])} (was {fmt_params(sp['effective'])}), "
                        f"text {fmt_params(p['text'])}, total {fmt_params(p['total'])}"),
-        ("tensors", f"{r.tensors:,} in {len(r.shards)} shard{'s' if len(r.shards) != 1 else ''}"),
+        ("tensors", f"{r.tensors:,} in one GGUF file" if r.format and r.format["name"] == "gguf"
+                    else f"{r.tensors:,} in {len(r.shards)} shard{'s' if len(r.shards) != 1 else ''}"),
         ("written", f"{fmt_bytes(r.bytes_written)} in {r.seconds:.1f} s "
                     f"({fmt_bytes(r.bytes_written / max(r.seconds, 1e-9))}/s, {fmt_bytes(r.bytes_kernel_copied)} copied in-kernel)"),
     ]
@@ -207,8 +234,18 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         rows.append(("runtimes", f"computed correctly by: {r.size['runtimes']['summary']}"))
     if r.quantization is not None:
         rows += quant_rows(r.quantization)
+    if r.format and r.format["name"] == "gguf":
+        rows += gguf_rows(r.format)
     failing = runtime_lines(r.size["runtimes"], failing_only=True) if r.size else []
     return "\n".join([table(rows + list(extra_rows))] + failing)
+
+
+def gguf_rows(f: dict) -> list[tuple[str, str]]:
+    types = ", ".join(f"{t} x {n}" for t, n in f["tensor_types"].items())
+    return [
+        ("GGUF", f"file type {f['type']} (general.file_type {f['file_type']}); {f['tensors']} tensors: {types}"),
+        ("note", f["note"]),
+    ]
 
 
 def size_summary_rows(size: dict) -> list[tuple[str, str]]:

@@ -1,6 +1,8 @@
 //! Assembling an output folder: the shards it needs hard-linked from the staging folder (copied
 //! where links are impossible), its index, config and side files, and last its manifest, all in
-//! a hidden temporary folder that is flushed and renamed into place in one step.
+//! a hidden temporary folder that is flushed and renamed into place in one step. A single-file
+//! output (GGUF) is its one piece: its manifest digest is filled in, then it is renamed into
+//! place.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -69,6 +71,10 @@ fn finish_report(spec: &OutputSpec, ol: &OutputLayout, shards: Vec<ShardReport>,
 /// What a dry run reports: every file the output would hold, with its size.
 pub(crate) fn describe_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout) -> Result<OutputReport> {
     let shards = shard_reports(ol, layout);
+    if ol.single_file {
+        let files = shards.iter().map(|s| FileReport { name: s.name.clone(), bytes: s.bytes, sha256: None }).collect();
+        return Ok(finish_report(spec, ol, shards, files));
+    }
     let mut files: Vec<FileReport> = shards.iter().map(|s| FileReport { name: s.name.clone(), bytes: s.bytes, sha256: None }).collect();
     if let Some(text) = index_text(ol)? {
         files.push(FileReport { name: INDEX_NAME.into(), bytes: text.len() as u64, sha256: None });
@@ -98,6 +104,9 @@ pub(crate) fn assemble_output(
     cleanup: &Mutex<Cleanup>,
     source: &Path,
 ) -> Result<OutputReport> {
+    if ol.single_file {
+        return assemble_file(spec, ol, layout, staging, hashes, source);
+    }
     let parent = parent_dir(&spec.dir)?;
     let name = spec.dir.file_name().expect("checked in preflight").to_string_lossy().into_owned();
     let tmp = unique_path(&parent, &format!(".{name}.gslice-partial"));
@@ -147,6 +156,26 @@ pub(crate) fn assemble_output(
         // process, which the next run into this folder reports and removes.
         let _ = fs::remove_dir_all(old);
     }
+    Ok(finish_report(spec, ol, shards, files))
+}
+
+/// A single-file output: its piece, with the manifest digest written into its header (the hash
+/// was taken with the digits still zero), flushed and renamed into place.
+fn assemble_file(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout, staging: &Path, hashes: &[Option<String>], source: &Path) -> Result<OutputReport> {
+    let (name, p) = ol.shards[0].clone();
+    let path = piece_path(staging, p);
+    let digest = hashes[p].clone();
+    if let (Some(at), Some(hex)) = (layout.pieces[p].digest_at, digest.as_ref()) {
+        let f = fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, "open", e))?;
+        f.write_all_at(hex.as_bytes(), at).map_err(|e| Error::io(&path, "write", e))?;
+        f.sync_all().map_err(|e| Error::io(&path, "flush", e))?;
+    }
+    check_replaceable(&spec.dir, spec.overwrite, spec.manifest.as_ref().map(|m| m.name.as_str()), source)?;
+    if let Some(old) = commit(&path, &spec.dir)? {
+        let _ = fs::remove_file(old); // the previous file, swapped out (see assemble_output)
+    }
+    let shards = shard_reports(ol, layout);
+    let files = vec![FileReport { name, bytes: layout.pieces[p].size, sha256: digest }];
     Ok(finish_report(spec, ol, shards, files))
 }
 

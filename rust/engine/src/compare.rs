@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::execute::Progress;
 use crate::io;
 use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
-use crate::plan::{resolve, Resolved, TensorSpec};
+use crate::plan::{resolve, Container, Resolved, TensorSpec};
 use crate::qband;
 
 #[derive(Deserialize, Debug)]
@@ -52,7 +52,7 @@ pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> 
         if !expected.insert(spec.name.clone()) {
             return Err(Error::Plan(format!("the plan lists tensor {} twice", spec.name)));
         }
-        let r = resolve(&src, spec)?;
+        let r = resolve(&src, spec, Container::Safetensors)?;
         let mut places = Vec::with_capacity(r.parts.len());
         for part in &r.parts {
             expected.insert(part.name.clone());
@@ -135,7 +135,7 @@ fn compare_item(item: &Item, checked: &[Checked], src: &Checkpoint, out: &Checkp
     let (segments, file, t, mut dst): (Vec<(u64, u64)>, usize, usize, u64) = match *item {
         Item::Contig { file, t, src_off, dst_off, len } => (vec![(src_off, len)], file, t, dst_off),
         Item::Rows { file, t, rows, dst_off } => (col_segments(&checked[t].r, rows).collect(), file, t, dst_off),
-        Item::Quant { .. } => unreachable!("handled above"),
+        Item::Quant { .. } | Item::Encode { .. } => unreachable!("handled above (GGUF tensors are not compared here)"),
     };
     let Checked { r, places } = &checked[t];
     let out_start = places[0].1;
@@ -160,7 +160,7 @@ fn compare_item(item: &Item, checked: &[Checked], src: &Checkpoint, out: &Checkp
             let out_row = r.shape.last().copied().unwrap_or(0) * r.dtype.size();
             (r.src.start + rows.0 * row, (rows.1 - rows.0) * row, (rows.1 - rows.0) * out_row)
         }
-        Item::Quant { .. } => unreachable!("handled above"),
+        Item::Quant { .. } | Item::Encode { .. } => unreachable!("handled above (GGUF tensors are not compared here)"),
     };
     io::release(smap, src_lo, src_len);
     io::release(omap, begin, out_len);

@@ -15,13 +15,14 @@ use memmap2::Mmap;
 
 use crate::assemble::{assemble_output, describe_output, parent_dir, unique_path, Cleanup, StagedCopies};
 use crate::checkpoint::{Checkpoint, INDEX_NAME};
+use crate::encode;
 use crate::error::{Error, Result};
 use crate::hash_cursor::HashCursor;
 use crate::io::{self, Moved};
 use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
 use crate::layout::{self, Layout, OutputLayout};
 use crate::ownership::check_replaceable;
-use crate::plan::{resolve, OutputSpec, Plan};
+use crate::plan::{resolve, Container, OutputSpec, Plan};
 use crate::qband::{self, band_offsets};
 use crate::quant::Stats;
 pub use crate::report::{FileReport, OutputReport, Progress, QuantReport, Report, ShardReport};
@@ -38,9 +39,9 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     let per_output = plan
         .outputs
         .iter()
-        .map(|o| o.tensors.iter().map(|t| resolve(&ck, t)).collect::<Result<Vec<_>>>())
+        .map(|o| o.tensors.iter().map(|t| resolve(&ck, t, o.container)).collect::<Result<Vec<_>>>())
         .collect::<Result<Vec<_>>>()?;
-    let layout = layout::build(per_output, plan.max_shard_size, plan.dedupe, &plan.metadata)?;
+    let layout = layout::build(per_output, &plan.outputs, plan.max_shard_size, plan.dedupe, &plan.metadata)?;
     for (spec, ol) in plan.outputs.iter().zip(&layout.outputs) {
         check_file_names(spec, ol)?;
     }
@@ -172,6 +173,15 @@ fn preflight(plan: &Plan, ck: &Checkpoint) -> Result<()> {
 }
 
 fn check_file_names(spec: &OutputSpec, ol: &OutputLayout) -> Result<()> {
+    if ol.single_file {
+        if !spec.files.is_empty() {
+            return Err(Error::Plan(format!("{} is a single file: it cannot hold extra files", spec.dir.display())));
+        }
+        return Ok(());
+    }
+    if spec.container == Container::Safetensors && (!spec.metadata.is_empty() || spec.alignment.is_some()) {
+        return Err(Error::Plan("metadata and alignment apply to GGUF outputs only".into()));
+    }
     let mut names: std::collections::HashSet<&str> = ol.shards.iter().map(|s| s.0.as_str()).collect();
     names.insert(INDEX_NAME);
     let extra = spec.files.iter().map(|f| f.name()).chain(spec.manifest.as_ref().map(|m| m.name.as_str()));
@@ -277,6 +287,7 @@ fn write_pieces(
         let piece = &layout.pieces[p];
         let mut known = vec![(0, piece.header.len() as u64)];
         known.extend(piece.literals.iter().map(|(off, bytes)| (*off, off + bytes.len() as u64)));
+        known.extend(piece.gaps.iter().copied());
         completed(p, &known)?;
     }
     in_file_order(items.len(), fin.cancel, |i| {
@@ -357,6 +368,17 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats
             stats[t].lock().unwrap_or_else(|p| p.into_inner()).merge(&st);
             let n = ranges.iter().map(|(b, e)| e - b).sum();
             Ok((Moved { kernel: 0, buffered: n }, ranges))
+        }
+        Item::Encode { file, t, rows, dst_off } => {
+            let r = &layout.tensors[t];
+            let n = encode::encode_band(r, ck, rows, |bytes| {
+                let f = &files[file];
+                f.write_all_at(bytes, dst_off)?;
+                io::start_writeback(f, dst_off, bytes.len() as u64);
+                Ok(bytes.len() as u64)
+            })
+            .map_err(|e| encode::failure_error(r, ck, e, "write tensor"))?;
+            Ok((Moved { kernel: 0, buffered: n }, vec![(dst_off, dst_off + n)]))
         }
         Item::Contig { file, t, src_off, dst_off, len } => {
             let shard = &ck.shards[layout.tensors[t].shard];

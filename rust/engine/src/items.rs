@@ -18,13 +18,15 @@ pub enum Item {
     Rows { file: usize, t: usize, rows: (u64, u64), dst_off: u64 },
     /// `dst_off` is where the tensor's first part (its packed words) starts.
     Quant { file: usize, t: usize, rows: (u64, u64), dst_off: u64 },
+    /// Rows of a GGUF tensor, encoded as its GGML type; `dst_off` is where row `rows.0` goes.
+    Encode { file: usize, t: usize, rows: (u64, u64), dst_off: u64 },
 }
 
 impl Item {
     /// The destination file the item writes (or compares).
     pub fn file(&self) -> usize {
         match *self {
-            Item::Contig { file, .. } | Item::Rows { file, .. } | Item::Quant { file, .. } => file,
+            Item::Contig { file, .. } | Item::Rows { file, .. } | Item::Quant { file, .. } | Item::Encode { file, .. } => file,
         }
     }
 }
@@ -40,6 +42,16 @@ pub fn push_items(items: &mut Vec<Item>, file: usize, t: usize, r: &Resolved, mu
             done += n;
         }
     };
+    if let Some(g) = &r.gguf {
+        let band = (band_bytes / (g.cols * r.dtype.size()).max(1)).max(1);
+        let mut r0 = 0;
+        while r0 < g.rows {
+            let r1 = (r0 + band).min(g.rows);
+            items.push(Item::Encode { file, t, rows: (r0, r1), dst_off: dst + r0 * g.row_bytes() });
+            r0 = r1;
+        }
+        return;
+    }
     if r.quant.is_some() {
         let (rows, cols) = (r.shape[0], r.shape[1]);
         let band = (band_bytes / (cols * r.dtype.size()).max(1)).max(1);

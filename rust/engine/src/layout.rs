@@ -1,14 +1,16 @@
 //! Where every byte goes, decided before anything is written. Identical output tensors
 //! (same name, source, operation and quantization) are written once: tensors are grouped by the exact set of
 //! outputs that contain them, each group becomes one or more physical shard files ("pieces"),
-//! and every output folder links the pieces it needs under its own shard names.
+//! and every output folder links the pieces it needs under its own shard names. A GGUF output
+//! is one piece of its own, renamed into place as the output file.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::plan::{Op, QuantSpec, Resolved};
+use crate::gguf;
+use crate::plan::{Container, Op, OutputSpec, QuantSpec, Resolved};
 
 pub struct Piece {
     /// Indices into `Layout::tensors`, in file order.
@@ -19,9 +21,13 @@ pub struct Piece {
     pub header: Vec<u8>,
     /// Data known at planning time (a quantized tensor's shape): (file offset, bytes).
     pub literals: Vec<(u64, Vec<u8>)>,
-    /// safetensors entries in the header.
+    /// safetensors entries in the header (GGUF: tensors).
     pub entries: usize,
     pub size: u64,
+    /// A GGUF piece's manifest digest: where its 64 hex digits go once the file is hashed.
+    pub digest_at: Option<u64>,
+    /// Alignment padding between tensors: zeros already (the file is allocated zeroed).
+    pub gaps: Vec<(u64, u64)>,
 }
 
 pub struct OutputLayout {
@@ -30,6 +36,8 @@ pub struct OutputLayout {
     pub weight_map: BTreeMap<String, String>,
     /// Sum of tensor bytes, as the index's `total_size` counts it.
     pub total_size: u64,
+    /// A single-file output (GGUF): its one piece becomes the output path itself.
+    pub single_file: bool,
 }
 
 pub struct Layout {
@@ -40,14 +48,81 @@ pub struct Layout {
 
 type Key = (String, String, Op, Option<QuantSpec>);
 
-/// `per_output[o]` is output o's tensors in plan order. With `dedupe` off every output gets
-/// its own pieces.
+/// `per_output[o]` is output o's tensors in plan order, `specs[o]` its spec. With `dedupe` off
+/// every output gets its own pieces.
 pub fn build(
+    per_output: Vec<Vec<Resolved>>,
+    specs: &[OutputSpec],
+    max_shard_size: u64,
+    dedupe: bool,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Layout> {
+    let mut folders = Vec::new();
+    let mut files = Vec::new();
+    for (o, list) in per_output.into_iter().enumerate() {
+        match specs[o].container {
+            Container::Safetensors => folders.push((o, list)),
+            Container::Gguf => files.push((o, list)),
+        }
+    }
+    let folder_index: Vec<usize> = folders.iter().map(|f| f.0).collect();
+    let mut layout = build_folders(folders.into_iter().map(|f| f.1).collect(), max_shard_size, dedupe, metadata)?;
+    let mut outputs: Vec<Option<OutputLayout>> = (0..specs.len()).map(|_| None).collect();
+    for (o, ol) in folder_index.into_iter().zip(std::mem::take(&mut layout.outputs)) {
+        outputs[o] = Some(ol);
+    }
+    for (o, list) in files {
+        outputs[o] = Some(add_gguf(&mut layout, list, &specs[o]).map_err(|e| Error::Plan(format!("{}: {e}", specs[o].dir.display())))?);
+    }
+    layout.outputs = outputs.into_iter().map(|o| o.expect("every output is laid out")).collect();
+    Ok(layout)
+}
+
+/// One GGUF output: its tensors in plan order, laid out as one piece.
+fn add_gguf(layout: &mut Layout, list: Vec<Resolved>, spec: &OutputSpec) -> std::result::Result<OutputLayout, String> {
+    if list.is_empty() {
+        return Err("a GGUF output needs tensors".into());
+    }
+    let entries: Vec<gguf::TensorEntry> = list
+        .iter()
+        .map(|r| gguf::TensorEntry {
+            name: &r.name,
+            shape: &r.shape,
+            ggml: r.gguf.as_ref().expect("GGUF tensors are resolved as such").ggml,
+            nbytes: r.nbytes,
+        })
+        .collect();
+    let manifest = spec.manifest.as_ref().map(|m| (m.name.as_str(), &m.fields));
+    let file = gguf::layout(&spec.metadata, &entries, spec.alignment.unwrap_or(gguf::DEFAULT_ALIGNMENT), manifest)?;
+    let first = layout.tensors.len();
+    let name = spec.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let weight_map = list.iter().map(|r| (r.name.clone(), name.clone())).collect();
+    let total_size = list.iter().map(|r| r.nbytes).sum();
+    let n = list.len();
+    let ends = file.offsets.iter().zip(&list).map(|(o, r)| o + r.nbytes);
+    let starts = file.offsets.iter().skip(1).copied().chain([file.size]);
+    let gaps = ends.zip(starts).filter(|(e, s)| s > e).collect();
+    layout.tensors.extend(list);
+    layout.pieces.push(Piece {
+        tensors: (first..first + n).collect(),
+        offsets: file.offsets,
+        header: file.header,
+        literals: Vec::new(),
+        entries: n,
+        size: file.size,
+        digest_at: file.digest_at,
+        gaps,
+    });
+    Ok(OutputLayout { shards: vec![(name, layout.pieces.len() - 1)], weight_map, total_size, single_file: true })
+}
+
+fn build_folders(
     per_output: Vec<Vec<Resolved>>,
     max_shard_size: u64,
     dedupe: bool,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Layout> {
+    let n_lists = per_output.len();
     let (tensors, members, order) = unique_tensors(per_output, dedupe)?;
     let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
     let mut group_of: HashMap<Vec<usize>, usize> = HashMap::new();
@@ -59,7 +134,7 @@ pub fn build(
         });
         groups[g].1.push(uid);
     }
-    let n_outputs = members.iter().flatten().max().map_or(0, |m| m + 1);
+    let n_outputs = members.iter().flatten().max().map_or(0, |m| m + 1).max(n_lists);
     let mut pieces = Vec::new();
     let mut pieces_of_output: Vec<Vec<usize>> = vec![Vec::new(); n_outputs];
     for (set, uids) in &groups {
@@ -165,6 +240,8 @@ fn make_piece(uids: &[usize], tensors: &[Resolved], metadata: &BTreeMap<String, 
         entries,
         size: data_start + rel,
         header,
+        digest_at: None,
+        gaps: Vec::new(),
     })
 }
 
@@ -183,7 +260,7 @@ fn output_layout(pieces_idx: &[usize], pieces: &[Piece], tensors: &[Resolved]) -
         }
         shards.push((name, p));
     }
-    OutputLayout { shards, weight_map, total_size }
+    OutputLayout { shards, weight_map, total_size, single_file: false }
 }
 
 pub fn shard_name(k: usize, n: usize) -> String {
@@ -210,6 +287,7 @@ mod tests {
             dtype: Dtype::U8,
             shape: vec![nbytes],
             quant: None,
+            gguf: None,
             parts: vec![Part { name: name.into(), dtype: Dtype::U8, shape: vec![nbytes], nbytes, literal: None }],
             nbytes,
         }
@@ -233,7 +311,7 @@ mod tests {
 
     #[test]
     fn quantized_tensors_lay_out_their_parts_back_to_back() {
-        let l = build(vec![vec![t("a", "a", 3), q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
+        let l = build_folders(vec![vec![t("a", "a", 3), q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
         let p = &l.pieces[0];
         assert_eq!(p.entries, 4);
         let data = p.header.len() as u64;
@@ -248,17 +326,17 @@ mod tests {
 
     #[test]
     fn quantization_is_part_of_the_identity_of_a_tensor() {
-        let l = build(vec![vec![q("w", "w", 4)], vec![q("w", "w", 8)], vec![q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
+        let l = build_folders(vec![vec![q("w", "w", 4)], vec![q("w", "w", 8)], vec![q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
         assert_eq!(l.tensors.len(), 2);
-        let l = build(vec![vec![t("w", "w", 16)], vec![q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
+        let l = build_folders(vec![vec![t("w", "w", 16)], vec![q("w", "w", 4)]], 100, true, &BTreeMap::new()).unwrap();
         assert_eq!(l.tensors.len(), 2);
         // A quantized tensor's scale name may not collide with another tensor of the output.
-        assert!(build(vec![vec![q("w", "w", 4), t("w.s", "x", 2)]], 100, true, &BTreeMap::new()).is_err());
+        assert!(build_folders(vec![vec![q("w", "w", 4), t("w.s", "x", 2)]], 100, true, &BTreeMap::new()).is_err());
     }
 
     #[test]
     fn splits_by_size_and_names_shards() {
-        let l = build(vec![vec![t("a", "a", 6), t("b", "b", 6), t("c", "c", 3)]], 10, true, &BTreeMap::new()).unwrap();
+        let l = build_folders(vec![vec![t("a", "a", 6), t("b", "b", 6), t("c", "c", 3)]], 10, true, &BTreeMap::new()).unwrap();
         assert_eq!(l.pieces.len(), 2);
         assert_eq!(l.pieces[0].tensors, [0]);
         assert_eq!(l.pieces[1].tensors, [1, 2]);
@@ -273,25 +351,25 @@ mod tests {
     fn shares_tensors_common_to_outputs() {
         let a = vec![t("e", "e", 4), t("x", "x", 2)];
         let b = vec![t("e", "e", 4), t("y", "y", 2)];
-        let l = build(vec![a.clone(), b.clone()], 100, true, &BTreeMap::new()).unwrap();
+        let l = build_folders(vec![a.clone(), b.clone()], 100, true, &BTreeMap::new()).unwrap();
         // groups: {0,1}: e ; {0}: x ; {1}: y
         assert_eq!(l.pieces.len(), 3);
         assert_eq!(l.outputs[0].shards.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(l.outputs[1].shards.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 2]);
-        let l = build(vec![a, b], 100, false, &BTreeMap::new()).unwrap();
+        let l = build_folders(vec![a, b], 100, false, &BTreeMap::new()).unwrap();
         assert_eq!(l.pieces.len(), 2);
         assert_eq!(l.outputs[1].shards[0].0, "model.safetensors");
     }
 
     #[test]
     fn same_source_under_another_name_is_not_shared() {
-        let l = build(vec![vec![t("l.20", "l.25", 4)], vec![t("l.25", "l.25", 4)]], 100, true, &BTreeMap::new()).unwrap();
+        let l = build_folders(vec![vec![t("l.20", "l.25", 4)], vec![t("l.25", "l.25", 4)]], 100, true, &BTreeMap::new()).unwrap();
         assert_eq!(l.pieces.len(), 2);
     }
 
     #[test]
     fn refuses_duplicate_names_and_empty_outputs() {
-        assert!(build(vec![vec![t("a", "a", 1), t("a", "b", 1)]], 10, true, &BTreeMap::new()).is_err());
-        assert!(build(vec![vec![]], 10, true, &BTreeMap::new()).is_err());
+        assert!(build_folders(vec![vec![t("a", "a", 1), t("a", "b", 1)]], 10, true, &BTreeMap::new()).is_err());
+        assert!(build_folders(vec![vec![]], 10, true, &BTreeMap::new()).is_err());
     }
 }

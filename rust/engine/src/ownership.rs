@@ -1,6 +1,7 @@
 //! Who wrote this? The engine's own line of defence (the Python layer checks first, with the
 //! same rule and friendlier messages): an existing output path is replaced only when it is a
-//! folder holding the plan's manifest file, which only gslice writes. Never a file, a special
+//! folder holding the plan's manifest file, which only gslice writes, or a GGUF file whose
+//! metadata holds the plan's manifest key. Never a file, a special
 //! file or a symbolic link, never the source or a folder that holds it or lies inside it, never
 //! the current directory or one of its parents. Checked before the run and again right before
 //! the finished output takes the old one's place.
@@ -43,7 +44,11 @@ pub fn check_replaceable(dest: &Path, overwrite: bool, manifest: Option<&str>, s
         return refuse("is a symbolic link".into());
     }
     if kind.is_file() {
-        return refuse("is a file gslice did not write".into());
+        // A single-file output (GGUF) is gslice's when its metadata holds the manifest key.
+        return match manifest {
+            Some(key) if crate::gguf::file_has_key(dest, key) => Ok(()),
+            _ => refuse("is a file gslice did not write".into()),
+        };
     }
     if !kind.is_dir() {
         return refuse("is a special file (a device, FIFO or socket)".into());

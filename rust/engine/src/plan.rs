@@ -11,6 +11,8 @@ use serde::Deserialize;
 use crate::checkpoint::Checkpoint;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+use crate::ggml::GgmlType;
+use crate::gguf::MetaKv;
 use crate::header::{byte_size, TensorInfo};
 use crate::quant::{Affine, Kernel, Symmetric};
 
@@ -52,16 +54,36 @@ fn yes() -> bool {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
+    /// The output folder; for a GGUF output, the file.
     pub dir: PathBuf,
+    #[serde(default)]
+    pub container: Container,
     #[serde(default)]
     pub overwrite: bool,
     pub tensors: Vec<TensorSpec>,
     #[serde(default)]
     pub files: Vec<FileSpec>,
-    /// A JSON file listing the size and SHA-256 of every other file of the folder, written
-    /// last inside the temporary folder so the output never appears without it.
+    /// A folder's manifest: a JSON file listing the size and SHA-256 of every other file of the
+    /// folder, written last inside the temporary folder so the output never appears without it.
+    /// A GGUF file's: a metadata string under `name` (see `gguf`).
     #[serde(default)]
     pub manifest: Option<ManifestSpec>,
+    /// GGUF only: the key-value pairs, in order.
+    #[serde(default)]
+    pub metadata: Vec<MetaKv>,
+    /// GGUF only: where tensor data starts (default 32, GGUF's own default).
+    #[serde(default)]
+    pub alignment: Option<u64>,
+}
+
+/// How an output is stored: a folder of safetensors shards (with an index when there are
+/// several), or one GGUF file.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Container {
+    #[default]
+    Safetensors,
+    Gguf,
 }
 
 /// `fields` are the caller's (what the output is, where it came from); the engine adds
@@ -79,10 +101,21 @@ pub struct ManifestSpec {
 pub struct TensorSpec {
     pub name: String,
     pub source: String,
+    /// GGUF only: more sources of the same dtype and shape; the output stacks `op` of `source`
+    /// and of each of these along a new leading dimension.
+    #[serde(default)]
+    pub stack: Vec<String>,
     #[serde(default)]
     pub op: Op,
+    /// GGUF only: zero rows appended so that the first dimension has this many.
+    #[serde(default)]
+    pub pad_rows: Option<u64>,
     #[serde(default, deserialize_with = "quant_with_default_scheme")]
     pub quant: Option<QuantSpec>,
+    /// GGUF only (and required there): the GGML type the tensor is stored in ("f32", "bf16",
+    /// "q8_0", ...): converted or block-quantized from the source, row by row.
+    #[serde(default)]
+    pub ggml: Option<String>,
 }
 
 /// How the (sliced) 2-D tensor is quantized, tagged by `scheme`. A plan without `scheme` means
@@ -180,10 +213,12 @@ pub struct Resolved {
     pub shard: usize,
     pub src: TensorInfo,
     pub op: Op,
-    /// dtype and shape after the operation, before any quantization.
+    /// dtype and shape after the operation (a stack, padding), before any quantization.
     pub dtype: Dtype,
     pub shape: Vec<u64>,
     pub quant: Option<QuantSpec>,
+    /// A GGUF tensor's encoding, with its stacked sources and padding.
+    pub gguf: Option<GgufTensor>,
     /// The safetensors entries written, back to back: the tensor itself, or a quantized
     /// tensor's packed words, scales and shape.
     pub parts: Vec<Part>,
@@ -201,12 +236,42 @@ pub struct Part {
     pub literal: Option<Vec<u8>>,
 }
 
-pub fn resolve(ck: &Checkpoint, spec: &TensorSpec) -> Result<Resolved> {
+/// How a GGUF tensor is made: its rows, seen as a matrix of `cols` columns (the last
+/// dimension), are `seg_rows` rows of `op` applied to each source in turn, then zero rows; each
+/// row is stored as GGML type `ggml`.
+#[derive(Debug, Clone)]
+pub struct GgufTensor {
+    pub ggml: GgmlType,
+    /// (shard, tensor) of every source after the first.
+    pub more: Vec<(usize, TensorInfo)>,
+    pub seg_rows: u64,
+    pub rows: u64,
+    pub cols: u64,
+}
+
+impl GgufTensor {
+    pub fn row_bytes(&self) -> u64 {
+        self.ggml.row_bytes(self.cols).expect("checked when resolving")
+    }
+
+    /// Output rows that come from a source (the rest are padding).
+    pub fn data_rows(&self) -> u64 {
+        self.seg_rows * (1 + self.more.len() as u64)
+    }
+}
+
+pub fn resolve(ck: &Checkpoint, spec: &TensorSpec, container: Container) -> Result<Resolved> {
     let (shard, src) = ck.get(&spec.source).ok_or_else(|| {
         Error::Plan(format!("tensor {} (for output {}) is not in the source", spec.source, spec.name))
     })?;
     let context = |m: String| Error::Plan(format!("tensor {} -> {}: {m}", spec.source, spec.name));
     let shape = out_shape(&src.shape, &spec.op).map_err(context)?;
+    if container == Container::Gguf {
+        return resolve_gguf(ck, spec, shard, src, shape);
+    }
+    if spec.ggml.is_some() || !spec.stack.is_empty() || spec.pad_rows.is_some() {
+        return Err(context("ggml, stack and pad_rows apply to GGUF outputs only".into()));
+    }
     let parts = match &spec.quant {
         None => {
             let nbytes = byte_size(&shape, src.dtype).expect("a sub-shape of a valid tensor fits in 64 bits");
@@ -222,8 +287,69 @@ pub fn resolve(ck: &Checkpoint, spec: &TensorSpec) -> Result<Resolved> {
         dtype: src.dtype,
         shape,
         quant: spec.quant.clone(),
+        gguf: None,
         nbytes: parts.iter().map(|p| p.nbytes).sum(),
         parts,
+    })
+}
+
+fn resolve_gguf(ck: &Checkpoint, spec: &TensorSpec, shard: usize, src: &TensorInfo, op_shape: Vec<u64>) -> Result<Resolved> {
+    let context = |m: String| Error::Plan(format!("tensor {} -> {}: {m}", spec.source, spec.name));
+    if spec.quant.is_some() {
+        return Err(context("a GGUF tensor is quantized by its GGML type, not by quant".into()));
+    }
+    let name = spec.ggml.as_deref().ok_or_else(|| context("a GGUF tensor needs its GGML type (ggml)".into()))?;
+    let ggml = GgmlType::parse(name).ok_or_else(|| context(format!("unknown GGML type {name:?}")))?;
+    if !matches!(src.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
+        return Err(context(format!("dtype {} cannot be stored as {} (BF16, F16 or F32 needed)", src.dtype.name(), ggml.name())));
+    }
+    if matches!(spec.op, Op::Rows { .. }) && src.shape.len() != 2 {
+        return Err(context("a GGUF tensor takes rows of 2-D sources only".into()));
+    }
+    let mut more = Vec::with_capacity(spec.stack.len());
+    for other in &spec.stack {
+        let (s, t) = ck.get(other).ok_or_else(|| context(format!("stacked tensor {other} is not in the source")))?;
+        if t.dtype != src.dtype || t.shape != src.shape {
+            return Err(context(format!(
+                "stacked tensor {other} is {} {:?}, unlike {} {:?}",
+                t.dtype.name(), t.shape, src.dtype.name(), src.shape
+            )));
+        }
+        more.push((s, t.clone()));
+    }
+    let mut shape = op_shape.clone();
+    if !more.is_empty() {
+        shape.insert(0, 1 + more.len() as u64);
+    }
+    if shape.is_empty() {
+        shape.push(1);
+    }
+    if let Some(n) = spec.pad_rows {
+        if shape.len() < 2 {
+            return Err(context("pad_rows needs a tensor of 2 or more dimensions".into()));
+        }
+        if n < shape[0] {
+            return Err(context(format!("pad_rows {n} is fewer than the {} rows the tensor has", shape[0])));
+        }
+        shape[0] = n;
+    }
+    let cols = *shape.last().expect("at least one dimension");
+    let rows: u64 = shape[..shape.len() - 1].iter().product();
+    let seg_rows: u64 = op_shape[..op_shape.len().saturating_sub(1)].iter().product();
+    let row_bytes = ggml.row_bytes(cols).map_err(context)?;
+    let g = GgufTensor { ggml, more, seg_rows, rows, cols };
+    let nbytes = rows * row_bytes;
+    Ok(Resolved {
+        name: spec.name.clone(),
+        shard,
+        src: src.clone(),
+        op: spec.op.clone(),
+        dtype: src.dtype,
+        parts: vec![Part { name: spec.name.clone(), dtype: src.dtype, shape: shape.clone(), nbytes, literal: None }],
+        shape,
+        quant: None,
+        gguf: Some(g),
+        nbytes,
     })
 }
 

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use gslice_engine::compare::{compare as run_compare, ComparePlan};
+use gslice_engine::gguf_compare::{compare_gguf as run_compare_gguf, GgufComparePlan};
 use gslice_engine::dtype::Dtype;
 use gslice_engine::ggml::{self, GgmlType};
 use gslice_engine::quant::to_f32;
@@ -83,6 +84,17 @@ fn compare(py: Python<'_>, plan_json: &str, progress: Option<Py<PyAny>>) -> PyRe
     let plan: ComparePlan = serde_json::from_str(plan_json)
         .map_err(|e| to_py(Error::Plan(format!("invalid comparison plan: {e}"))))?;
     with_progress(py, progress, |state, cancel| run_compare(&plan, state, cancel).and_then(to_json))
+}
+
+/// Compares a GGUF file's tensor data (at the offsets its header gives, in the plan) with what
+/// a plan derives from the source; returns the mismatches. Progress and cancellation as for
+/// `execute`.
+#[pyfunction]
+#[pyo3(signature = (plan_json, progress=None))]
+fn compare_gguf(py: Python<'_>, plan_json: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
+    let plan: GgufComparePlan = serde_json::from_str(plan_json)
+        .map_err(|e| to_py(Error::Plan(format!("invalid comparison plan: {e}"))))?;
+    with_progress(py, progress, |state, cancel| run_compare_gguf(&plan, state, cancel).and_then(to_json))
 }
 
 /// SHA-256 (hex) of each file, hashed in parallel. Progress and cancellation as for `execute`.
@@ -218,6 +230,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(execute, m)?)?;
     m.add_function(wrap_pyfunction!(compare, m)?)?;
+    m.add_function(wrap_pyfunction!(compare_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_files, m)?)?;
     m.add_function(wrap_pyfunction!(ggml_quantize, m)?)?;
     Ok(())

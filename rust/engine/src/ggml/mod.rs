@@ -10,7 +10,7 @@
 //! - Q4_K, Q5_K, Q6_K: `quantize_row_q{4,5,6}_K_ref` / `quantize_row_q{4,5,6}_K_impl`.
 //!
 //! Identity holds for finite rows (what is proven: tests/interop/test_ggml_llama_cpp.py, and
-//! tests/ggml_known_answers.rs with llama.cpp's recorded hashes). A row holding NaN or an
+//! rust/engine/tests/ggml_known_answers.rs with llama.cpp's recorded hashes). A row holding NaN or an
 //! infinity may give other bytes than llama.cpp's sequential scans: callers refuse such
 //! weights before quantizing, as they do for the other schemes.
 
