@@ -17,7 +17,7 @@ int8, compressed-tensors' own format inference picks ``pack-quantized`` (its ``i
 compressor only claims schemes that also quantize activations, W8A8), and it is the only int8
 weight-only format vLLM's compressed-tensors loader accepts (``CompressedTensorsWNA16``).
 
-The values (computed by the Rust engine, see ``rust/engine/src/quant.rs``): per row and group
+The values (computed by the Rust engine, see ``rust/engine/src/quant/symmetric.rs``): per row and group
 of ``group_size`` columns, ``scale = bf16(absmax / 7.5)`` (int4) or ``/ 127.5`` (int8), a zero
 scale replaced by 2**-7 (bf16 epsilon); ``q = round_half_even(clamp(x / scale, qmin, qmax))``
 with the division in float32.
