@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -15,6 +14,7 @@ use crate::checkpoint::INDEX_NAME;
 use crate::error::{Error, Result};
 use crate::execute::{lock, piece_path};
 use crate::hash::{sha256_bytes, sha256_file};
+use crate::io;
 use crate::layout::{Layout, OutputLayout};
 use crate::plan::{FileSpec, ManifestSpec, OutputSpec};
 use crate::report::{FileReport, OutputReport, ShardReport};
@@ -156,7 +156,7 @@ impl StagedCopies {
         if !self.0.contains_key(from) {
             let path = staging.join(format!("copy-{n:05}"));
             let bytes = fs::copy(from, &path).map_err(|e| Error::io(from, "copy", e))?;
-            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, "flush", e))?;
+            io::sync_path(&path).map_err(|e| Error::io(&path, "flush", e))?;
             self.0.insert(from.to_path_buf(), StagedCopy { path, bytes, sha256: None });
         }
         let staged = self.0.get_mut(from).expect("inserted above");
@@ -174,17 +174,17 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     // Another filesystem, or links not allowed: std's copy uses copy_file_range (a reflink
     // where the filesystem can) before falling back to read/write.
     fs::copy(from, to).map_err(|e| Error::io(to, "copy shard to", e))?;
-    File::open(to).and_then(|f| f.sync_all()).map_err(|e| Error::io(to, "flush", e))
+    io::sync_path(to).map_err(|e| Error::io(to, "flush", e))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let f = File::create(path).map_err(|e| Error::io(path, "create", e))?;
-    f.write_all_at(bytes, 0).map_err(|e| Error::io(path, "write", e))?;
+    io::write_all_at(&f, bytes, 0).map_err(|e| Error::io(path, "write", e))?;
     f.sync_all().map_err(|e| Error::io(path, "flush", e))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, "flush", e))
+    io::sync_dir(dir).map_err(|e| Error::io(dir, "flush", e))
 }
 
 /// Renames the finished folder into place; an existing one (allowed by `overwrite`) is moved
