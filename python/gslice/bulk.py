@@ -26,6 +26,7 @@ from .slicing import SlicePlan, output_plan, prepare_slice
 from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
+from .system import process_alive
 
 
 def select_presets(text: str) -> list[Preset]:
@@ -165,15 +166,7 @@ def _pid(p: Path) -> int:
 
 def _alive(p: Path) -> bool:
     pid = _pid(p)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and process_alive(pid)
 
 
 # -- writing ------------------------------------------------------------------------------

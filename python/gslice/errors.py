@@ -22,6 +22,10 @@ class OutputExistsError(GsliceError):
     """The output path exists and replacing it was not asked for."""
 
 
+class OutputPathError(GsliceError):
+    """The output path cannot exist on this system (Windows' reserved names, path length)."""
+
+
 class DiskFullError(GsliceError):
     """The destination filesystem ran out of space; nothing was left behind."""
 

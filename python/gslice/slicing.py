@@ -19,6 +19,7 @@ from .gemma3n import Architecture, ParamCounts, QuantPlan, Resolved
 from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
+from .system import check_output_path
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class SliceReport:
     bytes_written: int
     bytes_kernel_copied: int
     seconds: float
+    io: str  # how the engine moved bytes: "linux-fast" or "portable" (GSLICE_PORTABLE_IO=1)
     files: list[dict] = field(default_factory=list)  # every file of the output: name, bytes, sha256
     dry_run: bool = False
     # None without quantization; see quantization_summary.
@@ -195,8 +197,9 @@ def output_plan(
     from .manifest import manifest
     from .modelcard import model_card
 
-    return engine.OutputPlan(
-        dir=Path(out).expanduser().absolute(),
+    folder = Path(out).expanduser().absolute()
+    output = engine.OutputPlan(
+        dir=folder,
         tensors=list(plan.tensors),
         text_files={
             "config.json": plan.config_text(),
@@ -206,6 +209,9 @@ def output_plan(
         overwrite=overwrite,
         manifest=manifest(plan, source_record, preset, max_shard_size),
     )
+    names = [*output.text_files, *output.copied_files, output.manifest.name, *engine.SHARD_NAME_EXAMPLES]
+    check_output_path(folder, names)
+    return output
 
 
 def write_slice(
@@ -250,6 +256,7 @@ def slice_report(plan: SlicePlan, result: engine.EngineReport, written: engine.O
         bytes_written=result.bytes_written,
         bytes_kernel_copied=result.bytes_kernel_copied,
         seconds=seconds,
+        io=result.io,
         files=[asdict(f) for f in written.files],
         dry_run=result.dry_run,
         preset=plan.preset,
