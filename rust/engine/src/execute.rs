@@ -194,7 +194,7 @@ fn check_file_names(spec: &OutputSpec, ol: &OutputLayout) -> Result<()> {
     names.insert(INDEX_NAME);
     let extra = spec.files.iter().map(|f| f.name()).chain(spec.manifest.as_ref().map(|m| m.name.as_str()));
     for n in extra {
-        if n.is_empty() || n.contains('/') || n == "." || n == ".." {
+        if n.is_empty() || n.contains(['/', '\\']) || n == "." || n == ".." {
             return Err(Error::Plan(format!("extra file name {n:?} is not a plain file name")));
         }
         if !names.insert(n) {

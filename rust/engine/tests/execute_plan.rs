@@ -473,3 +473,17 @@ fn a_cancelled_run_removes_what_it_created() {
     assert!(!out.exists());
     assert!(leftovers(tmp.path()).is_empty());
 }
+
+#[test]
+fn extra_file_names_must_be_plain_on_every_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let out = tmp.path().join("out");
+    for name in ["sub/x.json", "sub\\x.json", "..", ""] {
+        let err = run(json!({"source": src, "outputs": [{"dir": out, "tensors": [{"name": "w", "source": "w"}],
+            "files": [{"name": name, "text": "{}"}]}]}))
+        .unwrap_err();
+        assert_eq!(err.to_string(), format!("extra file name {name:?} is not a plain file name"));
+        assert!(!out.exists());
+    }
+}
