@@ -68,6 +68,18 @@ def test_bulk_on_the_portable_path_equals_the_fast_path(e4b, tmp_path, monkeypat
     assert [name for name in written["0"] if written["0"][name] != written["1"][name]] == []
 
 
+def test_the_summary_says_how_bytes_moved(cli, e4b, tmp_path, monkeypatch):
+    lines = {}
+    for value in ("0", "1"):
+        monkeypatch.setenv(engine.PORTABLE_IO_ENV, value)
+        result = cli("slice", e4b, "-o", tmp_path / value, "--layers-to-skip", "20-24", "--ffn-dims", "32")
+        assert result.code == 0, result.err
+        lines[value] = next(line for line in result.out.splitlines() if line.startswith("written"))
+    assert lines["1"].endswith("/s, portable I/O)")
+    if sys.platform == "linux":
+        assert lines["0"].endswith(" copied in-kernel)")
+
+
 def test_the_io_path_setting_is_checked(cli, e4b, tmp_path, monkeypatch):
     monkeypatch.setenv(engine.PORTABLE_IO_ENV, "yes")
     result = cli("slice", e4b, "-o", tmp_path / "out", "--layers-to-skip", "20-24", "--ffn-dims", "32")
