@@ -171,8 +171,8 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
-    // Another filesystem, or links not allowed: std's copy uses copy_file_range (a reflink
-    // where the filesystem can) before falling back to read/write.
+    // Another filesystem, or links not allowed (FAT, some network shares): std's copy uses the
+    // system's own (copy_file_range on Linux, a clone on APFS, CopyFileEx on Windows).
     fs::copy(from, to).map_err(|e| Error::io(to, "copy shard to", e))?;
     io::sync_path(to).map_err(|e| Error::io(to, "flush", e))
 }
