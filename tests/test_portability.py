@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,20 @@ def test_paths_longer_than_windows_allows_are_refused_unless_long_paths_are_on(e
     assert not deep.exists()
     monkeypatch.setattr(system, "long_paths_enabled", lambda: True)
     assert gslice.slice_model(e4b, out, **E2B).layers == 30
+
+
+def test_ctrl_break_interrupts_like_ctrl_c(monkeypatch):
+    """Off Windows, SIGUSR1 stands in for SIGBREAK."""
+    stand_in = getattr(signal, "SIGBREAK", None) or signal.SIGUSR1
+    monkeypatch.setattr(signal, "SIGBREAK", stand_in, raising=False)
+    previous = signal.signal(stand_in, signal.SIG_DFL)
+    try:
+        system.interrupt_on_ctrl_break()
+        assert signal.getsignal(stand_in) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(stand_in)
+    finally:
+        signal.signal(stand_in, previous)
 
 
 def test_process_liveness_sends_no_signal():

@@ -1,10 +1,12 @@
-"""What differs between operating systems above the engine: whether a process is alive, and
-which output paths Windows cannot hold. (The engine's own platform layer is rust/engine/src/io.)"""
+"""What differs between operating systems above the engine: whether a process is alive, which
+signals stop a run cleanly, and which output paths Windows cannot hold. (The engine's own
+platform layer is rust/engine/src/io.)"""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Iterable
 
@@ -54,6 +56,15 @@ def _windows_process_alive(pid: int) -> bool:
         return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == still_active
     finally:
         kernel32.CloseHandle(handle)
+
+
+def interrupt_on_ctrl_break() -> None:
+    """Windows has no SIGTERM another process can send (TerminateProcess ends a process
+    outright, uncatchable); its console's stop keys are Ctrl-C and Ctrl-Break, and Ctrl-Break
+    (SIGBREAK) would end the process without cleanup. Make it interrupt like Ctrl-C, so that
+    the engine cancels and removes what it created. No SIGBREAK elsewhere: nothing to do."""
+    if hasattr(signal, "SIGBREAK") and signal.getsignal(signal.SIGBREAK) == signal.SIG_DFL:
+        signal.signal(signal.SIGBREAK, signal.default_int_handler)
 
 
 def windows_name_problem(name: str) -> str | None:
