@@ -1,7 +1,7 @@
 """What `gslice bulk --presets official` costs on the real E4B layout, without the weights.
 
 Builds a sparse E4B checkpoint (the published tensor names, shapes and dtypes from
-reference/gemma-3n-E4B.tensors.json, data left as holes, so it takes no disk space), plans the
+python/gslice/data/gemma-3n-E4B.tensors.json, data left as holes, so it takes no disk space), plans the
 16 official presets, and asks the engine for a dry run. Prints:
 
 * bytes of all 16 outputs, bytes a de-duplicated run writes, and bytes independent runs write;
@@ -22,13 +22,10 @@ from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
-from gslice import engine
+from gslice import engine, gemma3n
 from gslice.bulk import official_presets, prepare_bulk, write_bulk
-from gslice.testing import TinyGemma3n, config
 from gslice.units import fmt_bytes
 
-E4B = TinyGemma3n(hidden=2048, ffn=16384, ple_dim=256, heads=8, kv_heads=2, head_dim=256, vocab=262400,
-                  vocab_per_layer=262144, audio_hidden=1536, vision_hidden=2048)
 SHARD_BYTES = 4_000_000_000
 
 
@@ -57,7 +54,7 @@ def sparse_e4b(folder: Path) -> Path:
             f.write(len(text).to_bytes(8, "little") + text)
             f.truncate(8 + len(text) + off)
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps(config(E4B)))
+    (folder / "config.json").write_text(json.dumps(gemma3n.e4b_config()))
     return folder
 
 

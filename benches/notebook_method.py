@@ -14,7 +14,7 @@ Run it with a Python that has torch (the interop venv), not gslice's:
 
 The output's tensors are the same as gslice's (benches/full.py checks that); only the shard
 boundaries differ. Like the notebook, config.json keeps the source's ``layer_types`` and
-``activation_sparsity_pattern`` lists (its known defect: see DESIGN.md); that does not matter
+``activation_sparsity_pattern`` lists (its known defect: see docs/design.md); that does not matter
 for timing or for the tensor comparison.
 """
 

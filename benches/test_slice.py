@@ -37,5 +37,5 @@ def test_plan_e4b_to_e2b(benchmark, sparse_e4b):
     """Everything before the first byte is written, at full size: config, checks, plan."""
     spec = SliceSpec.build(**synth.e2b_spec("full"))
     plan = benchmark(prepare_slice, sparse_e4b, spec)
-    assert plan.params().effective == 1_905_495_648  # DESIGN.md's figure for E2B on E4B
+    assert plan.params().effective == 1_905_495_648  # docs/design.md's figure for E2B on E4B
     report("plan E4B -> E2B (full-size layout)", benchmark)

@@ -4,6 +4,7 @@ session, and a CLI runner that returns exit code, stdout and stderr separately."
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,3 +77,35 @@ def hidden_leftovers(parent: Path) -> list[str]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (links not followed) -> SHA-256, to show it is byte-identical."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            out[p.relative_to(root).as_posix()] = "link -> " + str(p.readlink())
+        elif p.is_file():
+            out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def write_sparse_checkpoint(path: Path, model: TinyGemma3n) -> Path:
+    """A one-shard checkpoint of ``model`` whose data are holes (zeros, valid BF16): a large
+    source costs no time or disk to make, while slicing it writes every output byte."""
+    from gslice.testing import config, tensor_shapes
+
+    path.mkdir(parents=True)
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in sorted(tensor_shapes(model).items()):
+        n = 2 * math.prod(shape)
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header).encode()
+    with open(path / "model.safetensors", "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + offset)
+    (path / "config.json").write_text(json.dumps(config(model)))
+    return path

@@ -89,7 +89,7 @@ OFFICIAL_EFFECTIVE = {
     "Config for E3.49B (block-level)": 3_477_174_768,
     "Config for E3.79B (block-level)": 3_728_833_008,
 }
-# Google's table and shape arithmetic differ by up to this much (DESIGN.md).
+# Google's table and shape arithmetic differ by up to this much (docs/design.md).
 PUBLISHED_TOLERANCE_B = 0.02
 
 
@@ -217,7 +217,7 @@ def test_slice_report_carries_the_figures(e4b, tmp_path):
 PLAN_ERRORS = [
     (dict(src_or_config="/nonexistent"), SourceError, "source /nonexistent does not exist"),
     (dict(preset="google-e2b", spec=SliceSpec(ffn_dims=8192)), SpecError, "give either a preset or layers_to_skip/ffn_dims, not both"),
-    (dict(context=0), SpecError, "context: 0 must be a positive integer"),
+    (dict(context=0), gslice.ArgumentError, "context = 0 is out of range: it must be at least 1"),
     (dict(modalities="video"), SpecError, "modalities: 'video' is not one of all, text+audio, text"),
 ]
 

@@ -29,7 +29,7 @@ SPEC_ERRORS = [
     (["--layers-to-skip", "35"], "layers_to_skip: 35 is out of range: the source has 35 layers (0-34)"),
     (["--layers-to-skip", "-1"], "layers_to_skip: -1 is out of range: the source has 35 layers (0-34)"),
     (["--layers-to-skip", "21,20-22"], "layers_to_skip: 21 is listed twice"),
-    (["--layers-to-skip", "20.5"], "--layers-to-skip: '20.5' is not an integer"),
+    (["--layers-to-skip", "20.5"], "--layers-to-skip: '20.5' is not an integer (ASCII digits only)"),
     (
         ["--layers-to-skip", "19"],
         "layers_to_skip: layer 19 is the KV producer of the full_attention layers 24, 29, 34 "
@@ -49,8 +49,8 @@ SPEC_ERRORS = [
     (["--ffn-dims", "0"], "ffn_dims = 0 must be a positive integer"),
     (["--ffn-dims", "-32"], "ffn_dims = -32 must be a positive integer"),
     (["--ffn-dims", "65"], "ffn_dims = 65 exceeds the source FFN width 64 of layer 0"),
-    (["--ffn-dims", "32.0"], "--ffn-dims: '32.0' is not an integer"),
-    (["--ffn-dims", "2048*4"], "--ffn-dims: '2048*4' is not an integer"),
+    (["--ffn-dims", "32.0"], "--ffn-dims: '32.0' is not an integer (ASCII digits only)"),
+    (["--ffn-dims", "2048*4"], "--ffn-dims: '2048*4' is not an integer (ASCII digits only)"),
 ]
 
 
@@ -177,7 +177,7 @@ def test_missing_tensor(cli, e4b_copy, tmp_path):
     name = "model.language_model.layers.7.mlp.up_proj.weight"
     drop_tensor(e4b_copy, name)
     out = tmp_path / "out"
-    assert_refused(cli("slice", e4b_copy, "-o", out), f"missing tensor {name}: the slicing rules need it", out)
+    assert_refused(cli("slice", e4b_copy, "-o", out), f"missing tensor {name}: config.json implies it and the output holds it", out)
     # a skipped layer's tensors are not needed
     assert cli("slice", e4b_copy, "-o", out, "--layers-to-skip", "7").code == 0
 
@@ -285,21 +285,19 @@ def test_index_pointing_at_missing_tensor(cli, e4b_copy, tmp_path):
 
 def test_output_exists(cli, e4b, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
+    assert cli("slice", e4b, "-o", out, "-q").code == 0
     result = cli("slice", e4b, "-o", out)
     assert result.code == 2
-    assert result.err == f"error: output path {out} already exists (pass overwrite=True / --overwrite to replace it)\n"
-    assert (out / "mine.txt").read_text() == "keep me"
-    assert cli("slice", e4b, "-o", out, "--overwrite", "-q").code == 0
-    assert not (out / "mine.txt").exists() and (out / "config.json").exists()
+    assert result.err == f"error: output path {out} already exists (pass overwrite=True / --overwrite to replace a previous gslice output)\n"
+    assert cli("slice", e4b, "-o", out, "--overwrite", "-q", "--layers-to-skip", "20-24").code == 0
+    assert json.loads((out / "config.json").read_text())["text_config"]["num_hidden_layers"] == 30
     assert hidden_leftovers(tmp_path) == []
 
 
 def test_output_replacing_the_source(cli, e4b_copy):
     result = cli("slice", e4b_copy, "-o", e4b_copy, "--overwrite")
     assert result.code == 2
-    assert result.err == f"error: output path {e4b_copy} holds the source checkpoint; refusing to replace it\n"
+    assert result.err == f"error: output path {e4b_copy} holds the source checkpoint {e4b_copy}; refusing to replace it\n"
     assert (e4b_copy / "config.json").exists()
 
 

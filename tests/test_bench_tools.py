@@ -58,7 +58,7 @@ def test_full_layout_config_is_e4b(sparse_full):
     assert arch.ffn_widths == (16384,) * 35
     assert arch.layer_types == tuple(["sliding_attention"] * 4 + ["full_attention"]) * 7
     assert (arch.audio_blocks, arch.audio_hidden, arch.has_vision) == (12, 1536, True)
-    # DESIGN.md's shape-arithmetic figures for the official E2B config on E4B.
+    # docs/design.md's shape-arithmetic figures for the official E2B config on E4B.
     params = prepare_slice(sparse_full, SliceSpec.build(**synth.e2b_spec("full"))).params()
     assert (params.effective, params.text) == (1_905_495_648, 4_456_156_768)
 

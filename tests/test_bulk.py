@@ -177,7 +177,7 @@ def test_existing_outputs_are_refused_without_resume(e4b, tmp_path, cli):
         2, f"error: output {out / 'google-main'} already exists (--resume keeps finished presets, --overwrite replaces them)\n")
     result = cli("bulk", e4b, "--presets", "google-main", "-o", out, "--resume")
     assert (result.code, result.err) == (
-        2, f"error: output {out / 'google-main'} exists but has no readable gslice manifest; move it away (--resume only replaces gslice outputs)\n")
+        2, f"error: output path {out / 'google-main'} is a folder gslice did not write (it has no gslice-manifest.json); refusing to replace it\n")
     assert sorted(p.name for p in out.iterdir()) == ["google-main"]
 
 

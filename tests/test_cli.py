@@ -26,7 +26,8 @@ def test_info_json(cli, e4b):
 def test_info_table(cli, e4b):
     result = cli("info", e4b)
     assert result.code == 0
-    lines = dict(line.split("  ", 1) for line in result.out.splitlines())
+    summary, runtimes = result.out.split("\n\n")
+    lines = dict(line.split("  ", 1) for line in summary.splitlines())
     assert lines["layers"].strip() == "35: sliding_attention x 28, full_attention x 7"
     assert lines["KV sharing"].strip() == "layers 20-34 reuse the K/V of layers 18 (sliding_attention), 19 (full_attention)"
     assert lines["FFN widths"].strip() == "64 x 35"

@@ -15,7 +15,7 @@ import pytest
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import filter_repo_objects
 
-from gslice import gemma3n
+from gslice import gemma3n, hub
 from gslice.testing import compare_to_reference
 
 REPO = "google/gemma-3n-E4B-it"
@@ -84,7 +84,13 @@ class RecordingApi:
 
 
 @pytest.fixture
-def api(monkeypatch):
+def reachable(monkeypatch):
+    """The Hub answers (the tests stand in for it): no probe goes out."""
+    monkeypatch.setattr(hub, "unreachable", lambda: None)
+
+
+@pytest.fixture
+def api(monkeypatch, reachable):
     RecordingApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     return RecordingApi
@@ -93,7 +99,7 @@ def api(monkeypatch):
 # -- download -----------------------------------------------------------------------------
 
 
-def test_the_download_asks_for_the_slicing_files_only(e4b, tmp_path, monkeypatch, cli):
+def test_the_download_asks_for_the_slicing_files_only(e4b, tmp_path, monkeypatch, cli, reachable):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -186,7 +192,7 @@ def _http_error(cls, status: int):
     ],
     ids=["gated", "unknown-repo", "unknown-revision", "no-connection"],
 )
-def test_hub_errors_are_one_line(error, message, tmp_path, monkeypatch, cli):
+def test_hub_errors_are_one_line(error, message, tmp_path, monkeypatch, cli, reachable):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -283,7 +289,7 @@ def test_push_command_checks_the_folder_first(e4b, tmp_path, api, cli):
     assert api.calls == []
 
 
-def test_create_repo_failure_is_one_line(e4b, tmp_path, monkeypatch, cli):
+def test_create_repo_failure_is_one_line(e4b, tmp_path, monkeypatch, cli, reachable):
     class Refusing:
         def create_repo(self, repo_id, **kwargs):
             raise _http_error(hf_errors.HfHubHTTPError, 401)

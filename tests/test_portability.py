@@ -5,6 +5,7 @@ enforced before anything is written; process liveness never signals another proc
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import gslice
-from gslice import engine, system
+from gslice import engine, interrupts, system
 from gslice.bulk import prepare_bulk, select_presets, write_bulk
-from gslice.errors import GsliceError
+from gslice.errors import GsliceError, Interrupted
 
 from conftest import hidden_leftovers
 
@@ -172,18 +173,23 @@ def test_paths_longer_than_windows_allows_are_refused_unless_long_paths_are_on(e
     assert gslice.slice_model(e4b, out, **E2B).layers == 30
 
 
-def test_ctrl_break_interrupts_like_ctrl_c(monkeypatch):
-    """Off Windows, SIGUSR1 stands in for SIGBREAK."""
+def test_ctrl_break_stops_a_run_like_ctrl_c(monkeypatch):
+    """Windows' SIGBREAK is trapped with SIGINT and SIGTERM; off Windows, SIGUSR1 stands in."""
     stand_in = getattr(signal, "SIGBREAK", None) or signal.SIGUSR1
     monkeypatch.setattr(signal, "SIGBREAK", stand_in, raising=False)
-    previous = signal.signal(stand_in, signal.SIG_DFL)
+    importlib.reload(interrupts)
     try:
-        system.interrupt_on_ctrl_break()
-        assert signal.getsignal(stand_in) is signal.default_int_handler
-        with pytest.raises(KeyboardInterrupt):
+        assert stand_in in interrupts.SIGNALS
+        previous = signal.signal(stand_in, signal.SIG_DFL)
+        with pytest.raises(Interrupted) as e, interrupts.trapped("nothing was written"):
             signal.raise_signal(stand_in)
-    finally:
+        assert e.value.signum == stand_in
+        assert str(e.value) == f"interrupted ({signal.Signals(stand_in).name}): nothing was written"
+        assert signal.getsignal(stand_in) == signal.SIG_DFL  # restored after the block
         signal.signal(stand_in, previous)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(interrupts)
 
 
 def test_process_liveness_sends_no_signal():

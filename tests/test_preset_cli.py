@@ -19,7 +19,7 @@ def test_presets_json(cli):
     data = json.loads(result.out)
     ids = [p["id"] for p in data["presets"]]
     assert ids == [p.id for p in gslice.presets()]
-    assert len(ids) == 23 and ids[0] == "google-main" and ids[-1] == "gslice-e1.84b"
+    assert len(ids) == 29 and ids[0] == "google-main" and ids[-1] == "gslice-e2.29b"
     e2b = data["presets"][1]
     assert (e2b["name"], e2b["published_effective_b"], e2b["published_mmlu"]) == ("Config for official E2B Model", 1.91, 50.9)
     assert e2b["plan"]["params"]["effective"] == 1_905_495_648
@@ -34,9 +34,13 @@ def test_presets_table(cli):
     result = cli("presets", "--modalities", "text", "--context", "1024")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert lines[0].split() == ["preset", "layers", "effective", "published", "MMLU", "total", "bf16", "int4", "RAM", "bf16", "RAM", "int4", "quality"]
+    assert lines[0].split() == ["preset", "layers", "effective", "published", "MMLU", "total", "bf16", "int4", "RAM", "bf16", "RAM", "int4",
+                                "quality", "runtimes"]
     row = next(line for line in lines if line.startswith("google-e2b "))
     assert row.split()[:6] == ["google-e2b", "30", "1.91B", "1.91B", "50.9%", "4.46B"]
+    assert re.split(r"\s{2,}", row)[-2:] == ["published", "all"]
+    row = next(line for line in lines if line.startswith("google-e1.96b-layer "))
+    assert re.split(r"\s{2,}", row)[-2:] == ["published", "all but llama.cpp, mlx-vlm"]
     assert "towers kept: text" in result.out and "KV cache for 1024 tokens" in result.out
     assert "proposal-custom-0.9b-26-layer  (Custom 0.9B (26-layer)): claims 0.95B; computed 1.47B effective, 4.74B total" in result.out
 

@@ -189,6 +189,7 @@ def offline_hub(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return cache

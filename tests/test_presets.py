@@ -21,17 +21,27 @@ from shape_arithmetic import independent_counts
 E4B = gemma3n.architecture(gemma3n.e4b_config())
 BLOCKS = [list(range(5 * b, 5 * b + 5)) for b in range(7)]  # E4B: 4 sliding + 1 full, seven times
 
-# (kept 5-layer blocks, width of sliding layers, width of full-attention layers, trained widths only)
+# (kept 5-layer blocks, width of sliding layers, width of full-attention layers, trained widths only),
+# smallest first. The uniform ones keep blocks 0-3 (layers 0-19): llama.cpp computes those.
 GSLICE = [
     ((0, 3, 6), 2048, 8192, False),
+    ((0, 1, 2, 3), 2048, 2048, False),
     ((0, 3, 6), 4096, 8192, False),
+    ((0, 1, 2, 3), 4096, 4096, False),
     ((0, 1, 3, 6), 4096, 8192, False),
+    ((0, 1, 2, 3, 6), 4096, 4096, False),
     ((0, 3, 6), 8192, 16384, True),
+    ((0, 1, 2, 3, 5, 6), 4096, 4096, False),
     ((0, 1, 3, 6), 8192, 8192, True),
     ((0, 1, 3, 6), 8192, 16384, True),
+    ((0, 1, 2, 3, 6), 8192, 8192, True),
     ((0, 1, 2, 3, 6), 8192, 16384, True),
+    ((0, 1, 2, 3), 16384, 16384, True),
 ]
-GSLICE_NAMES = ["gslice-e0.51b", "gslice-e0.66b", "gslice-e0.88b", "gslice-e1.12b", "gslice-e1.28b", "gslice-e1.48b", "gslice-e1.84b"]
+GSLICE_NAMES = [
+    "gslice-e0.51b", "gslice-e0.52b", "gslice-e0.66b", "gslice-e0.78b", "gslice-e0.88b", "gslice-e0.96b", "gslice-e1.12b",
+    "gslice-e1.15b", "gslice-e1.28b", "gslice-e1.48b", "gslice-e1.59b", "gslice-e1.84b", "gslice-e2.29b",
+]
 
 
 def test_gslice_presets_named_by_computed_size():
@@ -54,7 +64,7 @@ def test_gslice_presets_follow_the_rules():
     assert len(ours) >= 5
     for p in ours:
         res = gemma3n.resolve(E4B, p.spec_for(E4B))
-        assert 0.5e9 <= p.params.effective <= 1.9e9
+        assert 0.5e9 <= p.params.effective <= 2.3e9
         assert {18, 19} <= set(res.kept)  # KV producers
         assert all(w % 256 == 0 and w <= 16384 for w in p.ffn_dims)
         kinds = [E4B.layer_types[i] for i in res.kept]

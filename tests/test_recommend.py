@@ -28,8 +28,14 @@ def text_bf16_ram(preset, context: int) -> int:
     return 2 * text - 2 * SHARED_KV_PARAMS * len(sharing) + tokens * PER_TOKEN
 
 
-def expected_choice(budget: int, context: int):
-    ranked = sorted(gslice.presets(), key=lambda p: (-p.params.effective, p.id))
+def llama_cpp_safe(preset) -> bool:
+    """By hand from llama.cpp's fixed values (KV sharing from layer 20 with producers 18/19,
+    sparsity on layers 0-9, one FFN width): on E4B, layers 0-19 kept and one width."""
+    return not any(i < 20 for i in preset.layers_to_skip) and len(set(preset.ffn_dims)) == 1
+
+
+def expected_choice(budget: int, context: int, allowed=lambda p: True):
+    ranked = sorted(filter(allowed, gslice.presets()), key=lambda p: (-p.params.effective, p.id))
     fits = [p for p in ranked if text_bf16_ram(p, context) <= budget]
     if not fits:
         return None, min(ranked, key=lambda p: text_bf16_ram(p, context))
@@ -41,10 +47,11 @@ def expected_choice(budget: int, context: int):
 @pytest.mark.parametrize(
     "ram,context,best,runner_up",
     [
-        ("5GB", 4096, "gslice-e0.66b", "gslice-e0.88b"),
-        ("6GB", 4096, "gslice-e1.12b", "gslice-e1.28b"),
-        ("9GB", 4096, "google-e2b", "google-e1.96b-layer"),
-        ("9GB", 32768, "gslice-e1.84b", "google-e2b"),  # a longer context costs the larger one
+        ("5GB", 4096, "gslice-e0.66b", "gslice-e0.78b"),
+        ("6GB", 4096, "gslice-e1.12b", "gslice-e1.15b"),
+        ("9GB", 4096, "gslice-e2.29b", "google-e2.49b-block"),
+        ("8.5GB", 4096, "gslice-e2.29b", "google-e2.49b-block"),
+        ("8.5GB", 32768, "gslice-e1.84b", "google-e2b"),  # a longer context costs the larger one
         ("14GB", 4096, "google-main", None),
     ],
 )
@@ -71,7 +78,7 @@ def test_int4_with_ple_on_disk_counts_less():
     # the same budget buys more once the PLE table stays memory-mapped
     in_ram = gslice.recommend("4GB", modalities="text", quant="int4")
     on_disk = gslice.recommend("4GB", modalities="text", quant="int4", ple_on_disk=True)
-    assert (in_ram.best.preset, in_ram.runner_up.preset) == ("gslice-e1.12b", "gslice-e1.28b")
+    assert (in_ram.best.preset, in_ram.runner_up.preset) == ("gslice-e1.12b", "gslice-e1.15b")
     assert (on_disk.best.preset, on_disk.runner_up) == ("google-main", None)
     f = in_ram.best.footprint("int4")
     assert in_ram.needed_bytes(in_ram.best) == f.ram_bytes
@@ -83,10 +90,49 @@ def test_recommend_cli(cli):
     assert result.code == 0, result.err
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.out.split("\n\n")[0].splitlines())
     assert rows["best"] == "gslice-e1.12b: 1.12B effective, 15 layers"
-    assert rows["runner-up"].startswith("gslice-e1.28b: 1.28B effective, needs ")
+    assert rows["runner-up"].startswith("gslice-e1.15b: 1.15B effective, needs ")
     assert "gslice slice gemma-3n-E4B-it/ --preset gslice-e1.12b --text-only -o OUT/" in result.out
     data = json.loads(cli("recommend", "--ram", "6GB", "--modalities", "text", "--json").out)
-    assert (data["best"]["preset"], data["runner_up"]["preset"]) == ("gslice-e1.12b", "gslice-e1.28b")
+    assert (data["best"]["preset"], data["runner_up"]["preset"]) == ("gslice-e1.12b", "gslice-e1.15b")
+
+
+@pytest.mark.parametrize(
+    "ram,best,runner_up",
+    [
+        ("6GB", "gslice-e0.78b", "gslice-e0.96b"),
+        ("9GB", "gslice-e2.29b", "google-main"),
+        ("14GB", "google-main", None),
+    ],
+)
+def test_recommend_for_llama_cpp(ram, best, runner_up):
+    """Only presets llama.cpp computes correctly; the choice derived with the hand-written rule."""
+    rec = gslice.recommend(ram, modalities="text", runtime="llama.cpp")
+    want_best, want_runner_up = expected_choice(parse_size(ram), 4096, llama_cpp_safe)
+    assert (want_best.id, want_runner_up.id if want_runner_up else None) == (best, runner_up)
+    assert (rec.best.preset, rec.runner_up.preset if rec.runner_up else None) == (best, runner_up)
+    assert [p.preset for p in rec.candidates] == [p.id for p in sorted(
+        filter(llama_cpp_safe, gslice.presets()), key=lambda p: (-p.params.effective, p.id))]
+    assert rec.to_dict()["runtime"] == "llama.cpp"
+
+
+def test_recommend_runtime_cli(cli):
+    result = cli("recommend", "--ram", "6GB", "--modalities", "text", "--runtime", "llama.cpp")
+    assert result.code == 0, result.err
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.out.split("\n\n")[0].splitlines())
+    assert rows["best"] == "gslice-e0.78b: 775.4M effective, 20 layers"
+    assert rows["runtimes"] == "computed correctly by: all (only the 8 presets llama.cpp computes correctly were considered)"
+    result = cli("recommend", "--ram", "2GB", "--modalities", "text", "--runtime", "llama.cpp")
+    rec = gslice.recommend("2GB", modalities="text", runtime="llama.cpp")
+    from gslice.units import fmt_bytes
+
+    need = rec.needed_bytes(rec.runner_up)
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        "error: no preset fits --ram 2.00 GB (text, bf16, context 4096, runtime llama.cpp): the smallest that "
+        f"llama.cpp computes correctly, gslice-e0.52b, needs {fmt_bytes(need)} ({fmt_bytes(need - 2 * 10**9)} more)\n"
+    )
+    result = cli("recommend", "--ram", "6GB", "--runtime", "ollama.cpp")
+    assert result.code == 2 and "Invalid value for '--runtime': 'ollama.cpp' is not one of" in result.err
 
 
 def test_recommend_cli_nothing_fits(cli):

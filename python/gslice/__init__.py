@@ -7,11 +7,16 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    ArgumentError,
     DiskFullError,
     GsliceError,
+    HubError,
     InternalError,
+    Interrupted,
+    NothingFitsError,
     OutputExistsError,
     OutputPathError,
+    ProtectedPathError,
     SourceError,
     SpecError,
     WriteError,
@@ -22,6 +27,7 @@ from .catalogue import Preset, presets  # noqa: E402
 from .proposals import ProposalVerdict, proposals  # noqa: E402
 from .accounting import Footprint, SizePlan, plan  # noqa: E402
 from .recommendation import Recommendation, recommend  # noqa: E402
+from .runtimes import Compatibility, Verdict, compatibility  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -40,12 +46,20 @@ __all__ = [
     "Footprint",
     "recommend",
     "Recommendation",
+    "compatibility",
+    "Compatibility",
+    "Verdict",
     "GsliceError",
+    "ArgumentError",
     "SpecError",
     "SourceError",
     "OutputExistsError",
     "OutputPathError",
+    "ProtectedPathError",
     "DiskFullError",
     "WriteError",
+    "HubError",
+    "NothingFitsError",
     "InternalError",
+    "Interrupted",
 ]

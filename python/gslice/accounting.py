@@ -12,22 +12,25 @@ and the published E4B layout (:func:`gslice.gemma3n.shapes_from_config`). Figure
   [rows, ceil(cols x bits / 32)], ``weight_scale`` bf16 [rows, ceil(cols / group)],
   ``weight_shape`` int64[2]. Everything else (embeddings, norms, convolutions, towers) stays
   bf16;
-* inference RAM = resident weights + KV cache (:data:`RAM_FORMULA`).
+* inference RAM = resident weights + KV cache (:data:`RAM_FORMULA`);
+* which runtimes compute the slice correctly (:mod:`gslice.runtimes`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import engine, gemma3n
+from . import engine, gemma3n, runtimes
 from .catalogue import Preset, spec_with_preset
+from .arguments import bool_arg, int_arg, path_arg
 from .errors import SourceError, SpecError
+from .jsonfile import read_json
 from .gemma3n import ParamCounts
+from .runtimes import Compatibility
 from .spec import SliceSpec
 
 SCHEMES = ("bf16", "int8", "int4")
@@ -88,6 +91,7 @@ class SizePlan:
     context: int
     group_size: int
     footprints: tuple[Footprint, ...]  # one per scheme, in SCHEMES order
+    runtimes: Compatibility  # which runtimes compute the slice correctly
 
     def footprint(self, scheme: str) -> Footprint:
         for f in self.footprints:
@@ -109,6 +113,7 @@ class SizePlan:
             "group_size": self.group_size,
             "footprints": {f.scheme: f.to_dict() for f in self.footprints},
             "ram_formula": RAM_FORMULA,
+            "runtimes": self.runtimes.to_dict(),
         }
 
 
@@ -133,10 +138,14 @@ def plan(
     audio_layers_to_skip). ``modalities``: "all", "text+audio" or "text" (towers dropped on
     top of the preset or spec).
     """
-    _check_positive(context, "context")
-    _check_positive(group_size, "group_size")
+    context = int_arg(context, "context")
+    group_size = int_arg(group_size, "group_size")
+    bool_arg(from_hub, "from_hub")
+    if src_or_config is not None and not isinstance(src_or_config, dict):
+        path_arg(src_or_config, "src_or_config")
     label, config, shapes_of = _load(src_or_config)
-    arch = gemma3n.architecture(config, label)
+    where = str(Path(label) / "config.json") if isinstance(src_or_config, (str, os.PathLike)) and Path(src_or_config).expanduser().is_dir() else label
+    arch = gemma3n.architecture(config, where)
     spec, preset_obj = spec_with_preset(arch, spec, preset, modalities, from_hub)
     res = gemma3n.resolve(arch, spec)
     shapes = shapes_of(arch, res)
@@ -160,6 +169,7 @@ def size_plan(label, preset, arch, res, shapes, new_config, context=DEFAULT_CONT
         context=context,
         group_size=group_size,
         footprints=tuple(footprint(shapes, text, prefix, s, context, group_size) for s in SCHEMES),
+        runtimes=runtimes.compatibility(arch, res),
     )
 
 
@@ -211,7 +221,7 @@ def _load(src):
         config = gemma3n.read_config(path)
         if not any(path.glob("*.safetensors")):
             return str(src), config, _from_config(config, str(path / "config.json"))
-        return str(src), config, _from_headers(path)
+        return str(src), config, _from_headers(path, config)
     raise SourceError(f"source {src} does not exist")
 
 
@@ -222,25 +232,18 @@ def _from_config(config: dict, where: str):
     return shapes
 
 
-def _from_headers(path: Path):
+def _from_headers(path: Path, config: dict):
     def shapes(arch, res):
         ck = engine.inspect(path)
-        gemma3n.check_source(arch, ck, res)
+        gemma3n.check_source(config, arch, ck, res)
         return gemma3n.output_shapes(arch, {n: t.shape for n, t in ck.tensors.items()}, res)
 
     return shapes
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{path} cannot be read as a JSON config: {e}") from None
+    data = read_json(path, "config")
     if not isinstance(data, dict):
-        raise SourceError(f"{path} is not a JSON object")
+        raise SourceError(f"config {path} holds {type(data).__name__}, not a JSON object")
     return data
 
-
-def _check_positive(value, what: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise SpecError(f"{what}: {value!r} must be a positive integer")

@@ -10,23 +10,20 @@ manifest still checks out.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import engine, gemma3n
+from . import engine, gemma3n, ownership, staging
 from .errors import GsliceError, OutputExistsError, SpecError
 from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
 from .manifest import MANIFEST_NAME, HashCache, check_files, read_manifest, same_source, source_record
-from .slicing import SlicePlan, output_plan, prepare_slice
+from .slicing import SlicePlan, output_plan, prepare_slice, source_files
 from .quantization import QuantOptions
 from .sources import Source, resolve_source
 from .spec import SliceSpec
-from .system import process_alive
 
 
 def select_presets(text: str) -> list[Preset]:
@@ -66,10 +63,6 @@ class BulkPlan:
     out_dir: Path
     items: list[BulkItem]
     source_record: dict
-    leftovers: list[Path] = field(default_factory=list)
-
-
-_LEFTOVER = re.compile(r"^(?:\.gslice-staging|\..+\.gslice-(?:partial|old))-(\d+)-\d+$")
 
 
 def prepare_bulk(
@@ -83,11 +76,15 @@ def prepare_bulk(
     hash_source: bool = False,
     quant: QuantOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
+    hash_progress: Callable[[int, int], None] | None = None,
 ) -> BulkPlan:
     """Plans and validates every preset, decides what to do with existing outputs (``resume``
-    re-hashes them: ``progress`` follows that), and raises one line per problem; writes nothing."""
+    re-hashes them, in one pass that ``progress`` follows; ``hash_progress`` follows the
+    source hashing of ``hash_source``), and raises one line per problem; writes nothing."""
     source = src if isinstance(src, Source) else resolve_source(src, revision)
     out = Path(out_dir).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output folder {out} exists and is not a folder")
     problems: list[str] = []
     plans: list[tuple[Preset, SlicePlan]] = []
     seen: set[str] = set()
@@ -110,38 +107,60 @@ def prepare_bulk(
         raise SpecError("\n".join(problems))
     if not plans:
         raise SpecError("no presets to write")
-    record = source_record(source, plans[0][1].checkpoint.shards, hash_source=hash_source)
-    cache = HashCache()
+    record = source_record(source, plans[0][1].checkpoint.shards, hash_source=hash_source, progress=hash_progress)
+    protected = source_files(plans[0][1])
     items = []
     for preset, plan in plans:
         d = out / preset.slug
-        action, reason = _existing(d, preset, plan, record, resume, overwrite, cache, progress)
-        if action == "refuse":
+        try:
+            action, reason = _existing(d, preset, plan, record, resume, overwrite, source.path, protected)
+        except OutputExistsError as e:
+            action, reason = "refuse", str(e)
             problems.append(reason)
         items.append(BulkItem(preset, plan, d, action, reason))
-    leftovers = _leftovers(out) if resume else []
-    busy = [p for p in leftovers if _alive(p)]
-    problems += [f"another gslice run (pid {_pid(p)}) is writing {p}; wait for it to finish" for p in busy]
+    _verify_finished(items, progress)
+    busy = [f for f in staging.find(out) if f.live] if resume else []
+    problems += [f"another gslice run (pid {f.pid}) is writing {f.path}; wait for it to finish" for f in busy]
     if problems:
         raise OutputExistsError("\n".join(problems))
-    return BulkPlan(source, out, items, record, leftovers)
+    return BulkPlan(source, out, items, record)
 
 
-def _existing(d: Path, preset: Preset, plan: SlicePlan, record: dict, resume: bool, overwrite: bool, cache: HashCache, progress) -> tuple[str, str]:
+def _existing(d: Path, preset: Preset, plan: SlicePlan, record: dict, resume: bool, overwrite: bool,
+              source: Path, protected: list) -> tuple[str, str]:
+    """("write" | "replace" | "verify", reason); raises for a path that must not be replaced."""
     if not d.exists() and not d.is_symlink():
         return "write", ""
+    if not (overwrite or resume):
+        raise OutputExistsError(f"output {d} already exists (--resume keeps finished presets, --overwrite replaces them)")
+    ownership.check_output(d, overwrite=True, source=source, protected=protected)  # gslice's own, or refused
     if overwrite:
         return "replace", "--overwrite"
-    if not resume:
-        return "refuse", f"output {d} already exists (--resume keeps finished presets, --overwrite replaces them)"
     try:
         data = read_manifest(d)
     except GsliceError:
-        return "refuse", f"output {d} exists but has no readable gslice manifest; move it away (--resume only replaces gslice outputs)"
-    why = _manifest_differs(data, preset, plan, record) or check_files(d, data, cache, progress)
-    if why:
-        return "replace", why[0] + (f" (and {len(why) - 1} more)" if len(why) > 1 else "")
-    return "skip", "finished, manifest checks out"
+        return "replace", "unfinished (no manifest)"
+    why = _manifest_differs(data, preset, plan, record)
+    return ("replace", why[0]) if why else ("verify", "")
+
+
+def _verify_finished(items: list[BulkItem], progress) -> None:
+    """Re-hashes the files of every finished output at once (one progress total), then keeps
+    ("skip") those whose files check out and redoes the others."""
+    todo = [it for it in items if it.action == "verify"]
+    if not todo:
+        return
+    cache = HashCache()
+    data = {id(it): read_manifest(it.dir) for it in todo}
+    paths = [it.dir / n for it in todo for n, meta in data[id(it)]["files"].items()
+             if (it.dir / n).is_file() and not (it.dir / n).is_symlink() and (it.dir / n).stat().st_size == meta["size"]]
+    cache.hash_all(paths, progress)
+    for it in todo:
+        why = check_files(it.dir, data[id(it)], cache)
+        if why:
+            it.action, it.reason = "replace", why[0] + (f" (and {len(why) - 1} more)" if len(why) > 1 else "")
+        else:
+            it.action, it.reason = "skip", "finished, manifest checks out"
 
 
 def _manifest_differs(data: dict, preset: Preset, plan: SlicePlan, record: dict) -> list[str]:
@@ -152,21 +171,6 @@ def _manifest_differs(data: dict, preset: Preset, plan: SlicePlan, record: dict)
     if (data.get("preset") or {}).get("slug") != preset.slug:
         return ["it was written for another preset"]
     return same_source(data.get("source") or {}, record)
-
-
-def _leftovers(out: Path) -> list[Path]:
-    if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir() if _LEFTOVER.match(p.name))
-
-
-def _pid(p: Path) -> int:
-    return int(_LEFTOVER.match(p.name).group(1))
-
-
-def _alive(p: Path) -> bool:
-    pid = _pid(p)
-    return pid != os.getpid() and process_alive(pid)
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -201,7 +205,7 @@ class BulkReport:
     bytes_if_independent: int  # what writing each written output on its own would have cost
     distinct_tensors: int
     seconds: float
-    removed_leftovers: list[str]
+    leftovers: list[str]  # gslice's temporary folders found in the output folder: removed, or left to a live run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,14 +221,8 @@ def write_bulk(
     dry_run: bool = False,
 ) -> BulkReport:
     started = time.perf_counter()
-    removed = []
-    if not dry_run:
-        for p in bp.leftovers:  # what a killed run left: its staging and unfinished folders
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-            removed.append(str(p))
+    figures = {id(it): _figures(it) for it in bp.items}  # all that can fail, before any write
+    leftovers = [f.describe(dry_run) for f in staging.clear(bp.out_dir, dry_run=dry_run)]
     todo = [it for it in bp.items if it.action != "skip"]
     outputs = [
         output_plan(
@@ -242,8 +240,7 @@ def write_bulk(
     reports = dict(zip((id(it) for it in todo), result.outputs if result else ()))
     rows, first_user = [], set()
     for it in bp.items:
-        rep = reports.get(id(it))
-        rows.append(_row(it, rep, first_user, dry_run))
+        rows.append(_row(it, figures[id(it)], reports.get(id(it)), first_user, dry_run))
     return BulkReport(
         source=bp.source.label,
         output_dir=str(bp.out_dir),
@@ -254,21 +251,28 @@ def write_bulk(
         bytes_if_independent=sum(r.file_bytes for r in result.outputs) if result else 0,
         distinct_tensors=result.distinct_tensors if result else 0,
         seconds=time.perf_counter() - started,
-        removed_leftovers=removed,
+        leftovers=leftovers,
     )
 
 
-def _row(it: BulkItem, rep: engine.OutputReport | None, first_user: set[int], dry_run: bool) -> BulkRow:
+def _figures(it: BulkItem) -> dict:
+    """A row's fields known before writing; for an output kept from an earlier run, its sizes
+    from its manifest."""
     plan = it.plan
     common = dict(
         preset=it.preset.name, slug=it.preset.slug, dir=str(it.dir), layers=len(plan.resolved.kept),
         ffn_dims=list(plan.resolved.widths), params=asdict(plan.params()), tensors=len(plan.tensors), reason=it.reason,
     )
-    if rep is None:  # skipped: finished by an earlier run
+    if it.action == "skip":
         files = read_manifest(it.dir)["files"]
-        shard_bytes = sum(m["size"] for n, m in files.items() if n.endswith(".safetensors"))
-        total = sum(m["size"] for m in files.values()) + (it.dir / MANIFEST_NAME).stat().st_size
-        return BulkRow(status="skipped", bytes=total, shard_bytes=shard_bytes, written=0, shared_bytes=0, seconds=0.0, **common)
+        common["shard_bytes"] = sum(m["size"] for n, m in files.items() if n.endswith(".safetensors"))
+        common["bytes"] = sum(m["size"] for m in files.values()) + (it.dir / MANIFEST_NAME).stat().st_size
+    return common
+
+
+def _row(it: BulkItem, common: dict, rep: engine.OutputReport | None, first_user: set[int], dry_run: bool) -> BulkRow:
+    if rep is None:  # skipped: finished by an earlier run
+        return BulkRow(status="skipped", written=0, shared_bytes=0, seconds=0.0, **common)
     written = 0
     for s in rep.shards:
         if s.piece not in first_user:

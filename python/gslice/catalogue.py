@@ -9,11 +9,13 @@ layers to skip and one FFN width per kept layer. Applied to a source (:meth:`Pre
   E4B-shaped test checkpoints, FFN 64, turn 8192 into 32); a source whose layers differ in
   width is refused, since there is no single full width to scale from.
 
-gslice's presets skip whole 4-sliding + 1-full blocks of E4B (so layer_types stay regular),
-always keep the block holding the KV producers 18 and 19, and give the full-attention layers
-the wider FFN, as Google's layer-level configurations do. Their names are their effective
-parameter counts on E4B, computed from shapes. No quality figure exists for any of them;
-those using widths other than the trained 8192/16384 are marked "unmeasured quality".
+gslice's presets skip whole 4-sliding + 1-full blocks of E4B (so layer_types stay regular)
+and always keep the block holding the KV producers 18 and 19. Most give the full-attention
+layers the wider FFN, as Google's layer-level configurations do; the others keep layers 0-19,
+skip only within the KV-sharing layers 20-34 and use one width everywhere, so that llama.cpp,
+which fixes those facts in code, computes them too. Their names are their effective parameter
+counts on E4B, computed from shapes. No quality figure exists for any of them; those using
+widths other than the trained 8192/16384 are marked "unmeasured quality".
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import re
 from dataclasses import dataclass
 
 from . import gemma3n
-from .errors import SourceError, SpecError
+from .arguments import bool_arg
+from .errors import ArgumentError, SourceError, SpecError
 from .gemma3n import Architecture, ParamCounts
 from .official_configs import OfficialConfig, hub_configs, shipped_configs
 from .spec import SliceSpec
@@ -45,6 +48,16 @@ GSLICE_SHAPES = (
     ((0, 1, 3, 6), 8192, 8192),
     ((0, 1, 3, 6), 8192, 16384),
     ((0, 1, 2, 3, 6), 8192, 16384),
+) + (
+    # Presets every runtime computes, llama.cpp included (runtimes.py): layers 0-19 all kept,
+    # so the KV-sharing start stays at layer 20 with producers 18 and 19 and the sparse layers
+    # stay 0-9; only KV-sharing blocks are skipped (4, then 5, as above); one width everywhere.
+    ((0, 1, 2, 3), 2048, 2048),
+    ((0, 1, 2, 3), 4096, 4096),
+    ((0, 1, 2, 3, 6), 4096, 4096),
+    ((0, 1, 2, 3, 5, 6), 4096, 4096),
+    ((0, 1, 2, 3, 6), 8192, 8192),
+    ((0, 1, 2, 3), 16384, 16384),
 )
 
 
@@ -205,7 +218,7 @@ def _gslice_preset(arch: Architecture, blocks, kept_blocks, sliding: int, full: 
 
 def presets(from_hub: bool = False) -> tuple[Preset, ...]:
     """Google's configurations (shipped, or the live Hub CSV), then gslice's presets."""
-    return official_presets(from_hub) + gslice_presets()
+    return official_presets(bool_arg(from_hub, "from_hub")) + gslice_presets()
 
 
 def find_preset(name: str, from_hub: bool = False) -> Preset:
@@ -247,6 +260,10 @@ def spec_with_preset(
 ) -> "tuple[SliceSpec, Preset | None]":
     """(the spec to slice with, the Preset or None): a preset's layers and widths for this
     source, with the tower options of ``spec`` and ``modalities``."""
+    if spec is not None and not isinstance(spec, SliceSpec):
+        raise ArgumentError(f"spec must be a SliceSpec or None, not {type(spec).__name__}")
+    if preset is not None and not isinstance(preset, (str, Preset)):
+        raise ArgumentError(f"preset must be a preset id or name (str), not {type(preset).__name__}")
     drop_vision, drop_audio = _towers(modalities)
     base = spec or SliceSpec()
     if preset is not None and (base.layers_to_skip or base.ffn_dims is not None):
@@ -263,6 +280,6 @@ def spec_with_preset(
 
 
 def _towers(modalities: str) -> tuple[bool, bool]:
-    if modalities not in MODALITIES:
+    if not isinstance(modalities, str) or modalities not in MODALITIES:
         raise SpecError(f"modalities: {modalities!r} is not one of {', '.join(MODALITIES)}")
     return MODALITIES[modalities]

@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import _core
+from . import _core, interrupts, staging
 from .errors import (
     DiskFullError,
     GsliceError,
     InternalError,
+    Interrupted,
     OutputExistsError,
+    ProtectedPathError,
     SourceError,
     WriteError,
 )
@@ -44,6 +47,7 @@ _ERRORS: dict[str, type[GsliceError]] = {
     "format": SourceError,
     "plan": SourceError,
     "exists": OutputExistsError,
+    "protected": ProtectedPathError,
     "disk_full": DiskFullError,
     "io": WriteError,
     "internal": InternalError,
@@ -57,13 +61,17 @@ def _portable_io() -> bool:
     return value == "1"
 
 
-def _raise(err: _core.EngineError) -> None:
+def _error(err: _core.EngineError) -> BaseException:
     kind, message = err.args
     if kind == "cancelled":
-        raise KeyboardInterrupt from None
+        return KeyboardInterrupt()
     if kind == "exists":
-        message += " (pass overwrite=True / --overwrite to replace it)"
-    raise _ERRORS.get(kind, InternalError)(message) from None
+        message += " (pass overwrite=True / --overwrite to replace a previous gslice output)"
+    return _ERRORS.get(kind, InternalError)(message)
+
+
+def _raise(err: _core.EngineError) -> None:
+    raise _error(err) from None
 
 
 # -- operations ---------------------------------------------------------------------------
@@ -336,10 +344,28 @@ def execute(
         "dry_run": dry_run,
         "portable_io": _portable_io(),
     }
+    dirs = [Path(o.dir) for o in outputs]
+    before = {d: _identity(d) for d in dirs}
     try:
-        raw = json.loads(_core.execute(json.dumps(plan), progress))
+        with interrupts.trapped(), staging.writing(d.parent for d in dirs):
+            raw = json.loads(_core.execute(json.dumps(plan), progress))
+            return _engine_report(raw)
+    except KeyboardInterrupt as e:  # SIGINT, SIGTERM (see interrupts), or a cancelling callback
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        if dry_run:
+            raise Interrupted(f"interrupted ({name}) during a dry run: nothing was written", signum) from None
+        outcome = WriteOutcome.of(dirs, before)
+        raise Interrupted(f"interrupted ({name}): {outcome.describe()}", signum, outcome.complete) from None
     except _core.EngineError as e:
-        _raise(e)
+        err = _error(e)
+        outcome = WriteOutcome.of(dirs, before)
+        if outcome.complete and not dry_run:
+            err = type(err)(f"{err}; {outcome.describe()}")
+        raise err from None
+
+
+def _engine_report(raw: dict) -> EngineReport:
     outs = tuple(
         OutputReport(
             dir=Path(o["dir"]),
@@ -354,6 +380,54 @@ def execute(
     )
     quantized = tuple(QuantReport(**{**q, "shape": tuple(q["shape"])}) for q in raw.pop("quantized"))
     return EngineReport(outputs=outs, quantized=quantized, **raw)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What a run that did not finish left on disk, found by looking (not assumed)."""
+
+    complete: tuple[Path, ...]  # finished and renamed into place by this run
+    unchanged: tuple[Path, ...]  # existed before the run and are untouched
+    absent: tuple[Path, ...]
+    temporary: tuple[Path, ...]  # this process's temporary folders still there
+
+    @classmethod
+    def of(cls, dirs: Sequence[Path], before: dict) -> "WriteOutcome":
+        complete, unchanged, absent = [], [], []
+        for d in dirs:
+            now = _identity(d)
+            (absent if now is None else unchanged if now == before[d] else complete).append(d)
+        temporary = staging.own(d.parent for d in dirs)
+        return cls(tuple(complete), tuple(unchanged), tuple(absent), tuple(temporary))
+
+    def describe(self) -> str:
+        n = len(self.complete) + len(self.unchanged) + len(self.absent)
+        if n == 1:
+            if self.complete:
+                text = f"{self.complete[0]} is complete: it was finished and put in place before the run stopped"
+            elif self.unchanged:
+                text = f"nothing was written: the previous output {self.unchanged[0]} is unchanged"
+            else:
+                text = f"nothing was written: {self.absent[0]} does not exist"
+        else:
+            names = ", ".join(d.name for d in self.complete[:5]) + (", ..." if len(self.complete) > 5 else "")
+            done = f"all {n}" if len(self.complete) == n else f"{len(self.complete)} of {n}"
+            text = f"{done} outputs are complete" + (f" ({names})" if names else "")
+            if len(self.complete) < n:
+                text += f"; the other {n - len(self.complete)} were not written"
+            if self.unchanged:
+                text += f" ({len(self.unchanged)} previous outputs among them are unchanged)"
+        if self.temporary:
+            return text + "; temporary folders remain: " + ", ".join(map(str, self.temporary))
+        return text + "; no temporary files are left"
 
 
 # -- checking -----------------------------------------------------------------------------
@@ -387,7 +461,8 @@ def compare(
         "portable_io": _portable_io(),
     }
     try:
-        raw = json.loads(_core.compare(json.dumps(plan), progress))
+        with interrupts.trapped():
+            raw = json.loads(_core.compare(json.dumps(plan), progress))
     except _core.EngineError as e:
         _raise(e)
     return CompareReport(raw["tensors"], raw["bytes_compared"], tuple(Mismatch(**m) for m in raw["mismatches"]))
@@ -398,6 +473,7 @@ def sha256_files(
 ) -> list[str]:
     """Hex SHA-256 of each file, hashed in parallel without holding the GIL."""
     try:
-        return _core.sha256_files([str(p) for p in paths], progress)
+        with interrupts.trapped():
+            return _core.sha256_files([str(p) for p in paths], progress)
     except _core.EngineError as e:
         _raise(e)

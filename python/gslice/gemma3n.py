@@ -3,7 +3,7 @@
 Given a source ``config.json`` and tensor list, this module decides which output tensors a
 slicing spec produces (source tensor + engine operation), validates the spec against the
 architecture, rewrites the config, and counts parameters. The rules come from transformers'
-Gemma 3n implementation and the published checkpoints (see DESIGN.md):
+Gemma 3n implementation and the published checkpoints (docs/design.md, "Gemma 3n facts"):
 
 * decoder layers ``layers.{i}.*`` are dropped or renumbered; MLP ``gate/up_proj`` keep their
   leading rows and ``down_proj`` its leading columns (MatFormer nests the narrow FFN first);
@@ -24,7 +24,8 @@ import copy
 import functools
 import json
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from importlib import resources
 from types import MappingProxyType
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Iterable, Mapping, Sequence
 from . import engine, quantization
 from .engine import CheckpointInfo, TensorPlan
 from .errors import InternalError, SourceError, SpecError
+from .jsonfile import read_json
 from .quantization import QuantOptions
 from .spec import SliceSpec
 
@@ -117,6 +119,12 @@ class Architecture:
     audio_blocks: int | None
     audio_hidden: int | None
     has_vision: bool
+    # Fixed sizes and switches some runtimes hard-code (see runtimes.py); transformers' defaults.
+    laurel_rank: int = 64
+    altup_num_inputs: int = 4
+    altup_active_idx: int = 0
+    altup_correct_scale: bool = True
+    final_logit_softcapping: float | None = 30.0
 
     @property
     def prefix(self) -> str:
@@ -145,14 +153,11 @@ class Architecture:
 
 def read_config(src: Path) -> dict:
     path = src / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise SourceError(f"{src} is not a Gemma 3n checkpoint: it has no config.json")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SourceError(f"{path} cannot be read as JSON: {e}") from None
+    config = read_json(path, "config")
     if not isinstance(config, dict):
-        raise SourceError(f"{path} is not a JSON object")
+        raise SourceError(f"config {path} holds {type(config).__name__}, not a JSON object")
     return config
 
 
@@ -161,7 +166,16 @@ def text_config(config: dict) -> dict:
     return config["text_config"] if config.get("model_type") == MULTIMODAL_TYPE else config
 
 
+# Bounds on config values: far beyond any real model, small enough that nothing computed from
+# them (layer lists, shapes) can exhaust memory before the tensors are compared with them.
+MAX_LAYERS = 1024
+MAX_DIM = 2**31 - 1
+LAYER_TYPES = ("sliding_attention", "full_attention")
+
+
 def architecture(config: dict, where: str = "config.json") -> Architecture:
+    """The facts slicing depends on, with every config field gslice reads anywhere (shapes, KV
+    cache, towers) checked here: a wrong type or value is refused now, naming the field."""
     model_type = config.get("model_type")
     if model_type not in PREFIXES:
         raise SourceError(
@@ -171,37 +185,56 @@ def architecture(config: dict, where: str = "config.json") -> Architecture:
     if model_type == MULTIMODAL_TYPE and not isinstance(config.get("text_config"), dict):
         raise SourceError(f"{where}: a {MULTIMODAL_TYPE!r} config needs a text_config object")
     text = text_config(config)
-    L = _config_int(text, "num_hidden_layers", where)
-    layer_types = tuple(text.get("layer_types") or _default_layer_types(L))
-    widths = _per_layer(text.get("intermediate_size", 16384), L, "intermediate_size", where)
-    sparsity = _per_layer(text.get("activation_sparsity_pattern"), L, "activation_sparsity_pattern", where)
+    L = _config_int(text, "num_hidden_layers", where, high=MAX_LAYERS)
+    layer_types = _layer_types(text.get("layer_types"), L, where)
+    widths = _per_layer(text.get("intermediate_size", 16384), L, "intermediate_size", where, _width)
+    sparsity = _per_layer(text.get("activation_sparsity_pattern"), L, "activation_sparsity_pattern", where, _fraction)
     if len(layer_types) != L:
         raise SourceError(
             f"{where}: layer_types has {len(layer_types)} entries but num_hidden_layers is {L} "
             "(a config written by the published slicing notebook; layer_types must list the kept layers)"
         )
     audio = config.get("audio_config") if model_type == MULTIMODAL_TYPE else None
+    if audio is not None and not isinstance(audio, dict):
+        raise SourceError(f"{where}: audio_config is {audio!r}, expected an object")
+    vision = config.get("vision_config") if model_type == MULTIMODAL_TYPE else None
+    if vision is not None and not isinstance(vision, dict):
+        raise SourceError(f"{where}: vision_config is {vision!r}, expected an object")
     arch = Architecture(
         model_type=model_type,
         num_layers=L,
-        num_kv_shared=int(text.get("num_kv_shared_layers", 15)),
+        num_kv_shared=_config_int(text, "num_kv_shared_layers", where, default=15, low=0),
         layer_types=layer_types,
-        ffn_widths=tuple(int(w) for w in widths),
-        activation_sparsity=tuple(float(s) for s in sparsity),
+        ffn_widths=tuple(widths),
+        activation_sparsity=tuple(sparsity),
         hidden_size=_config_int(text, "hidden_size", where),
         ple_dim=_config_int(text, "hidden_size_per_layer_input", where),
-        audio_blocks=int(audio.get("conf_num_hidden_layers", 12)) if isinstance(audio, dict) else None,
-        audio_hidden=int(audio.get("hidden_size", 1536)) if isinstance(audio, dict) else None,
-        has_vision=model_type == MULTIMODAL_TYPE and isinstance(config.get("vision_config"), dict),
+        audio_blocks=_config_int(audio, "conf_num_hidden_layers", where, default=12, high=MAX_LAYERS, section="audio_config")
+        if audio is not None else None,
+        audio_hidden=_config_int(audio, "hidden_size", where, default=1536, section="audio_config") if audio is not None else None,
+        has_vision=vision is not None,
+        laurel_rank=_config_int(text, "laurel_rank", where, default=64),
+        altup_num_inputs=_config_int(text, "altup_num_inputs", where, default=4),
+        altup_active_idx=_config_int(text, "altup_active_idx", where, default=0, low=0),
+        altup_correct_scale=bool(text.get("altup_correct_scale", True)),
+        final_logit_softcapping=text.get("final_logit_softcapping", 30.0),
     )
     _check_sharing(arch, where)
+    _Dims.read(config, arch, where)  # every other field a shape or a size depends on
     return arch
 
 
-def _config_int(text: dict, key: str, where: str) -> int:
-    value = text.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise SourceError(f"{where}: text config field {key} is {value!r}, expected a positive integer")
+def _config_int(fields: dict, key: str, where: str, *, default=None, low: int = 1, high: int = MAX_DIM,
+                section: str = "text config") -> int:
+    """An integer field (bool, float and string refused) within [low, high]; ``default`` when
+    the key is absent (a null that is present is refused)."""
+    value = fields[key] if key in fields else default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        if high < MAX_DIM:
+            want = f"an integer from {low} to {high}"
+        else:
+            want = "a positive integer" if low == 1 else f"an integer of at least {low}"
+        raise SourceError(f"{where}: {section} field {key} is {value!r}, expected {want}")
     return value
 
 
@@ -210,15 +243,45 @@ def _default_layer_types(n: int) -> list[str]:
     return ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(n)]
 
 
-def _per_layer(value, n: int, key: str, where: str) -> list:
-    if value is None:  # transformers' default sparsity: the first 10 layers (if more than 10)
+def _layer_types(value, n: int, where: str) -> tuple[str, ...]:
+    if value is None:
+        return tuple(_default_layer_types(n))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SourceError(f"{where}: text config field layer_types is {_short(value)}, expected a list of layer type names")
+    for i, v in enumerate(value):
+        if v not in LAYER_TYPES:
+            raise SourceError(f"{where}: layer_types[{i}] is {v!r}; Gemma 3n layers are {' or '.join(LAYER_TYPES)}")
+    return tuple(value)
+
+
+def _per_layer(value, n: int, key: str, where: str, check) -> list:
+    """One value per layer from a list of n, or one value for all; ``check(v, label, where)``."""
+    if value is None and key == "activation_sparsity_pattern":
+        # transformers' default sparsity: the first 10 layers (if more than 10)
         k = 10 if n > 10 else 0
         return [0.95] * k + [0.0] * (n - k)
     if isinstance(value, list):
         if len(value) != n:
             raise SourceError(f"{where}: {key} has {len(value)} entries but num_hidden_layers is {n}")
-        return value
-    return [value] * n
+        return [check(v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    return [check(value, key, where)] * n
+
+
+def _width(value, label: str, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIM:
+        raise SourceError(f"{where}: {label} is {value!r}, expected a positive integer FFN width")
+    return value
+
+
+def _fraction(value, label: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise SourceError(f"{where}: {label} is {value!r}, expected a number from 0 up to (not including) 1")
+    return float(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_sharing(arch: Architecture, where: str) -> None:
@@ -363,6 +426,26 @@ def _audio_problems(arch: Architecture, spec: SliceSpec) -> list[str]:
     return []
 
 
+def sliced(arch: Architecture, res: Resolved) -> Architecture:
+    """The architecture of a slice's output, in its own layer indices: the kept layers' types,
+    widths and sparsity, in order; the KV-sharing layers among them (their producers are kept,
+    :func:`resolve` checked that); the towers it keeps."""
+    kept = res.kept
+    text_only = res.spec.text_only and arch.model_type == MULTIMODAL_TYPE
+    return replace(
+        arch,
+        model_type=TEXT_TYPE if text_only else arch.model_type,
+        num_layers=len(kept),
+        num_kv_shared=sum(1 for i in kept if i >= arch.first_shared),
+        layer_types=tuple(arch.layer_types[i] for i in kept),
+        ffn_widths=res.widths,
+        activation_sparsity=tuple(arch.activation_sparsity[i] for i in kept),
+        audio_blocks=None if res.spec.drop_audio or res.audio_kept is None else len(res.audio_kept),
+        audio_hidden=None if res.spec.drop_audio else arch.audio_hidden,
+        has_vision=arch.has_vision and not res.spec.drop_vision,
+    )
+
+
 def _audio_kept(arch: Architecture, spec: SliceSpec) -> tuple[int, ...] | None:
     if not arch.has_audio:
         return None
@@ -386,44 +469,107 @@ def _join(xs: Sequence[int]) -> str:
 # -- checking the source tensors ----------------------------------------------------------
 
 
-def check_source(arch: Architecture, ck: CheckpointInfo, res: Resolved) -> None:
-    """Every tensor the rules read must exist with the shape and dtype the config implies."""
-    p, L, P, H = arch.prefix, arch.num_layers, arch.ple_dim, arch.hidden_size
-    _expect(ck, p + PLE_TABLE, (None, L * P))
-    _expect(ck, p + PLE_PROJECTION, (L * P, H))
-    for i in res.kept:
-        base = f"{p}layers.{i}."
-        for suffix in LAYER_TENSORS:
-            _expect(ck, base + suffix, None)
-        if i < arch.first_shared:
-            for suffix in KV_TENSORS:
-                _expect(ck, base + suffix, None)
-        F = arch.ffn_widths[i]
-        for suffix in MLP_ROWS:
-            _expect(ck, base + suffix, (F, H))
-        _expect(ck, base + MLP_COLS, (H, F))
-    if res.audio_kept is not None and res.spec.audio_layers_to_skip:
-        found = {int(m.group(1)) for n in ck.tensors if (m := AUDIO_BLOCK.match(n))}
-        if found != set(range(arch.audio_blocks)):
+def check_source(config: dict, arch: Architecture, ck: CheckpointInfo, res: Resolved) -> None:
+    """The source against its config.json, tensor by tensor, before anything is written: one
+    floating-point dtype for the whole checkpoint; no more decoder layers or audio blocks than
+    the config says; no tensor the config does not describe; every tensor with the shape the
+    config implies; every tensor the output will hold present. Skipped layers and dropped
+    towers may lack tensors (nothing reads them), and so may the k/v projections of KV-sharing
+    layers (transformers >= 4.56 does not save them). The vision tower's own tensors are
+    compared only when the config names the published tower: no config field describes it."""
+    expected, tower = _expected_shapes(config, arch)
+    # An undescribed vision tower is kept as it is, integer buffers (BatchNorm counters) included.
+    free = (lambda n: n.startswith(VISION_TOWER_PREFIX)) if tower is None and arch.has_vision else (lambda n: False)
+    _check_dtypes(ck, free)
+    _check_counts(arch, ck)
+    unknown = [n for n in ck.tensors if n not in expected and not free(n)]
+    if unknown:
+        raise SourceError(f"the source holds {_tensors(unknown)} that config.json does not describe")
+    wrong = [n for n, t in ck.tensors.items() if n in expected and tuple(t.shape) != expected[n]]
+    if wrong:
+        n = sorted(wrong, key=_natural_key)[0]
+        more = f" ({len(wrong) - 1} more tensors differ from it too)" if len(wrong) > 1 else ""
+        raise SourceError(f"tensor {n} has shape {list(ck.tensors[n].shape)}, but config.json implies {list(expected[n])}{more}")
+    missing = [n for n in expected if n not in ck.tensors and not _optional(n, arch) and _map_tensor(n, arch, res) is not None]
+    if missing:
+        them = "it" if len(missing) == 1 else "them"
+        raise SourceError(f"missing {_tensors(missing)}: config.json implies {them} and the output holds {them}")
+
+
+def _check_dtypes(ck: CheckpointInfo, free) -> None:
+    """Weights are floating point, all of one dtype; ``free(name)`` tensors may be integers."""
+    floats = {}
+    for name, t in ck.tensors.items():
+        if t.dtype in FLOAT_DTYPES:
+            floats[name] = t.dtype
+        elif not free(name):
             raise SourceError(
-                f"the checkpoint holds audio Conformer blocks {_join(sorted(found))} but config.json "
-                f"says conf_num_hidden_layers={arch.audio_blocks}"
+                f"tensor {name} has dtype {t.dtype}; Gemma 3n weights are floating point ({', '.join(FLOAT_DTYPES)})"
             )
-
-
-def _expect(ck: CheckpointInfo, name: str, shape: tuple[int | None, ...] | None) -> None:
-    t = ck.tensors.get(name)
-    if t is None:
-        raise SourceError(f"missing tensor {name}: the slicing rules need it")
-    if t.dtype not in FLOAT_DTYPES:
+    counts = Counter(floats.values())
+    if len(counts) > 1:
+        common, n = counts.most_common(1)[0]
+        odd = sorted((name for name, d in floats.items() if d != common), key=_natural_key)
         raise SourceError(
-            f"tensor {name} has dtype {t.dtype}; Gemma 3n weights are floating point ({', '.join(FLOAT_DTYPES)})"
+            f"{_tensors(odd)} {'is' if len(odd) == 1 else 'are'} {floats[odd[0]]} but the other {n} "
+            f"tensors are {common}: a checkpoint holds one dtype, and its config one torch_dtype"
         )
-    if shape is not None and (
-        len(t.shape) != len(shape) or any(want is not None and got != want for got, want in zip(t.shape, shape))
-    ):
-        want = "[" + ", ".join("*" if d is None else str(d) for d in shape) + "]"
-        raise SourceError(f"tensor {name} has shape {list(t.shape)}, but config.json implies {want}")
+
+
+def _check_counts(arch: Architecture, ck: CheckpointInfo) -> None:
+    layers = {int(m.group(1)) for n in ck.tensors if n.startswith(arch.prefix) and (m := _LAYER.match(n[len(arch.prefix):]))}
+    if layers and max(layers) >= arch.num_layers:
+        raise SourceError(
+            f"the checkpoint holds decoder layers {_ranges(layers)} but config.json says num_hidden_layers={arch.num_layers}"
+        )
+    blocks = {int(m.group(1)) for n in ck.tensors if (m := AUDIO_BLOCK.match(n))}
+    if blocks and arch.has_audio and max(blocks) >= arch.audio_blocks:
+        raise SourceError(
+            f"the checkpoint holds audio Conformer blocks {_ranges(blocks)} but config.json says "
+            f"conf_num_hidden_layers={arch.audio_blocks}"
+        )
+
+
+def _expected_shapes(config: dict, arch: Architecture) -> tuple[dict[str, tuple[int, ...]], dict | None]:
+    """(name -> shape for every tensor the config describes, the vision tower's part or None)."""
+    dims = _Dims.read(config, arch, "config.json")
+    shapes = _described_shapes(arch, dims)
+    tower = _vision_tower_shapes() if _published_tower(dims) else None
+    return {**shapes, **(tower or {})}, tower
+
+
+def _published_tower(dims: "_Dims") -> bool:
+    """Whether the config names the published MobileNet-V5 tower (whose output width is the
+    vision hidden size, 2048): only then are its tensors' shapes known."""
+    reference = e4b_config()["vision_config"]["hidden_size"]
+    return dims.vision is not None and dims.vision_architecture == VISION_TOWER_ARCHITECTURE and dims.vision["V"] == reference
+
+
+def _optional(name: str, arch: Architecture) -> bool:
+    """k/v projections and k_norm of a KV-sharing layer: transformers never reads them."""
+    if not name.startswith(arch.prefix):
+        return False
+    m = _LAYER.match(name[len(arch.prefix):])
+    return bool(m) and m.group(2) in KV_TENSORS and int(m.group(1)) >= arch.first_shared
+
+
+def _tensors(names: Sequence[str]) -> str:
+    """'tensor a' or 'tensors a, b, c and 4 more', in natural order."""
+    names = sorted(names, key=_natural_key)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"tensor{'s' if len(names) > 1 else ''} {shown}"
+
+
+def _ranges(xs: set[int]) -> str:
+    xs = sorted(xs)
+    parts, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        parts.append(f"{xs[i]}-{xs[j]}" if j > i else str(xs[i]))
+        i = j + 1
+    return ", ".join(parts)
 
 
 # -- the plan -----------------------------------------------------------------------------
@@ -593,12 +739,12 @@ def rewrite_config(config: dict, arch: Architecture, res: Resolved) -> dict:
     """The output config.json: the source's, with only the fields slicing changes edited."""
     out = copy.deepcopy(config)
     text = text_config(out)
-    kept = res.kept
-    text["num_hidden_layers"] = len(kept)
-    text["intermediate_size"] = list(res.widths)
-    text["layer_types"] = [arch.layer_types[i] for i in kept]
-    text["activation_sparsity_pattern"] = [arch.activation_sparsity[i] for i in kept]
-    text["num_kv_shared_layers"] = sum(1 for i in kept if i >= arch.first_shared)
+    new = sliced(arch, res)
+    text["num_hidden_layers"] = new.num_layers
+    text["intermediate_size"] = list(new.ffn_widths)
+    text["layer_types"] = list(new.layer_types)
+    text["activation_sparsity_pattern"] = list(new.activation_sparsity)
+    text["num_kv_shared_layers"] = new.num_kv_shared
     if res.audio_kept is not None and res.spec.audio_layers_to_skip:
         out["audio_config"]["conf_num_hidden_layers"] = len(res.audio_kept)
     if res.spec.text_only and arch.model_type == MULTIMODAL_TYPE:
@@ -731,6 +877,19 @@ def shapes_from_config(config: dict, where: str = "config.json") -> dict[str, tu
     shapes no config field describes: it is copied from the E4B layout."""
     arch = architecture(config, where)
     dims = _Dims.read(config, arch, where)
+    out = _described_shapes(arch, dims)
+    if arch.has_vision:
+        if dims.vision_architecture != VISION_TOWER_ARCHITECTURE:
+            raise SourceError(
+                f"{where}: vision_config.architecture is {dims.vision_architecture!r}; gslice knows the shapes "
+                f"of {VISION_TOWER_ARCHITECTURE!r} only (give the checkpoint folder instead of its config)"
+            )
+        out.update(_vision_tower_shapes())
+    return out
+
+
+def _described_shapes(arch: Architecture, dims: "_Dims") -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from config fields, the vision tower's own tensors excepted."""
     rules = _shape_rules(dims)
     out: dict[str, tuple[int, ...]] = {}
     for template in _template_names():
@@ -741,14 +900,11 @@ def shapes_from_config(config: dict, where: str = "config.json") -> dict[str, tu
             continue
         for name, layer in _instances(template, arch, dims):
             out[_rename(name, arch)] = rule(layer) if callable(rule) else rule
-    if arch.has_vision:
-        if dims.vision_architecture != VISION_TOWER_ARCHITECTURE:
-            raise SourceError(
-                f"{where}: vision_config.architecture is {dims.vision_architecture!r}; gslice knows the shapes "
-                f"of {VISION_TOWER_ARCHITECTURE!r} only (give the checkpoint folder instead of its config)"
-            )
-        out.update({n: s for n, s in _layout().items() if n.startswith(VISION_TOWER_PREFIX)})
     return out
+
+
+def _vision_tower_shapes() -> dict[str, tuple[int, ...]]:
+    return {n: s for n, s in _layout().items() if n.startswith(VISION_TOWER_PREFIX)}
 
 
 def _rename(name: str, arch: Architecture) -> str:
@@ -779,6 +935,7 @@ class _Dims:
     heads: int
     kv_heads: int
     head_dim: int
+    sliding_window: int
     laurel: int
     altup: int
     widths: tuple[int, ...]
@@ -789,9 +946,12 @@ class _Dims:
     @classmethod
     def read(cls, config: dict, arch: Architecture, where: str) -> "_Dims":
         text = text_config(config)
-        field = lambda key, default: _config_int({key: text.get(key, default)}, key, where)  # noqa: E731
+        field = lambda key, default: _config_int(text, key, where, default=default)  # noqa: E731
         audio = config.get("audio_config") if arch.has_audio else None
         vision = config.get("vision_config") if arch.has_vision else None
+        architecture = vision.get("architecture", VISION_TOWER_ARCHITECTURE) if vision else None
+        if vision and not isinstance(architecture, str):
+            raise SourceError(f"{where}: vision_config field architecture is {architecture!r}, expected a name")
         return cls(
             H=arch.hidden_size,
             P=arch.ple_dim,
@@ -801,25 +961,31 @@ class _Dims:
             heads=field("num_attention_heads", 8),
             kv_heads=field("num_key_value_heads", 2),
             head_dim=field("head_dim", 256),
-            laurel=field("laurel_rank", 64),
-            altup=field("altup_num_inputs", 4),
+            sliding_window=field("sliding_window", 512),
+            laurel=arch.laurel_rank,
+            altup=arch.altup_num_inputs,
             widths=arch.ffn_widths,
             audio=_audio_dims(audio, where) if audio is not None else None,
             vision=_vision_dims(vision, where) if vision is not None else None,
-            vision_architecture=vision.get("architecture", VISION_TOWER_ARCHITECTURE) if vision else None,
+            vision_architecture=architecture,
         )
 
 
 def _audio_dims(audio: dict, where: str) -> dict:
-    field = lambda key, default: _config_int({key: audio.get(key, default)}, key, where)  # noqa: E731
+    field = lambda key, default: _config_int(audio, key, where, default=default, section="audio_config")  # noqa: E731
     A = field("hidden_size", 1536)
     heads = field("conf_num_attention_heads", 8)
-    channels = audio.get("sscp_conv_channel_size", [128, 32])
-    kernels = audio.get("sscp_conv_kernel_size", [[3, 3], [3, 3]])
-    strides = audio.get("sscp_conv_stride_size", [[2, 2], [2, 2]])
+    channels = _int_list(audio, "sscp_conv_channel_size", [128, 32], (2,), where)
+    kernels = _int_list(audio, "sscp_conv_kernel_size", [[3, 3], [3, 3]], (2, 2), where)
+    strides = _int_list(audio, "sscp_conv_stride_size", [[2, 2], [2, 2]], (2, 2), where)
     freq = field("input_feat_size", 128)
     for i in range(2):  # transformers pads the frequency axis by 1 on each side
         freq = (freq + 2 - kernels[i][1]) // strides[i][1] + 1
+    if freq < 1 or A % heads:
+        raise SourceError(
+            f"{where}: audio_config's sizes are inconsistent (hidden_size {A} over {heads} heads, "
+            f"{freq} frequency bins after the subsampling convolutions)"
+        )
     return {
         "A": A,
         "head": A // heads,
@@ -833,8 +999,23 @@ def _audio_dims(audio: dict, where: str) -> dict:
     }
 
 
+def _int_list(section: dict, key: str, default, shape: tuple[int, ...], where: str):
+    """A (nested) list of positive integers of the given shape, e.g. [[3, 3], [3, 3]]."""
+    value = section.get(key, default)
+
+    def ok(v, dims) -> bool:
+        if not dims:
+            return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM
+        return isinstance(v, list) and len(v) == dims[0] and all(ok(x, dims[1:]) for x in v)
+
+    if not ok(value, shape):
+        want = " x ".join(map(str, shape))
+        raise SourceError(f"{where}: audio_config field {key} is {_short(value)}, expected a {want} list of positive integers")
+    return value
+
+
 def _vision_dims(vision: dict, where: str) -> dict:
-    field = lambda key, default: _config_int({key: vision.get(key, default)}, key, where)  # noqa: E731
+    field = lambda key, default: _config_int(vision, key, where, default=default, section="vision_config")  # noqa: E731
     return {"V": field("hidden_size", 2048), "vocab": field("vocab_size", 128)}
 
 
@@ -974,9 +1155,10 @@ def loaded_by_transformers(name: str, text: dict, prefix: str) -> bool:
 def kv_cache_bytes(text: dict, context: int, bytes_per_value: int = 2) -> int:
     """K and V cache of one sequence of ``context`` tokens: each layer before the KV-sharing
     region stores num_key_value_heads x head_dim values for K and for V per token, sliding
-    layers at most sliding_window tokens; KV-sharing layers store nothing."""
+    layers at most sliding_window tokens; KV-sharing layers store nothing. ``text`` is a text
+    config :func:`architecture` accepted (its fields are checked there)."""
     L = text["num_hidden_layers"]
-    first_shared = L - text.get("num_kv_shared_layers", 0)
+    first_shared = L - text.get("num_kv_shared_layers", 15)
     per_token = 2 * text.get("num_key_value_heads", 2) * text.get("head_dim", 256) * bytes_per_value
     window = text.get("sliding_window", 512)
     layer_types = text.get("layer_types") or _default_layer_types(L)

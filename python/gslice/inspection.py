@@ -6,14 +6,16 @@ import math
 from collections import Counter
 from dataclasses import asdict
 
-from . import engine, gemma3n
+from . import engine, gemma3n, runtimes
 from .sources import Source
+from .spec import SliceSpec
 
 
 def describe(source: Source) -> dict:
     config = gemma3n.read_config(source.path)
     arch = gemma3n.architecture(config, str(source.path / "config.json"))
     ck = engine.inspect(source.path)
+    gemma3n.check_source(config, arch, ck, gemma3n.resolve(arch, SliceSpec()))  # what it says must be true
     shapes = {n: t.shape for n, t in ck.tensors.items()}
     return {
         "source": source.label,
@@ -34,6 +36,7 @@ def describe(source: Source) -> dict:
             "audio": _tower(ck, gemma3n.AUDIO_PREFIXES, arch.audio_blocks),
         },
         "params": asdict(gemma3n.count_params(shapes, arch.prefix)),
+        "runtimes": runtimes.compatibility(arch).to_dict(),
         "tensors": len(ck.tensors),
         "shards": len(ck.shards),
         "bytes": ck.total_bytes,

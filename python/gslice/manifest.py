@@ -19,12 +19,14 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from . import __version__, engine
 from .errors import SourceError
+from .jsonfile import read_json
 
 if TYPE_CHECKING:
     from .slicing import SlicePlan
@@ -38,13 +40,16 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # -- writing ------------------------------------------------------------------------------
 
 
-def source_record(source: "Source", shards: Iterable[Path], hash_source: bool = False) -> dict:
-    """The source's identity and a fingerprint of each shard (see the module docstring)."""
+def source_record(
+    source: "Source", shards: Iterable[Path], hash_source: bool = False, progress: Callable[[int, int], None] | None = None
+) -> dict:
+    """The source's identity and a fingerprint of each shard (see the module docstring);
+    ``progress`` follows the hashing of whole shards (``hash_source``)."""
     shards = [Path(p) for p in shards]
     entries = [_shard_fingerprint(p) for p in shards]
     if hash_source:
         todo = [(e, p) for e, p in zip(entries, shards) if "sha256" not in e]
-        for (e, _), digest in zip(todo, engine.sha256_files([p for _, p in todo])):
+        for (e, _), digest in zip(todo, engine.sha256_files([p for _, p in todo], progress)):
             e["sha256"], e["sha256_from"] = digest, "computed"
     config = source.path / "config.json"
     return {
@@ -104,18 +109,66 @@ def manifest(plan: "SlicePlan", source: dict, preset: dict | None = None, max_sh
 
 
 def read_manifest(folder: Path) -> dict:
+    """The manifest of ``folder``, checked: a JSON object of this format whose ``files`` are
+    plain names in the folder with their size and SHA-256, and whose ``source`` and ``preset``
+    have the shape gslice writes (``spec`` and ``quant`` are checked where they are used)."""
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
         raise SourceError(f"{folder} is not a folder")
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise SourceError(f"{folder} has no {MANIFEST_NAME}: it was not written by gslice, so there is nothing to check it against")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{path} cannot be read as JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
-        raise SourceError(f"{path} is not a {FORMAT} manifest")
+    data = read_json(path, "manifest")
+    problem = manifest_problem(data)
+    if problem:
+        raise SourceError(f"{path} is not a {FORMAT} manifest: {problem}")
     return data
+
+
+def manifest_problem(data) -> str | None:
+    """What makes ``data`` unusable as a manifest, or None."""
+    if not isinstance(data, dict):
+        return f"it holds {type(data).__name__}, not an object"
+    if data.get("format") != FORMAT:
+        return f"its format is {data.get('format')!r}"
+    files = data.get("files")
+    if not isinstance(files, dict):
+        return "its files entry is not an object"
+    for name, meta in files.items():
+        if not is_plain_name(name):
+            return f"file name {name!r} is not a plain file name inside the folder"
+        if name == MANIFEST_NAME:
+            return "it lists itself among its files"
+        if not isinstance(meta, dict) or not _count(meta.get("size")) or not _SHA256.match(str(meta.get("sha256"))):
+            return f"the entry of {name} is not {{\"size\": bytes, \"sha256\": hex digest}}"
+    source = data.get("source", {})
+    if not isinstance(source, dict) or not isinstance(source.get("shards", []), list):
+        return "its source entry is not an object with a list of shards"
+    for shard in source.get("shards", []):
+        if not isinstance(shard, dict) or not isinstance(shard.get("name"), str) or not _count(shard.get("size")):
+            return f"source shard entry {shard!r} lacks a name and a size"
+    preset = data.get("preset")
+    if preset is not None and not (isinstance(preset, dict) and isinstance(preset.get("slug"), str)):
+        return f"its preset entry {preset!r} is not an object with a slug"
+    return None
+
+
+def is_plain_name(name) -> bool:
+    """A file directly inside a folder: no separator, not '.' or '..', no NUL."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def write_folder_manifest(folder: Path, fields: dict) -> None:
+    """Writes a manifest listing every file of ``folder`` (flat) with its size and SHA-256, so
+    that gslice recognises the folder as its own (the engine does this for outputs)."""
+    files = sorted(p for p in folder.iterdir() if p.name != MANIFEST_NAME)
+    digests = engine.sha256_files(files)
+    listed = {p.name: {"size": p.stat().st_size, "sha256": d} for p, d in zip(files, digests)}
+    text = json.dumps({"format": FORMAT, "tool": f"gslice {__version__}", **fields, "files": listed}, indent=2) + "\n"
+    (folder / MANIFEST_NAME).write_text(text)
 
 
 class HashCache:
@@ -135,8 +188,9 @@ class HashCache:
         for p, k in keys.items():
             if k not in self.known:
                 todo.setdefault(k, p)
-        for k, digest in zip(todo, engine.sha256_files(list(todo.values()), progress)):
-            self.known[k] = digest
+        if todo:
+            for k, digest in zip(todo, engine.sha256_files(list(todo.values()), progress)):
+                self.known[k] = digest
         return {p: self.known[k] for p, k in keys.items()}
 
 
@@ -146,25 +200,43 @@ def check_files(
     """Problems with the files of ``folder`` against its manifest, one line each: missing,
     resized or changed files, and files the manifest does not list."""
     problems: list[str] = []
-    listed: dict = data["files"]
+    listed: dict = data["files"]  # plain names only (read_manifest checked them)
     to_hash: list[Path] = []
     for name, meta in sorted(listed.items()):
         p = folder / name
-        if not p.is_file():
+        st = _lstat(p)
+        if st is None:
             problems.append(f"missing file {name} (listed in the manifest)")
-        elif p.stat().st_size != meta.get("size"):
-            problems.append(f"{name}: {p.stat().st_size} bytes, the manifest says {meta.get('size')}")
+        elif not stat.S_ISREG(st.st_mode):
+            problems.append(f"{name} is not a regular file (a symbolic link or a folder); it was not read")
+        elif st.st_size != meta["size"]:
+            problems.append(f"{name}: {st.st_size} bytes, the manifest says {meta['size']}")
         else:
             to_hash.append(p)
     digests = (cache or HashCache()).hash_all(to_hash, progress)
     for p in to_hash:
-        if digests[p] != listed[p.name].get("sha256"):
+        if digests[p] != listed[p.name]["sha256"]:
             problems.append(f"{p.name}: sha256 differs from the manifest (the file changed after it was written)")
+    problems += [f"extra file {rel} (not listed in the manifest)" for rel in unlisted_files(folder, data)]
+    return problems
+
+
+def unlisted_files(folder: Path, data: Mapping) -> list[str]:
+    """Files and links under ``folder`` that its manifest does not list (relative paths)."""
+    listed = data["files"]
+    out = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and rel != MANIFEST_NAME and rel not in listed:
-            problems.append(f"extra file {rel} (not listed in the manifest)")
-    return problems
+        if (p.is_symlink() or not p.is_dir()) and rel != MANIFEST_NAME and rel not in listed:
+            out.append(rel)
+    return out
+
+
+def _lstat(p: Path) -> os.stat_result | None:
+    try:
+        return p.lstat()
+    except FileNotFoundError:
+        return None
 
 
 def same_source(recorded: Mapping, current: Mapping, compare_mtime: bool = True) -> list[str]:

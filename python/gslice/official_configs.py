@@ -34,8 +34,8 @@ NAME, LAYERS, EFFECTIVE, MMLU, FFN, SKIPPED = (
 )
 COLUMNS = (NAME, LAYERS, EFFECTIVE, MMLU, FFN, SKIPPED)
 
-_DECIMAL = re.compile(r"^\d+(?:\.\d+)?$")
-_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
+_DECIMAL = re.compile(r"^[0-9]+(?:\.[0-9]+)?$", re.ASCII)
+_PERCENT = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*%$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,24 @@ def shipped_configs() -> tuple[OfficialConfig, ...]:
 
 
 def hub_configs(revision: str | None = None) -> tuple[OfficialConfig, ...]:
-    """The live configs.csv of the Hub dataset (huggingface_hub's cache is used when offline)."""
+    """The live configs.csv of the Hub dataset (huggingface_hub's cache when the Hub cannot be
+    reached or ``HF_HUB_OFFLINE`` is set)."""
     from huggingface_hub import hf_hub_download
 
+    from . import hub
+
+    reason = None if hub.offline() else hub.unreachable()
     try:
-        path = hf_hub_download(HUB_DATASET, HUB_FILE, repo_type="dataset", revision=revision)
+        path = hf_hub_download(HUB_DATASET, HUB_FILE, repo_type="dataset", revision=revision,
+                               local_files_only=hub.offline() or reason is not None)
     except Exception as e:  # any failure to download ends in one line, whatever its type
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise SourceError(f"cannot fetch {HUB_FILE} of the Hub dataset {HUB_DATASET}: {reason}") from None
+        if reason is not None:
+            raise SourceError(
+                f"cannot reach the Hugging Face Hub at {hub.endpoint()} ({reason}), and {HUB_FILE} of the Hub dataset "
+                f"{HUB_DATASET} is not in the Hugging Face cache"
+            ) from None
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise SourceError(f"cannot fetch {HUB_FILE} of the Hub dataset {HUB_DATASET}: {detail}") from None
     return load_configs(path, f"{HUB_DATASET}/{HUB_FILE}")
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
+from . import __version__, ownership
 from .catalogue import GOOGLE, Preset
 from .errors import GsliceError
+
+# Written into the PNG's tEXt metadata, so that a later run recognises the plot as its own.
+SOFTWARE = "gslice"
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def plot_presets(catalogue: Sequence[Preset], path: str | os.PathLike) -> None:
@@ -48,16 +54,52 @@ def plot_presets(catalogue: Sequence[Preset], path: str | os.PathLike) -> None:
     top.set_title("Gemma 3n slices: effective parameters (computed from shapes) vs published MMLU")
     top.grid(alpha=0.3)
     top.legend(loc="lower right", fontsize=8)
-    for p in ours:
+    previous = None
+    for p in sorted(ours, key=lambda q: q.params.effective):
         x = p.params.effective / 1e9
         bottom.axvline(x, color="tab:red" if not p.trained_widths else "tab:green", alpha=0.5)
-        bottom.annotate(p.id.removeprefix("gslice-"), (x, 0.5), rotation=90, fontsize=7, ha="right", va="center")
+        # a preset within 0.05B of the previous one gets its label on the other side of the line
+        side = "left" if previous is not None and x - previous < 0.05 else "right"
+        bottom.annotate(p.id.removeprefix("gslice-"), (x, 0.5), rotation=90, fontsize=7, ha=side, va="center")
+        previous = x
     bottom.set_yticks([])
     bottom.set_ylabel("gslice\npresets", rotation=0, ha="right", va="center")
     bottom.set_title("quality unmeasured (green: trained widths 8192/16384 only; red: other widths)", fontsize=8)
     bottom.set_xlabel("effective parameters (billions)")
-    fig.savefig(os.fspath(path), dpi=120)
-    plt.close(fig)
+    target = ownership.check_output(path, overwrite=True, what="--plot")  # replaces only a plot gslice drew
+    fmt = target.suffix.lstrip(".").lower() or "png"
+    tmp = target.parent / f".{target.name}.gslice-partial-{os.getpid()}-0"
+    try:
+        metadata = {"Software": f"{SOFTWARE} {__version__}"} if fmt == "png" else None
+        fig.savefig(tmp, dpi=120, format=fmt, metadata=metadata)
+        os.replace(tmp, target)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def is_gslice_plot(path: Path) -> bool:
+    """A PNG whose tEXt metadata says gslice drew it (read up to its first image data)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG:
+                return False
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return False
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind == b"IDAT" or length > 1 << 20:
+                    return False
+                data = f.read(length + 4)[:length]
+                key, _, text = data.partition(b"\0")
+                if kind == b"tEXt" and key == b"Software":
+                    return text.startswith(SOFTWARE.encode() + b" ")
+    except OSError:
+        return False
+
+
+ownership.register_file_format("presets plot (PNG)", is_gslice_plot)
 
 
 def _granularity(p: Preset) -> str:

@@ -74,11 +74,11 @@ class QuantOptions:
             if given:
                 raise SpecError(f"{given[0]} needs quant='int4' or 'int8' (--quant)")
             return None
-        if quant not in SCHEMES:
+        if not isinstance(quant, str) or quant not in SCHEMES:
             raise SpecError(f"quant: {quant!r} is not a supported scheme (choose {' or '.join(SCHEMES)})")
         if group_size is None:
             group_size = DEFAULT_GROUP_SIZE
-        if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size not in GROUP_SIZES:
             raise SpecError(f"group_size: {group_size!r} is not supported (choose {', '.join(map(str, GROUP_SIZES))})")
         for name, v in (("quant_embeddings", quant_embeddings), ("quant_audio", quant_audio)):
             if not isinstance(v, bool):

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, accounting, engine, gemma3n, quantization
+from . import __version__, accounting, engine, gemma3n, ownership, quantization, staging
+from .arguments import ArgumentError, bool_arg, callback_arg, int_arg, optional_str, path_arg, threads_arg
 from .catalogue import spec_with_preset
 from .engine import CheckpointInfo, EngineReport, TensorPlan
 from .errors import SourceError
@@ -82,7 +83,9 @@ def prepare_slice(
     """Checks the spec (or the preset, with the spec's tower options) and the quantization
     against the source's config and tensors. Raises before any write. ``src`` may be a folder
     or a Hub repo id (fetched into the Hugging Face cache)."""
-    source = src if isinstance(src, Source) else resolve_source(src, revision)
+    if quant is not None and not isinstance(quant, QuantOptions):
+        raise ArgumentError(f"quant must be a QuantOptions or None, not {type(quant).__name__}")
+    source = src if isinstance(src, Source) else resolve_source(path_arg(src, "src"), optional_str(revision, "revision"))
     config = gemma3n.read_config(source.path)
     if "quantization_config" in config:
         raise SourceError(
@@ -93,7 +96,7 @@ def prepare_slice(
     spec, found = spec_with_preset(arch, spec, preset)
     resolved = gemma3n.resolve(arch, spec)
     ck = engine.inspect(source.path)
-    gemma3n.check_source(arch, ck, resolved)
+    gemma3n.check_source(config, arch, ck, resolved)
     tensors = tuple(gemma3n.plan_tensors(arch, ck, resolved))
     new_config = gemma3n.rewrite_config(config, arch, resolved)
     qplan = None
@@ -132,6 +135,8 @@ class SliceReport:
     tool: str = field(default=f"gslice {__version__}")
     preset: str | None = None
     size: dict | None = None  # accounting.SizePlan.to_dict(): parameters, disk and RAM per scheme
+    # gslice's temporary folders found beside the output: stale ones removed, live ones left
+    leftovers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +174,14 @@ def slice_model(
     (``group_size`` 32, 64 or 128, default 128) in compressed-tensors' pack-quantized format;
     ``quant_embeddings`` adds the per-layer embedding table, ``quant_audio`` the audio tower's
     Linear weights. The target list is in :mod:`gslice.gemma3n`."""
+    out = path_arg(out, "out")
+    flags = dict(drop_vision=drop_vision, drop_audio=drop_audio, text_only=text_only, overwrite=overwrite,
+                 quant_embeddings=quant_embeddings, quant_audio=quant_audio)
+    for name, value in flags.items():
+        bool_arg(value, name)
+    max_shard_size = int_arg(max_shard_size, "max_shard_size")
+    threads = threads_arg(threads)
+    callback_arg(progress, "progress")
     opts = QuantOptions.build(quant, group_size, quant_embeddings, quant_audio)
     if spec is None:
         spec = SliceSpec.build(
@@ -179,6 +192,8 @@ def slice_model(
             drop_audio=drop_audio,
             text_only=text_only,
         )
+    elif (layers_to_skip, ffn_dims, audio_layers_to_skip) != (None, None, None) or drop_vision or drop_audio or text_only:
+        raise ArgumentError("give either spec or its fields (layers_to_skip, ffn_dims, ...), not both")
     plan = prepare_slice(src, spec, preset=preset, revision=revision, quant=opts)
     return write_slice(plan, out, overwrite=overwrite, max_shard_size=max_shard_size, threads=threads, progress=progress)
 
@@ -224,24 +239,41 @@ def write_slice(
     progress: Callable[[int, int], None] | None = None,
     dry_run: bool = False,
     hash_source: bool = False,
+    hash_progress: Callable[[int, int], None] | None = None,
 ) -> SliceReport:
     """Writes the slice (with its manifest) atomically; ``dry_run`` reports the files without
-    writing. ``hash_source`` records the SHA-256 of every source shard (a full read)."""
+    writing. ``hash_source`` records the SHA-256 of every source shard (a full read, followed
+    by ``hash_progress``). Everything that can fail (the output path's ownership, the report's
+    figures) runs before the first byte is written; stale temporary folders a killed run left
+    beside the output are removed just before writing, live ones are left alone."""
     from .manifest import source_record
 
     started = time.perf_counter()
-    record = source_record(plan.source, plan.checkpoint.shards, hash_source=hash_source and not dry_run)
-    output = output_plan(plan, out, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size)
+    target = output_target(plan, out, overwrite=overwrite)
+    record = source_record(plan.source, plan.checkpoint.shards, hash_source=hash_source and not dry_run, progress=hash_progress)
+    output = output_plan(plan, target, source_record=record, overwrite=overwrite, max_shard_size=max_shard_size)
+    figures = _figures(plan)
+    leftovers = [f.describe(dry_run) for f in staging.clear(target.parent, dry_run=dry_run)]
     result = engine.execute(
         plan.source.path, [output], max_shard_size=max_shard_size, threads=threads, progress=progress, dry_run=dry_run
     )
-    return slice_report(plan, result, result.outputs[0], time.perf_counter() - started)
+    return slice_report(plan, figures, result, result.outputs[0], time.perf_counter() - started, leftovers)
 
 
-def slice_report(plan: SlicePlan, result: engine.EngineReport, written: engine.OutputReport, seconds: float) -> SliceReport:
-    return SliceReport(
+def output_target(plan: SlicePlan, out: str | os.PathLike, *, overwrite: bool) -> Path:
+    """The path to write ``out`` to, once :func:`gslice.ownership.check_output` allows it."""
+    return ownership.check_output(out, overwrite=overwrite, source=plan.source.path, protected=source_files(plan))
+
+
+def source_files(plan: SlicePlan) -> list[Path]:
+    """Every file of the source that slicing reads (they may be links into a Hub cache)."""
+    return [*plan.checkpoint.shards, plan.source.path / "config.json", *gemma3n.files_to_copy(plan.source.path, plan.spec).values()]
+
+
+def _figures(plan: SlicePlan) -> dict:
+    """The report's fields that depend on the plan alone, computed before anything is written."""
+    return dict(
         source=plan.source.label,
-        output=str(written.dir),
         spec=plan.spec.to_json(),
         source_layers=plan.arch.num_layers,
         layers=len(plan.resolved.kept),
@@ -250,6 +282,19 @@ def slice_report(plan: SlicePlan, result: engine.EngineReport, written: engine.O
         audio_blocks=len(plan.resolved.audio_kept) if plan.resolved.audio_kept and not plan.spec.drop_audio else None,
         params=asdict(plan.params()),
         source_params=asdict(plan.source_params()),
+        preset=plan.preset,
+        size=size_plan_of(plan).to_dict(),
+        quantization=_quantization_figures(plan),
+    )
+
+
+def slice_report(plan: SlicePlan, figures: dict, result: engine.EngineReport, written: engine.OutputReport,
+                 seconds: float, leftovers: list[str]) -> SliceReport:
+    """The report from the plan's figures and what the engine did: nothing here can fail."""
+    quant = figures.pop("quantization")
+    return SliceReport(
+        **figures,
+        output=str(written.dir),
         tensors=written.tensors,
         shards=[s.name for s in written.shards],
         tensor_bytes=written.tensor_bytes,
@@ -259,9 +304,8 @@ def slice_report(plan: SlicePlan, result: engine.EngineReport, written: engine.O
         io=result.io,
         files=[asdict(f) for f in written.files],
         dry_run=result.dry_run,
-        preset=plan.preset,
-        size=size_plan_of(plan).to_dict(),
-        quantization=quantization_summary(plan, result),
+        quantization=quantization_summary(plan, quant, result),
+        leftovers=leftovers,
     )
 
 
@@ -273,15 +317,27 @@ def size_plan_of(plan: SlicePlan, context: int | None = None) -> accounting.Size
     )
 
 
-def quantization_summary(plan: SlicePlan, result: EngineReport) -> dict | None:
-    """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
-    ``rel_`` figures are relative to the weight's RMS). Totals over the whole output."""
+def _quantization_figures(plan: SlicePlan) -> dict | None:
     if plan.quant is None:
         return None
-    weight_of = {t.name: t.quant.weight for t in plan.tensors if t.quant}
+    return {
+        **plan.quant.to_json(),
+        "kept": [{"name": n, "reason": r} for n, r in plan.quant_plan.kept],
+        "output_bytes_unquantized": plan.unquantized_bytes(),
+        "weight_of": {t.name: t.quant.weight for t in plan.tensors if t.quant},
+    }
+
+
+def quantization_summary(plan: SlicePlan, figures: dict | None, result: EngineReport) -> dict | None:
+    """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
+    ``rel_`` figures are relative to the weight's RMS). Totals over the whole output; the
+    error figures are None when nothing was quantized (a dry run)."""
+    if figures is None:
+        return None
+    weight_of = figures.pop("weight_of")
     tensors = [
         {
-            "name": weight_of[q.name],
+            "name": weight_of.get(q.name, q.name),
             "source": q.source,
             "shape": list(q.shape),
             "bytes_before": q.bytes_before,
@@ -295,17 +351,15 @@ def quantization_summary(plan: SlicePlan, result: EngineReport) -> dict | None:
         for q in result.quantized
     ]
     rel = [t["rel_rms_error"] for t in tensors]
-    worst = max(tensors, key=lambda t: t["rel_rms_error"])
+    worst = max(tensors, key=lambda t: t["rel_rms_error"], default=None)
     return {
-        **plan.quant.to_json(),
+        **figures,
         "tensors": tensors,
-        "kept": [{"name": n, "reason": r} for n, r in plan.quant_plan.kept],
         "quantized_bytes_before": sum(t["bytes_before"] for t in tensors),
         "quantized_bytes_after": sum(t["bytes_after"] for t in tensors),
-        "output_bytes_unquantized": plan.unquantized_bytes(),
         "output_bytes": result.outputs[0].tensor_bytes,
-        "rel_rms_error_mean": sum(rel) / len(rel),
-        "rel_rms_error_max": worst["rel_rms_error"],
-        "rel_rms_error_worst": worst["name"],
-        "rel_max_abs_error_max": max(t["rel_max_abs_error"] for t in tensors),
+        "rel_rms_error_mean": sum(rel) / len(rel) if rel else None,
+        "rel_rms_error_max": worst["rel_rms_error"] if worst else None,
+        "rel_rms_error_worst": worst["name"] if worst else None,
+        "rel_max_abs_error_max": max((t["rel_max_abs_error"] for t in tensors), default=None),
     }

@@ -1,12 +1,11 @@
-"""What differs between operating systems above the engine: whether a process is alive, which
-signals stop a run cleanly, and which output paths Windows cannot hold. (The engine's own
-platform layer is rust/engine/src/io.)"""
+"""What differs between operating systems above the engine: whether a process is alive, and
+which output paths Windows cannot hold. (The engine's own platform layer is rust/engine/src/io;
+the signals that stop a run cleanly, Windows' Ctrl-Break included, are in interrupts.py.)"""
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 from pathlib import Path
 from typing import Iterable
 
@@ -26,15 +25,16 @@ _PARTIAL_SUFFIX = len(".gslice-partial-4294967295-99999")
 
 
 def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (it may belong to another user)."""
+    """Whether process ``pid`` exists (it may belong to another user); True when that cannot
+    be told, so that its files are left alone."""
     if WINDOWS:
         return _windows_process_alive(pid)
     try:
         os.kill(pid, 0)  # signal 0: an existence check on POSIX (on Windows it would be Ctrl-C)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except OSError:
+        return True  # it exists (another user's: PermissionError) or we cannot tell
     return True
 
 
@@ -56,15 +56,6 @@ def _windows_process_alive(pid: int) -> bool:
         return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == still_active
     finally:
         kernel32.CloseHandle(handle)
-
-
-def interrupt_on_ctrl_break() -> None:
-    """Windows has no SIGTERM another process can send (TerminateProcess ends a process
-    outright, uncatchable); its console's stop keys are Ctrl-C and Ctrl-Break, and Ctrl-Break
-    (SIGBREAK) would end the process without cleanup. Make it interrupt like Ctrl-C, so that
-    the engine cancels and removes what it created. No SIGBREAK elsewhere: nothing to do."""
-    if hasattr(signal, "SIGBREAK") and signal.getsignal(signal.SIGBREAK) == signal.SIG_DFL:
-        signal.signal(signal.SIGBREAK, signal.default_int_handler)
 
 
 def windows_name_problem(name: str) -> str | None:

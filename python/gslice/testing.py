@@ -336,7 +336,7 @@ def reference_slice(
     drop_vision: bool = False,
     drop_audio: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The slicing rules of DESIGN.md applied with numpy to whole arrays. Written separately
+    """The slicing rules of docs/design.md applied with numpy to whole arrays. Written separately
     from gslice's planner so that tests compare two independent derivations."""
     text = config.get("text_config", config)
     L, P = text["num_hidden_layers"], text["hidden_size_per_layer_input"]

@@ -229,7 +229,7 @@ def test_config_targets_exactly_our_tensors_on_the_e4b_architecture(torch):
     config = Gemma3nConfig().to_dict()
     arch = gemma3n.architecture(config)
     res = gemma3n.resolve(arch, SliceSpec(layers_to_skip=tuple(range(20, 25)), ffn_dims=8192))
-    gemma3n.check_source(arch, ck, res)
+    gemma3n.check_source(config, arch, ck, res)
     opts = QuantOptions("int4", 128, audio=True)
     qplan = gemma3n.plan_quantization(arch, ck, res, gemma3n.plan_tensors(arch, ck, res), opts)
     qconfig = gslice.quantization.quantization_config(opts, qplan.ignore, qplan.extra_targets)

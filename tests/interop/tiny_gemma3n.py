@@ -277,6 +277,12 @@ def _describe_layers(cfg, layers: list[nn.Module]) -> None:
     cfg.intermediate_size = [layer.mlp.intermediate_size for layer in layers]
     cfg.activation_sparsity_pattern = [layer.mlp.activation_sparsity for layer in layers]
     cfg.num_kv_shared_layers = sum(layer.self_attn.is_kv_shared_layer for layer in layers)
+    if cfg.num_kv_shared_layers == 0:
+        # No kept layer reads the producers' stored keys/values (every KV-sharing layer was
+        # skipped): transformers gives such a config no producers, and storing them into the
+        # per-forward dict changed no output.
+        for layer in layers:
+            layer.self_attn.store_full_length_kv = False
     roles = ["reuse" if a.is_kv_shared_layer else "store" if a.store_full_length_kv else None for a in (layer.self_attn for layer in layers)]
     assert cfg.kv_sharing_modes == roles, f"config KV sharing {cfg.kv_sharing_modes} != modules {roles}"
     cfg.validate()

@@ -9,14 +9,12 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ..system import interrupt_on_ctrl_break
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gslice")
 def main() -> None:
     """Cut smaller models out of Gemma 3n checkpoints (MatFormer slicing), streaming."""
-    interrupt_on_ctrl_break()
 
 
 from . import bulk, demo, info, plan, presets, push, recommend, slice, verify  # noqa: E402,F401  (each registers its command on `main`)

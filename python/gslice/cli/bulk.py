@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
+from pathlib import Path
 
 import click
 
-from .. import hub
-from .slice import quant_option_decorators, quant_options
+from .. import hub, interrupts
+from ..errors import Interrupted
+from .slice import quant_option_decorators, quant_options, upload_output
 from ..bulk import BulkReport, prepare_bulk, select_presets, write_bulk
-from ..manifest import MANIFEST_NAME
 from ..progress import ByteProgress
 from ..units import fmt_bytes, fmt_params, parse_size
+from ..arguments import MAX_THREADS
 from . import main
-from .common import friendly_errors
+from .common import friendly_errors, StrictInt
 
 
 @main.command("bulk")
@@ -22,7 +23,7 @@ from .common import friendly_errors
 @click.option("--presets", "preset_names", default="official", show_default=True, help="'official', 'all', or names/slugs separated by commas.")
 @click.option("-o", "--output", "out", required=True, help="Folder that receives one sub-folder per preset.")
 @click.option("--revision", default=None, help="Branch, tag or commit of a Hub source (default: main).")
-@click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Worker threads of the engine (default: all cores).")
+@click.option("--jobs", type=StrictInt(1, MAX_THREADS), default=None, help="Worker threads of the engine (default: all cores).")
 @click.option("--resume", is_flag=True, help="Keep finished outputs whose manifest checks out; clear what an interrupted run left.")
 @click.option("--overwrite", is_flag=True, help="Replace existing preset folders.")
 @click.option("--no-dedupe", is_flag=True, help="Write every output's files independently (no hard links).")
@@ -45,23 +46,28 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     repos = _repos(push_template, presets)
     show = not (quiet or as_json)
-    with ByteProgress("checking finished outputs", enabled=show) as bar:
+    with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
-                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar)
+                            hash_source=hash_source and not dry_run, quant=quant_opts, progress=bar, hash_progress=hashing)
     if repos and not dry_run:
         for repo in repos.values():
             hub.create_repo(repo, private=private)
     try:
         with ByteProgress(f"{sum(it.action != 'skip' for it in plan.items)} outputs", enabled=show and not dry_run) as bar:
             report = write_bulk(plan, dedupe=not no_dedupe, threads=jobs, max_shard_size=shard_size, progress=bar, dry_run=dry_run)
-    except KeyboardInterrupt:
-        done = sum((it.dir / MANIFEST_NAME).is_file() for it in plan.items)
-        click.echo(f"interrupted: {done} of {len(plan.items)} outputs are complete; run again with --resume to finish", err=True)
-        sys.exit(130)
+    except Interrupted as e:
+        skipped = sum(it.action == "skip" for it in plan.items)
+        kept = f" ({skipped} finished earlier were kept)" if skipped else ""
+        raise Interrupted(f"{e}{kept}; run again with --resume to finish", e.signum, e.completed) from None
+    if not quiet:
+        for line in report.leftovers:
+            click.echo(f"note: {line}", err=True)
+    if not dry_run:
+        interrupts.set_note(f"the {len(report.rows)} outputs in {report.output_dir} are complete")
     uploaded = {}
     if repos and not dry_run:
         for row in report.rows:
-            uploaded[row.slug] = hub.upload_folder(row.dir, repos[row.slug], commit_message=f"Upload preset {row.preset} made with gslice")
+            uploaded[row.slug] = upload_output(Path(row.dir), repos[row.slug], f"Upload preset {row.preset} made with gslice")
     if as_json:
         d = report.to_dict()
         if repos:
@@ -106,6 +112,5 @@ def render_bulk(r: BulkReport) -> str:
         f"{'' if r.dedupe else '; --no-dedupe'}) in {r.seconds:.1f} s"
     )
     lines.append("'written' counts a shard file shared by several outputs once, for the first output that needed it.")
-    if r.removed_leftovers:
-        lines.append(f"removed {len(r.removed_leftovers)} unfinished folder(s) left by an interrupted run")
+
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .. import interrupts
 from ..progress import ByteProgress
 from . import main
 from .common import friendly_errors
@@ -26,6 +27,8 @@ def demo_cmd(keep, as_json):
     with tempfile.TemporaryDirectory(prefix="gslice-demo-") as tmp:
         workdir = Path(keep) if keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
+        if keep:
+            interrupts.set_note(f"{workdir} may hold a partly written demo; `gslice demo --keep {keep}` redoes it")
         with ByteProgress("writing", enabled=not as_json) as bar:
             result = run_demo(workdir, progress=bar)
     if as_json:

@@ -10,7 +10,7 @@ from ..inspection import describe
 from ..sources import resolve_source
 from ..units import fmt_bytes, fmt_params
 from . import main
-from .common import compact_ranges, friendly_errors, run_lengths, table
+from .common import compact_ranges, friendly_errors, render_runtimes, run_lengths, table
 
 
 @main.command("info")
@@ -19,7 +19,7 @@ from .common import compact_ranges, friendly_errors, run_lengths, table
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @friendly_errors
 def info_cmd(src, revision, as_json):
-    """Describe a Gemma 3n checkpoint (folder or Hub repo id): layers, widths, KV sharing, towers, sizes."""
+    """Describe a Gemma 3n checkpoint (folder or Hub repo id): layers, widths, KV sharing, towers, sizes, runtimes."""
     info = describe(resolve_source(src, revision))
     click.echo(json.dumps(info, indent=2) if as_json else render_info(info))
 
@@ -46,4 +46,4 @@ def render_info(d: dict) -> str:
         ("parameters", f"effective {fmt_params(p['effective'])}, text {fmt_params(p['text'])}, total {fmt_params(p['total'])}"),
         ("tensors", f"{d['tensors']:,} in {d['shards']} shard{'s' if d['shards'] != 1 else ''}, {fmt_bytes(d['bytes'])}"),
     ]
-    return table(rows)
+    return table(rows) + "\n\n" + render_runtimes(d["runtimes"], "it as it is (unsliced)")

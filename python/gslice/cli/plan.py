@@ -9,7 +9,7 @@ import click
 from ..accounting import DEFAULT_CONTEXT, RAM_FORMULA, SizePlan, plan
 from ..units import fmt_bytes, fmt_params
 from . import main
-from .common import compact_ranges, friendly_errors, run_lengths, table
+from .common import compact_ranges, friendly_errors, render_runtimes, run_lengths, table, StrictInt
 from .slice import spec_from_options
 
 
@@ -23,7 +23,7 @@ from .slice import spec_from_options
 @click.option("--drop-vision", is_flag=True, help="Without the vision tower.")
 @click.option("--drop-audio", is_flag=True, help="Without the audio tower.")
 @click.option("--text-only", is_flag=True, help="Without both towers.")
-@click.option("--context", type=click.IntRange(1), default=DEFAULT_CONTEXT, show_default=True, help="Tokens of KV cache in the RAM estimate.")
+@click.option("--context", type=StrictInt(1), default=DEFAULT_CONTEXT, show_default=True, help="Tokens of KV cache in the RAM estimate.")
 @click.option("--from-hub", is_flag=True, help="Look presets up in the live Hub CSV of Google's configurations.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @friendly_errors
@@ -43,7 +43,7 @@ def render_plan(p: SizePlan) -> str:
         ("FFN widths", run_lengths(p.ffn_dims)),
         ("KV sharing", f"last {p.num_kv_shared_layers} layers reuse earlier keys/values"),
     ]
-    return table(rows + size_rows(p)) + "\n\n" + RAM_FORMULA
+    return table(rows + size_rows(p)) + "\n\n" + render_runtimes(p.runtimes.to_dict()) + "\n\n" + RAM_FORMULA
 
 
 def size_rows(p: SizePlan) -> list[tuple[str, str]]:

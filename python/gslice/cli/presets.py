@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import Callable
 
 import click
 
 from ..accounting import DEFAULT_CONTEXT, SizePlan, plan
 from ..catalogue import MODALITIES, Preset, presets
 from ..proposals import ProposalVerdict, proposals
+from ..runtimes import NAMES, RUNTIMES
 from ..units import fmt_bytes
 from . import main
-from .common import friendly_errors
+from .common import friendly_errors, StrictInt
 
-COLUMNS = ("preset", "layers", "effective", "published", "MMLU", "total", "bf16", "int4", "RAM bf16", "RAM int4", "quality")
+Cell = Callable[[Preset, SizePlan], str]
+
+# Disk size per output format, side by side. A format module adds its own columns here (the
+# GGUF one: one per GGUF file type, from formats/gguf.py), so the table, the Markdown in the
+# README and --json stay one list.
+SIZE_COLUMNS: list[tuple[str, Cell]] = [
+    ("bf16", lambda p, s: fmt_bytes(s.footprint("bf16").disk_bytes)),
+    ("int4", lambda p, s: fmt_bytes(s.footprint("int4").disk_bytes)),
+]
 
 
 @main.command("presets")
@@ -23,7 +33,7 @@ COLUMNS = ("preset", "layers", "effective", "published", "MMLU", "total", "bf16"
 @click.option("--from-hub", is_flag=True, help="Read Google's configurations from the Hub dataset google/gemma3n-slicing-configs.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Also draw effective parameters vs MMLU into this PNG.")
 @click.option("--modalities", type=click.Choice(list(MODALITIES)), default="all", show_default=True, help="Towers kept in the figures.")
-@click.option("--context", type=click.IntRange(1), default=DEFAULT_CONTEXT, show_default=True, help="Tokens of KV cache in the RAM figures.")
+@click.option("--context", type=StrictInt(1), default=DEFAULT_CONTEXT, show_default=True, help="Tokens of KV cache in the RAM figures.")
 @friendly_errors
 def presets_cmd(as_json, markdown, from_hub, plot_file, modalities, context):
     """List the presets with sizes computed from shapes on E4B (no download)."""
@@ -41,21 +51,28 @@ def presets_cmd(as_json, markdown, from_hub, plot_file, modalities, context):
         click.echo(render_table(catalogue, plans, modalities, context))
 
 
-def row(p: Preset, s: SizePlan) -> list[str]:
-    bf16, int4 = s.footprint("bf16"), s.footprint("int4")
+def columns() -> list[tuple[str, Cell]]:
     return [
-        p.id,
-        str(p.layers),
-        billions(s.params.effective),
-        f"{p.published_effective_b:.2f}B" if p.published_effective_b is not None else "-",
-        f"{p.published_mmlu:.1f}%" if p.published_mmlu is not None else "-",
-        billions(s.params.total),
-        fmt_bytes(bf16.disk_bytes),
-        fmt_bytes(int4.disk_bytes),
-        fmt_bytes(bf16.ram_bytes),
-        fmt_bytes(int4.ram_bytes),
-        "published" if p.published_mmlu is not None else p.quality,
+        ("preset", lambda p, s: p.id),
+        ("layers", lambda p, s: str(p.layers)),
+        ("effective", lambda p, s: billions(s.params.effective)),
+        ("published", lambda p, s: f"{p.published_effective_b:.2f}B" if p.published_effective_b is not None else "-"),
+        ("MMLU", lambda p, s: f"{p.published_mmlu:.1f}%" if p.published_mmlu is not None else "-"),
+        ("total", lambda p, s: billions(s.params.total)),
+        *SIZE_COLUMNS,
+        ("RAM bf16", lambda p, s: fmt_bytes(s.footprint("bf16").ram_bytes)),
+        ("RAM int4", lambda p, s: fmt_bytes(s.footprint("int4").ram_bytes)),
+        ("quality", lambda p, s: "published" if p.published_mmlu is not None else p.quality),
+        ("runtimes", lambda p, s: s.runtimes.summary()),
     ]
+
+
+def header() -> list[str]:
+    return [name for name, _ in columns()]
+
+
+def row(p: Preset, s: SizePlan) -> list[str]:
+    return [cell(p, s) for _, cell in columns()]
 
 
 def billions(n: int) -> str:
@@ -63,8 +80,8 @@ def billions(n: int) -> str:
 
 
 def render_table(catalogue, plans, modalities: str, context: int) -> str:
-    rows = [list(COLUMNS)] + [row(p, s) for p, s in zip(catalogue, plans)]
-    widths = [max(len(r[k]) for r in rows) for k in range(len(COLUMNS))]
+    rows = [header()] + [row(p, s) for p, s in zip(catalogue, plans)]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines += ["", footnote(modalities, context), "", "public proposals (refused by gslice):"]
     for v in proposals():
@@ -75,7 +92,7 @@ def render_table(catalogue, plans, modalities: str, context: int) -> str:
 
 
 def render_markdown(catalogue, plans, modalities: str, context: int) -> str:
-    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    out = ["| " + " | ".join(header()) + " |", "|" + "|".join("---" for _ in header()) + "|"]
     out += ["| " + " | ".join(f"`{c}`" if k == 0 else c for k, c in enumerate(row(p, s))) + " |" for p, s in zip(catalogue, plans)]
     out += ["", footnote(modalities, context), "", "Public proposals, refused with these verdicts:", ""]
     for v in proposals():
@@ -89,7 +106,8 @@ def footnote(modalities: str, context: int) -> str:
         f"Sizes for the E4B source with towers kept: {modalities}. effective/total: computed from shapes; "
         f"published: Google's table (differs by up to 0.02B). bf16/int4: tensor bytes on disk (int4: text-decoder "
         f"linear weights pack-quantized, groups of 128). RAM: weights + KV cache for {context} tokens, PLE table "
-        "resident (`gslice plan` also shows it memory-mapped)."
+        "resident (`gslice plan` also shows it memory-mapped). runtimes: which of "
+        f"{', '.join(NAMES)} compute the slice correctly (`gslice plan` says why not; docs/runtimes.md)."
     )
 
 
@@ -113,6 +131,7 @@ def catalogue_json(catalogue, plans) -> dict:
             "published_mmlu": p.published_mmlu,
             "trained_widths": p.trained_widths,
             "quality": p.quality,
+            "runtimes": list(s.runtimes.supported),
             "plan": s.to_dict(),
         }
 
@@ -128,6 +147,7 @@ def catalogue_json(catalogue, plans) -> dict:
         }
 
     return {
+        "runtimes": [{"name": r.name, "code": r.code, "also": list(r.also), "ran": r.ran} for r in RUNTIMES],
         "presets": [preset_json(p, s) for p, s in zip(catalogue, plans)],
         "proposals": [proposal_json(v) for v in proposals()],
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import hub
+from .. import hub, interrupts
 from ..errors import SourceError
 from ..manifest import MANIFEST_NAME, check_files, read_manifest
 from . import main
@@ -33,6 +33,8 @@ def push_cmd(folder, repo, private, dry_run, as_json):
     files.append({"name": MANIFEST_NAME, "bytes": (out / MANIFEST_NAME).stat().st_size})
     url = None
     if not dry_run:
+        interrupts.set_note(f"the upload of {out} to {repo} was stopped (the Hub applies an upload as one commit, at its end); "
+                            "nothing on disk was changed")
         hub.create_repo(repo, private=private)
         url = hub.upload_folder(out, repo, commit_message="Upload a Gemma 3n slice made with gslice")
     if as_json:

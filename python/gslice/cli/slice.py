@@ -7,16 +7,17 @@ from pathlib import Path
 
 import click
 
-from .. import gemma3n, hub
-from ..errors import SpecError
+from .. import gemma3n, hub, interrupts
+from ..errors import HubError, SpecError
 from ..progress import ByteProgress
 from ..quantization import DEFAULT_GROUP_SIZE, GROUP_SIZES, SCHEMES, QuantOptions
-from ..slicing import SliceReport, prepare_slice, write_slice
+from ..slicing import SliceReport, output_target, prepare_slice, write_slice
 from ..sources import resolve_source
-from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list
+from ..spec import SliceSpec, load_spec_file, parse_ffn_dims, parse_index_list, parse_int
 from ..units import fmt_bytes, fmt_params, parse_size
+from ..arguments import MAX_THREADS
 from . import main
-from .common import compact_ranges, file_listing, friendly_errors, run_lengths, table
+from .common import compact_ranges, file_listing, friendly_errors, run_lengths, runtime_lines, table, StrictInt
 
 
 def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip="", drop_vision=False, drop_audio=False, text_only=False, preset=None) -> SliceSpec:
@@ -70,14 +71,14 @@ _QUANT_OPTIONS = [
 @click.option("--ffn-dims", default=None, help="FFN width for every kept layer ('8192'), or one per kept layer.")
 @click.option("--spec", "spec_file", type=click.Path(dir_okay=False), help="JSON file with layers_to_skip / ffn_dims.")
 @click.option("--audio-layers-to-skip", default="", help="Audio Conformer blocks to drop, e.g. '8-11'.")
-@click.option("--audio-ffn-dim", type=int, default=None, help="Refused: the audio FFN width is fixed at 4 x hidden size.")
+@click.option("--audio-ffn-dim", type=StrictInt(1), default=None, help="Refused: the audio FFN width is fixed at 4 x hidden size.")
 @click.option("--drop-vision", is_flag=True, help="Remove the vision tower and its embedder.")
 @click.option("--drop-audio", is_flag=True, help="Remove the audio tower and its embedder.")
 @click.option("--text-only", is_flag=True, help="Remove both towers; the output loads as Gemma3nForCausalLM.")
 @quant_option_decorators
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default: all cores).")
+@click.option("--threads", type=StrictInt(1, MAX_THREADS), default=None, help="Worker threads (default: all cores).")
 @click.option("--push-to-hub", "push_repo", default=None, metavar="REPO", help="Upload the output to this Hub model repo (created if needed).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo as private.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the files (and upload) that would be made; write nothing.")
@@ -97,14 +98,21 @@ def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, a
     if push_repo:
         hub.check_repo_id(push_repo)
     plan = prepare_slice(resolve_source(src, revision), spec, preset=preset, quant=quant_opts)
+    output_target(plan, out, overwrite=overwrite)  # a refused output path fails before the Hub is asked
     if push_repo and not dry_run:
         hub.create_repo(push_repo, private=private)  # fails in seconds on a missing login, before the slice
-    with ByteProgress("writing", enabled=not (quiet or as_json or dry_run)) as bar:
+    show = not (quiet or as_json or dry_run)
+    with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("writing", enabled=show) as bar:
         report = write_slice(plan, out, overwrite=overwrite, max_shard_size=shard_size, threads=threads, progress=bar,
-                             dry_run=dry_run, hash_source=hash_source)
+                             dry_run=dry_run, hash_source=hash_source, hash_progress=hashing)
+    if not dry_run:
+        interrupts.set_note(f"the output {report.output} is complete")
+    if not quiet:
+        for line in report.leftovers:
+            click.echo(f"note: {line}", err=True)
     pushed = None
     if push_repo and not dry_run:
-        pushed = hub.upload_folder(Path(report.output), push_repo, commit_message=f"Upload a Gemma 3n slice of {plan.source.label} made with gslice")
+        pushed = upload_output(Path(report.output), push_repo, f"Upload a Gemma 3n slice of {plan.source.label} made with gslice")
     if as_json:
         d = report.to_dict()
         if push_repo:
@@ -115,6 +123,16 @@ def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, a
     elif not quiet:
         extra = [("uploaded", pushed)] if pushed else []
         click.echo(render_report(report, extra))
+
+
+def upload_output(folder: Path, repo: str, message: str) -> str:
+    """Uploads a finished output; an interruption or a failure says the output is on disk."""
+    kept = f"the output {folder} is complete on disk (`gslice push {folder} {repo}` uploads it)"
+    interrupts.set_note(f"the upload to {repo} was stopped (the Hub applies an upload as one commit, at its end); {kept}")
+    try:
+        return hub.upload_folder(folder, repo, commit_message=message)
+    except HubError as e:
+        raise HubError(f"{e}; {kept}") from None
 
 
 def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
@@ -138,15 +156,14 @@ def quant_options(quant, group_size, quant_embeddings, quant_audio) -> QuantOpti
             raise SpecError(f"{given[0]} needs --quant int4 or --quant int8")
         return None
     if group_size is not None:
-        try:
-            group_size = int(group_size)
-        except ValueError:
-            raise SpecError(f"--group-size: {group_size!r} is not an integer") from None
+        group_size = parse_int(group_size, "--group-size")
     return QuantOptions.build(quant, group_size, quant_embeddings, quant_audio)
 
 
 def quant_rows(q: dict) -> list[tuple[str, str]]:
     n = len(q["tensors"])
+    if n == 0:
+        return [("quantization", f"{q['scheme']}, groups of {q['group_size']}: no weight was quantized")]
     before, after = q["quantized_bytes_before"], q["quantized_bytes_after"]
     rows = [
         ("quantization", f"{q['scheme']}, groups of {q['group_size']}, BF16 scales ({q['format']}, compressed-tensors)"),
@@ -183,9 +200,11 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         rows.insert(2, ("preset", r.preset))
     if r.size:
         rows += size_summary_rows(r.size)
+        rows.append(("runtimes", f"computed correctly by: {r.size['runtimes']['summary']}"))
     if r.quantization is not None:
         rows += quant_rows(r.quantization)
-    return table(rows + list(extra_rows))
+    failing = runtime_lines(r.size["runtimes"], failing_only=True) if r.size else []
+    return "\n".join([table(rows + list(extra_rows))] + failing)
 
 
 def size_summary_rows(size: dict) -> list[tuple[str, str]]:

@@ -14,15 +14,16 @@ from ..manifest import HashCache
 from ..progress import ByteProgress
 from ..sources import resolve_source
 from ..verify import output_folders, verify_output
+from ..arguments import MAX_THREADS
 from . import main
-from .common import friendly_errors
+from .common import friendly_errors, StrictInt
 
 
 @main.command("verify")
 @click.argument("outputs", nargs=-1, required=True)
 @click.option("--against", "src", default=None, help="Source checkpoint (folder or Hub repo id): re-derive every tensor and compare bytes.")
 @click.option("--revision", default=None, help="Branch, tag or commit of a Hub source.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default: all cores).")
+@click.option("--threads", type=StrictInt(1, MAX_THREADS), default=None, help="Worker threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print problems only.")
 @friendly_errors
@@ -34,7 +35,8 @@ def verify_cmd(outputs, src, revision, threads, as_json, quiet):
     results = []
     for path in outputs:
         for folder in output_folders(path):
-            with ByteProgress(f"verifying {folder.name}", enabled=not (quiet or as_json)) as bar:
+            phases = ("hashing files", "comparing tensors with the source") if source else ()
+            with ByteProgress(f"verifying {folder.name}", enabled=not (quiet or as_json), phases=phases) as bar:
                 results.append(verify_output(folder, source, cache=cache, threads=threads, progress=bar))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))

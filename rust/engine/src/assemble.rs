@@ -16,6 +16,7 @@ use crate::execute::{lock, piece_path};
 use crate::hash::{sha256_bytes, sha256_file};
 use crate::io;
 use crate::layout::{Layout, OutputLayout};
+use crate::ownership::check_replaceable;
 use crate::plan::{FileSpec, ManifestSpec, OutputSpec};
 use crate::report::{FileReport, OutputReport, ShardReport};
 
@@ -86,6 +87,7 @@ pub(crate) fn describe_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Lay
     Ok(finish_report(spec, ol, shards, files))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn assemble_output(
     spec: &OutputSpec,
     ol: &OutputLayout,
@@ -94,6 +96,7 @@ pub(crate) fn assemble_output(
     hashes: &[Option<String>],
     copies: &Mutex<StagedCopies>,
     cleanup: &Mutex<Cleanup>,
+    source: &Path,
 ) -> Result<OutputReport> {
     let parent = parent_dir(&spec.dir)?;
     let name = spec.dir.file_name().expect("checked in preflight").to_string_lossy().into_owned();
@@ -134,8 +137,16 @@ pub(crate) fn assemble_output(
         put(&mut files, &m.name, text.as_bytes())?;
     }
     sync_dir(&tmp)?;
-    commit(&tmp, &spec.dir, spec.overwrite)?;
+    // The path may have changed since the run started: the same rule decides again.
+    check_replaceable(&spec.dir, spec.overwrite, spec.manifest.as_ref().map(|m| m.name.as_str()), source)?;
+    // From here the output is complete; once it is in place nothing may turn that into a failure.
+    let previous = commit(&tmp, &spec.dir)?;
     lock(cleanup).0.retain(|p| p != &tmp);
+    if let Some(old) = previous {
+        // A failure to delete the previous output leaves a hidden folder named by this
+        // process, which the next run into this folder reports and removes.
+        let _ = fs::remove_dir_all(old);
+    }
     Ok(finish_report(spec, ol, shards, files))
 }
 
@@ -187,33 +198,40 @@ fn sync_dir(dir: &Path) -> Result<()> {
     io::sync_dir(dir).map_err(|e| Error::io(dir, "flush", e))
 }
 
-/// Renames the finished folder into place; an existing one (allowed by `overwrite`) is moved
-/// aside first and deleted only once the new one is in place.
-fn commit(tmp: &Path, dest: &Path, overwrite: bool) -> Result<()> {
+/// Puts the finished folder `tmp` at `dest`. An existing `dest` (checked replaceable by the
+/// caller) is exchanged with it in one atomic step where the system allows it, so there is no
+/// moment without an output; returns where the previous output now is, for the caller to
+/// delete. Flushing the parent afterwards is best-effort: the output is already in place.
+fn commit(tmp: &Path, dest: &Path) -> Result<Option<PathBuf>> {
     let parent = parent_dir(dest)?;
-    if dest.symlink_metadata().is_ok() {
-        if !overwrite {
-            return Err(Error::Exists(dest.to_path_buf()));
+    let previous = if dest.symlink_metadata().is_ok() {
+        if io::rename_exchange(tmp, dest).is_ok() {
+            Some(tmp.to_path_buf())
+        } else {
+            // No atomic exchange here: move the old output aside, then put the new one in.
+            let name = dest.file_name().expect("checked in preflight").to_string_lossy().into_owned();
+            let old = unique_path(&parent, &format!(".{name}.gslice-old"));
+            fs::rename(dest, &old).map_err(|e| Error::io(dest, "move aside", e))?;
+            if let Err(e) = fs::rename(tmp, dest) {
+                let _ = fs::rename(&old, dest);
+                return Err(Error::io(dest, "rename into", e));
+            }
+            Some(old)
         }
-        let name = dest.file_name().expect("checked").to_string_lossy().into_owned();
-        let old = unique_path(&parent, &format!(".{name}.gslice-old"));
-        fs::rename(dest, &old).map_err(|e| Error::io(dest, "move aside", e))?;
-        if let Err(e) = fs::rename(tmp, dest) {
-            let _ = fs::rename(&old, dest);
-            return Err(Error::io(dest, "rename into", e));
-        }
-        remove_any(&old);
     } else {
-        fs::rename(tmp, dest).map_err(|e| Error::io(dest, "rename into", e))?;
-    }
-    sync_dir(&parent)
+        rename_new(tmp, dest)?;
+        None
+    };
+    let _ = sync_dir(&parent);
+    Ok(previous)
 }
 
-fn remove_any(path: &Path) {
-    if path.is_dir() {
-        let _ = fs::remove_dir_all(path);
-    } else {
-        let _ = fs::remove_file(path);
+/// Renames `tmp` to `dest`, failing if `dest` appeared meanwhile (where the system can tell).
+fn rename_new(tmp: &Path, dest: &Path) -> Result<()> {
+    match io::rename_no_replace(tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Exists(dest.to_path_buf())),
+        Err(e) => Err(Error::io(dest, "rename into", e)),
     }
 }
 

@@ -17,6 +17,8 @@ pub enum Error {
     NoSpace { dir: PathBuf, need: u64 },
     /// Output already exists and the plan did not allow replacing it.
     Exists(PathBuf),
+    /// The output path names something gslice must never replace (see `ownership`).
+    Protected(String),
     /// The caller asked to stop (Ctrl-C in Python, or a progress callback that raised).
     Cancelled,
     /// A bug: a worker panicked. Caught so that it never unwinds into Python.
@@ -43,6 +45,7 @@ impl Error {
             Error::Io { err, .. } if crate::io::is_disk_full(err) => "disk_full",
             Error::Io { .. } => "io",
             Error::Exists(_) => "exists",
+            Error::Protected(_) => "protected",
             Error::Cancelled => "cancelled",
             Error::Internal(_) => "internal",
         }
@@ -53,7 +56,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Format { file, msg } => write!(f, "{}: {}", file.display(), msg),
-            Error::Plan(msg) => f.write_str(msg),
+            Error::Plan(msg) | Error::Protected(msg) => f.write_str(msg),
             Error::Io { path, action, err } => {
                 write!(f, "cannot {} {}: {}", action, path.display(), err)
             }

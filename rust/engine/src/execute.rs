@@ -19,6 +19,7 @@ use crate::hash_cursor::HashCursor;
 use crate::io::{self, IoPath, Moved};
 use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
 use crate::layout::{self, Layout, OutputLayout};
+use crate::ownership::check_replaceable;
 use crate::plan::{resolve, OutputSpec, Plan};
 use crate::qband::{self, band_offsets};
 use crate::quant::Stats;
@@ -68,7 +69,8 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     lock(&cleanup).0.push(staging.clone());
 
     let hashing = plan.outputs.iter().any(|o| o.manifest.is_some());
-    progress.total.store(if hashing { 2 * pieces_total } else { pieces_total }, Ordering::Relaxed);
+    // The bar counts bytes written; hashing follows the writes closely and is not counted.
+    progress.total.store(pieces_total, Ordering::Relaxed);
     // Every piece is reserved up front, so a full disk fails before any output is written.
     let files = create_pieces(&layout, &staging, progress).map_err(|e| match e {
         Error::Io { err, .. } if io::is_disk_full(&err) => Error::NoSpace { dir: staging_parent.clone(), need: pieces_total },
@@ -108,12 +110,13 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
                 return Err(Error::Cancelled);
             }
             let known = lock(&hashes).clone();
-            let out = assemble_output(&plan.outputs[o], &layout.outputs[o], &layout, &staging, &known, &copies, &cleanup)?;
+            let out = assemble_output(&plan.outputs[o], &layout.outputs[o], &layout, &staging, &known, &copies, &cleanup, &ck.root)?;
             lock(&completed).push((o, out, Instant::now()));
         }
         Ok(())
     };
-    let fin = Finish { files: &files, staging: &staging, hashing, progress, cancel };
+    let cursor_hashed = AtomicU64::new(0);
+    let fin = Finish { files: &files, staging: &staging, hashing, progress, hashed: &cursor_hashed, cancel };
     let moved = pool.install(|| write_pieces(&order, &layout, &ck, &fin, band, &stats, &piece_done))?;
     drop(files);
     let _ = fs::remove_dir_all(&staging);
@@ -161,9 +164,8 @@ fn report(outputs: Vec<OutputReport>, layout: &Layout, moved: Moved, hashed: u64
     }
 }
 
-/// Refuses outputs that exist (unless allowed), repeat each other, or would replace the source.
+/// Refuses outputs that repeat each other, or that exist and are not gslice's to replace.
 fn preflight(plan: &Plan, ck: &Checkpoint) -> Result<()> {
-    let source = fs::canonicalize(&ck.root).map_err(|e| Error::io(&ck.root, "resolve", e))?;
     let mut seen = std::collections::HashSet::new();
     for o in &plan.outputs {
         if o.dir.file_name().is_none() {
@@ -172,19 +174,7 @@ fn preflight(plan: &Plan, ck: &Checkpoint) -> Result<()> {
         if !seen.insert(o.dir.clone()) {
             return Err(Error::Plan(format!("output path {} is used twice", o.dir.display())));
         }
-        if o.dir.symlink_metadata().is_err() {
-            continue;
-        }
-        if !o.overwrite {
-            return Err(Error::Exists(o.dir.clone()));
-        }
-        let dest = fs::canonicalize(&o.dir).map_err(|e| Error::io(&o.dir, "resolve", e))?;
-        if source.starts_with(&dest) {
-            return Err(Error::Plan(format!(
-                "output path {} holds the source checkpoint; refusing to replace it",
-                o.dir.display()
-            )));
-        }
+        check_replaceable(&o.dir, o.overwrite, o.manifest.as_ref().map(|m| m.name.as_str()), &ck.root)?;
     }
     Ok(())
 }
@@ -244,6 +234,8 @@ struct Finish<'a> {
     staging: &'a Path,
     hashing: bool,
     progress: &'a Progress,
+    /// Bytes hashed so far (kept apart from `progress`, which counts bytes written).
+    hashed: &'a AtomicU64,
     cancel: &'a AtomicBool,
 }
 
@@ -280,7 +272,7 @@ fn write_pieces(
     let moved = Mutex::new(Moved::default());
     let completed = |p: usize, ranges: &[(u64, u64)]| -> Result<()> {
         let st = states[p].as_ref().expect("state of a piece being written");
-        let Some(done) = st.cursor.written(ranges, &fin.files[p], st.map.as_ref(), &fin.progress.done) else {
+        let Some(done) = st.cursor.written(ranges, &fin.files[p], st.map.as_ref(), fin.hashed) else {
             return Ok(());
         };
         let path = piece_path(fin.staging, p);
@@ -319,7 +311,8 @@ fn piece_state(p: usize, layout: &Layout, fin: &Finish) -> Result<PieceState> {
 }
 
 /// Runs `f(0..n)` on every thread of the current pool, each taking the next index in turn;
-/// the first error stops the others.
+/// the first error stops the others. Cancelled only if a cancel left items unrun: once every
+/// item has run, the work is done (and its outputs may already be in place).
 fn in_file_order(n: usize, cancel: &AtomicBool, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -344,7 +337,8 @@ fn in_file_order(n: usize, cancel: &AtomicBool, f: impl Fn(usize) -> Result<()> 
     if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    if cancel.load(Ordering::Relaxed) {
+    // Every item taken has run; a cancel that came after the last one was taken changes nothing.
+    if cancel.load(Ordering::Relaxed) && next.load(Ordering::Relaxed) < n {
         return Err(Error::Cancelled);
     }
     Ok(())

@@ -14,6 +14,7 @@ pub mod header;
 pub mod io;
 pub mod items;
 pub mod layout;
+pub mod ownership;
 pub mod plan;
 pub mod qband;
 pub mod quant;

@@ -2,6 +2,8 @@
 //! de-duplicated outputs, atomic output and strict index checks.
 
 use std::fs;
+#[cfg(unix)]
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -133,18 +135,74 @@ fn shared_tensors_are_written_once_and_hard_linked() {
 }
 
 #[test]
-fn existing_output_is_refused_unless_overwrite() {
+fn only_a_previous_output_is_replaced_and_only_once_the_new_one_is_complete() {
     let tmp = tempfile::tempdir().unwrap();
     let src = sharded_source(tmp.path());
     let out = tmp.path().join("out");
     fs::create_dir(&out).unwrap();
     fs::write(out.join("old.txt"), "x").unwrap();
-    let plan = |overwrite: bool| json!({"source": src, "outputs": [{"dir": out, "overwrite": overwrite, "tensors": [{"name": "v", "source": "v"}]}]});
+    let manifest = json!({"name": "manifest.json", "fields": {"tool": "test"}});
+    let plan = |overwrite: bool| {
+        json!({"source": src, "outputs": [{"dir": out, "overwrite": overwrite, "manifest": manifest,
+               "tensors": [{"name": "v", "source": "v"}]}]})
+    };
     assert!(matches!(run(plan(false)), Err(Error::Exists(_))));
-    assert!(out.join("old.txt").exists());
+    // A folder without the manifest is not gslice's: refused, untouched, nothing left behind.
+    let err = run(plan(true)).unwrap_err();
+    assert_eq!(err.kind(), "protected");
+    assert_eq!(err.to_string(), format!("output path {} is a folder gslice did not write (it has no manifest.json); refusing to replace it", out.display()));
+    assert_eq!(fs::read_to_string(out.join("old.txt")).unwrap(), "x");
+    assert!(leftovers(tmp.path()).is_empty());
+    // A previous output (it holds the manifest) is exchanged for the new one.
+    fs::remove_file(out.join("old.txt")).unwrap();
+    fs::remove_dir(&out).unwrap();
+    run(plan(false)).unwrap();
+    #[cfg(unix)]
+    let before = fs::metadata(&out).unwrap().ino();
+    fs::write(out.join("note.txt"), "old output").unwrap();
     run(plan(true)).unwrap();
-    assert!(!out.join("old.txt").exists());
-    assert!(out.join("model.safetensors").exists());
+    #[cfg(unix)]
+    assert_ne!(fs::metadata(&out).unwrap().ino(), before);
+    assert!(!out.join("note.txt").exists());
+    assert!(out.join("model.safetensors").exists() && out.join("manifest.json").exists());
+    assert!(leftovers(tmp.path()).is_empty());
+}
+
+#[test]
+#[cfg(unix)] // FIFOs, and symbolic links without privileges
+fn files_special_files_links_and_the_current_directory_are_never_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let plan = |out: &Path| {
+        json!({"source": src, "outputs": [{"dir": out, "overwrite": true,
+               "manifest": {"name": "manifest.json", "fields": {}}, "tensors": [{"name": "v", "source": "v"}]}]})
+    };
+    let file = tmp.path().join("notes.txt");
+    fs::write(&file, "mine").unwrap();
+    let fifo = tmp.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let gslice_out = tmp.path().join("prev");
+    fs::create_dir(&gslice_out).unwrap();
+    fs::write(gslice_out.join("manifest.json"), "{}").unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&gslice_out, &link).unwrap();
+    let cases = [
+        (&file, "is a file gslice did not write"),
+        (&fifo, "is a special file (a device, FIFO or socket)"),
+        (&link, "is a symbolic link"),
+        (&src.join("a.safetensors"), "lies inside the source checkpoint"),
+    ];
+    for (path, why) in cases {
+        let err = run(plan(path)).unwrap_err();
+        assert_eq!(err.to_string(), format!("output path {} {why}; refusing to replace it", path.display()));
+    }
+    assert_eq!(fs::read_to_string(&file).unwrap(), "mine");
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let cwd = std::env::current_dir().unwrap();
+    let err = run(plan(&cwd)).unwrap_err();
+    assert!(err.to_string().ends_with("is the current directory or one of its parents; refusing to replace it"), "{err}");
     assert!(leftovers(tmp.path()).is_empty());
 }
 

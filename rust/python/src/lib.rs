@@ -13,7 +13,7 @@ use gslice_engine::hash::sha256_file;
 use gslice_engine::{execute as run_plan, Checkpoint, Error, Plan, Progress};
 use rayon::prelude::*;
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
 use serde_json::json;
 
@@ -134,12 +134,22 @@ fn with_progress(
         })
     });
     if let Some(e) = interrupt {
-        return Err(e);
+        // The work may have finished before it saw the cancel flag: then a failing callback
+        // does not undo it. An interruption is still raised; the caller reports what is on disk.
+        if result.is_err() || e.is_instance_of::<PyKeyboardInterrupt>(py) {
+            return Err(e);
+        }
     }
     let text = result.map_err(to_py)?;
     if let Some(cb) = progress.as_ref() {
         let total = state.total.load(Ordering::Relaxed);
-        cb.bind(py).call1((total, total))?;
+        // The work is done: a failing progress bar must not turn that into a failure. An
+        // interruption still propagates; the caller finds the finished output on disk.
+        if let Err(e) = cb.bind(py).call1((total, total)) {
+            if e.is_instance_of::<PyKeyboardInterrupt>(py) {
+                return Err(e);
+            }
+        }
     }
     Ok(text)
 }

@@ -15,11 +15,14 @@
 //! Each run picks one (see [`IoPath`]): the platform's default, or the portable path when the
 //! plan asks for it, so that one Linux build can run both and tests can compare their bytes.
 //! What both paths share (positional writes of small buffers, dropping mapped pages from the
-//! resident set, flushing by path, free space) is here, per OS.
+//! resident set, flushing by path, free space) is here, per OS; atomic renames are in `rename`.
 
 #[cfg(fast_io)]
 mod linux;
 mod portable;
+mod rename;
+
+pub use rename::{rename_exchange, rename_no_replace};
 
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
