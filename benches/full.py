@@ -1,9 +1,11 @@
 """The full-size benchmark, in one run: E4B -> E2B with gslice (bf16, and int4 when the CLI
 has ``--quant``), bulk of Google's 16 presets, the ``cp`` floor, the published notebook's
-method, and gslice and the notebook inside hard memory caps; and E4B -> E2B text-only as a GGUF
-Q8_0 file for llama.cpp, next to the path a user has today: the notebook's method, then
-llama.cpp's own ``convert_hf_to_gguf.py`` to Q8_0 (``--llama-cpp-source``, the folder
-``.ci/llama-cpp-source`` prints; run with ``--torch-python``).
+method, gslice and the notebook inside hard memory caps, and gslice on its portable I/O path
+(what macOS and Windows run: ``GSLICE_PORTABLE_IO=1``), free and capped, checked to write the
+same bytes as the Linux fast path; and E4B -> E2B text-only as a GGUF Q8_0 file for llama.cpp,
+next to the path a user has today: the notebook's method, then llama.cpp's own
+``convert_hf_to_gguf.py`` to Q8_0 (``--llama-cpp-source``, the folder ``.ci/llama-cpp-source``
+prints; run with ``--torch-python``).
 
     python benches/full.py --scratch /work/bench-scratch --out bench-results.json \
         [--size full|mid|small] [--torch-python ~/.cache/gslice/interop-venv/bin/python] \
@@ -44,6 +46,7 @@ import synth  # noqa: E402
 from measure import MemoryCgroup, Run  # noqa: E402
 
 import gslice  # noqa: E402
+from gslice import engine  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 # Per size: the memory caps for gslice and the notebook, the notebook's output shard size,
@@ -68,7 +71,7 @@ TARGETS = {
     "gguf_rss": 300e6,
 }
 # Runs that --recycle puts in a page-cache-recycling cgroup.
-RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "gguf", "gguf_cp_sync"}
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync"}
 README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->"
 
 
@@ -117,7 +120,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cap-notebook", type=int, default=None, help="MiB (default: 4096 at full size)")
     ap.add_argument("--verify", choices=("full", "sampled"), default=None,
                     help="compare the notebook's output with gslice's on every byte or on samples (default: full below full size)")
-    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,int4,bulk,cp,gguf")
+    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf")
     ap.add_argument("--llama-cpp-source", default=os.environ.get("GSLICE_LLAMA_CPP_SOURCE"),
                     help="the folder holding llama.cpp's convert_hf_to_gguf.py (.ci/llama-cpp-source prints it), "
                          "for the user's path to a GGUF: the notebook's method, then the converter")
@@ -170,6 +173,8 @@ class Bench:
             self.gguf()
         if "cgroup" not in self.skip:
             self.capped(out_g)
+        if "portable" not in self.skip:
+            self.portable(out_g)
         if self.args.profile:
             self.profile_bf16(Path(self.args.profile))
         measure.remove(out_g)
@@ -209,7 +214,7 @@ class Bench:
             raise SystemExit(f"error: the bf16 slice failed ({measure.signal_name(r.exit_code)}): {r.stderr.strip()[-500:]}")
         report = json.loads(r.stdout)
         r.extra.update(engine_seconds=report["seconds"], report_bytes_written=report["bytes_written"],
-                       bytes_kernel_copied=report["bytes_kernel_copied"], shards=report["shards"])
+                       bytes_kernel_copied=report["bytes_kernel_copied"], shards=report["shards"], io=report.get("io"))
 
     def cp_floor(self, out_g: Path) -> None:
         copy = self.work / "e2b-cp"
@@ -308,6 +313,31 @@ class Bench:
                          self.notebook_cmd(out), out, cgroup=cg, prepare=(self.src,))
         measure.remove(out)
 
+    def portable(self, out_g: Path) -> None:
+        """The same slice on the engine's portable I/O path (std positional writes from the map,
+        no page-cache hints), free and under gslice's cap: it must write the fast path's bytes
+        and keep memory flat."""
+        env = {**os.environ, engine.PORTABLE_IO_ENV: "1"}
+        out = self.work / "e2b-portable"
+        r = self.measure("bf16_portable", "gslice slice E4B->E2B bf16, portable I/O path", self.gslice_cmd(out), out,
+                         prepare=(self.src,), env=env)
+        if r.ok:
+            report = json.loads(r.stdout)
+            r.extra.update(io=report["io"], bytes_kernel_copied=report["bytes_kernel_copied"])
+            self.compare("portable_equals_fast", out_g, out)
+        measure.remove(out)
+        why = measure.cgroup_v1_available()
+        if "cgroup" in self.skip or why:
+            self.notes["bf16_portable_capped"] = f"not run: {why or '--skip cgroup'}"
+            return
+        with MemoryCgroup(f"gslice-bench-{os.getpid()}-p", self.profile["cap_gslice"]) as cg:
+            r = self.measure("bf16_portable_capped",
+                             f"gslice bf16, portable I/O path, under a {self.profile['cap_gslice'] // MiB} MiB cap",
+                             self.gslice_cmd(out), out, cgroup=cg, prepare=(self.src,), env=env)
+        if r.ok:
+            self.compare("portable_capped_equals_fast", out_g, out)
+        measure.remove(out)
+
     def profile_bf16(self, into: Path) -> None:
         """Where the time of a bf16 slice goes: on-CPU samples of every thread (kernel and
         user, by DSO and symbol) and the system calls. Separate runs: the profilers slow it."""
@@ -368,7 +398,7 @@ class Bench:
             measure.warm(*paths)
 
     def measure(self, key: str, label: str, cmd: list[str], out: Path, cgroup: MemoryCgroup | None = None,
-                prepare: tuple[Path, ...] = ()) -> Run:
+                prepare: tuple[Path, ...] = (), env: dict | None = None) -> Run:
         """Runs ``cmd`` ``--repeat`` times (``prepare``-ing those paths before each, removing
         ``out`` between runs) and keeps the run with the median wall time, plus every run's
         wall time. The last run's output is left for the caller."""
@@ -381,9 +411,9 @@ class Bench:
             self.prepare(*prepare)
             if cgroup is None and self.args.recycle and key in RECYCLED:
                 with MemoryCgroup(f"gslice-bench-{os.getpid()}-recycle", self.args.recycle * MiB) as cg:
-                    r = measure.run(label, cmd, cgroup=cg)
+                    r = measure.run(label, cmd, cgroup=cg, env=env)
             else:
-                r = measure.run(label, cmd, cgroup=cgroup)
+                r = measure.run(label, cmd, cgroup=cgroup, env=env)
             if Path(out).exists():
                 r.bytes_written = measure.tree_bytes(out)
             runs.append(r)
@@ -507,6 +537,16 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
     target("bf16 completes under the cap (and equals the uncapped output)",
            None if capped is None else int(capped["exit_code"] == 0 and not checks.get("capped_equals_uncapped", {}).get("problems", ["missing"])),
            1, lambda x: x == 1)
+    portable = runs.get("bf16_portable")
+    target("portable I/O path: output equals the fast path's",
+           None if portable is None else int(portable["exit_code"] == 0 and not checks.get("portable_equals_fast", {}).get("problems", ["missing"])),
+           1, lambda x: x == 1)
+    target("portable I/O path: bf16 peak RSS", portable["peak_rss"] if portable else None, TARGETS["bf16_rss"],
+           lambda x: x <= TARGETS["bf16_rss"], "B")
+    p_capped = runs.get("bf16_portable_capped")
+    target("portable I/O path: completes under the cap (and equals the fast path's output)",
+           None if p_capped is None else int(p_capped["exit_code"] == 0 and not checks.get("portable_capped_equals_fast", {}).get("problems", ["missing"])),
+           1, lambda x: x == 1)
     target("int4 wall / bf16 wall", ratio(wall("int4"), wall("bf16")), TARGETS["int4_vs_bf16"], lambda x: x <= TARGETS["int4_vs_bf16"], "x")
     i4 = runs.get("int4")
     target("int4 peak RSS", i4["peak_rss"] if i4 else None, TARGETS["int4_rss"], lambda x: x <= TARGETS["int4_rss"], "B")
@@ -527,8 +567,8 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
     return out
 
 
-ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped",
-             "gguf", "gguf_cp_sync", "gguf_capped", "convert"]
+ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped", "bf16_portable",
+             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert"]
 
 
 def markdown(res: dict) -> str:

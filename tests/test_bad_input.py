@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -300,7 +301,8 @@ def test_output_replacing_the_source(cli, e4b_copy):
     assert (e4b_copy / "config.json").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a small tmpfs needs root")
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None,
+                    reason="mounting a small tmpfs needs Linux and root")
 def test_full_disk(cli, e4b, tmp_path):
     disk = tmp_path / "small-disk"
     disk.mkdir()

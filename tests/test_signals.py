@@ -22,6 +22,9 @@ import pytest
 from conftest import hidden_leftovers, tree_digest, write_sparse_checkpoint
 from gslice.testing import TinyGemma3n
 
+# Windows has neither SIGSTOP/SIGCONT nor a SIGTERM that one process can send another.
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals sent to real processes")
+
 GSLICE = [sys.executable, "-m", "gslice"]
 # 35 x 8 PLE columns of 2**18 rows: a 147 MB source, about 125 MB of output to write.
 BIG = TinyGemma3n(vocab_per_layer=1 << 18)

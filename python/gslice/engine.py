@@ -30,6 +30,12 @@ from .errors import (
 )
 
 DEFAULT_MAX_SHARD_SIZE = 5_000_000_000
+# The names the engine gives shard files and the index: the longest forms, for path limits.
+SHARD_NAME_EXAMPLES = ("model-99999-of-99999.safetensors", "model.safetensors.index.json")
+
+# Set to 1, the engine moves bytes with its portable code (what macOS and Windows run) even
+# where a faster platform path exists (Linux): tests and benchmarks compare the two.
+PORTABLE_IO_ENV = "GSLICE_PORTABLE_IO"
 
 # GGML types the engine writes: (elements per block, bytes per block), as ggml's type traits.
 GGML_BLOCKS = {
@@ -61,6 +67,13 @@ _ERRORS: dict[str, type[GsliceError]] = {
     "io": WriteError,
     "internal": InternalError,
 }
+
+
+def _portable_io() -> bool:
+    value = os.environ.get(PORTABLE_IO_ENV, "")
+    if value not in ("", "0", "1"):
+        raise GsliceError(f"{PORTABLE_IO_ENV}={value!r}: must be 1 (the portable I/O path), or 0 or unset (the platform's fastest)")
+    return value == "1"
 
 
 def _error(err: _core.EngineError) -> BaseException:
@@ -406,6 +419,7 @@ class EngineReport:
     seconds: float
     threads: int
     dry_run: bool
+    io: str  # how bytes moved: "linux-fast" or "portable"
 
 
 def execute(
@@ -433,6 +447,7 @@ def execute(
         "band_bytes": band_bytes,
         "metadata": {"format": "pt"},
         "dry_run": dry_run,
+        "portable_io": _portable_io(),
     }
     dirs = [Path(o.dir) for o in outputs]
     before = {d: _identity(d) for d in dirs}
@@ -548,7 +563,10 @@ def compare(
 ) -> CompareReport:
     """Compares every tensor of the checkpoint at ``output`` with what its plan takes from
     ``source``, byte for byte; also reports tensors missing from, or extra in, the output."""
-    plan = {"source": str(source), "output": str(output), "tensors": [t.to_json() for t in tensors], "threads": threads}
+    plan = {
+        "source": str(source), "output": str(output), "tensors": [t.to_json() for t in tensors], "threads": threads,
+        "portable_io": _portable_io(),
+    }
     try:
         with interrupts.trapped():
             raw = json.loads(_core.compare(json.dumps(plan), progress))

@@ -33,6 +33,10 @@ class OutputExistsError(GsliceError):
     """The output path exists and replacing it was not asked for."""
 
 
+class OutputPathError(GsliceError):
+    """The output path cannot exist on this system (Windows' reserved names, path length)."""
+
+
 class ProtectedPathError(OutputExistsError):
     """The output path names something gslice never replaces: the source or anything in it, the
     current directory or a parent of it, a file or folder gslice did not write, a special file."""

@@ -18,8 +18,11 @@ from typing import Iterator
 
 from .errors import Interrupted
 
-# SIGTERM is absent on some platforms; there is then nothing to trap.
-SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
+# What asks a process to stop and can be caught, where it exists: SIGINT (Ctrl-C); SIGTERM on
+# POSIX; on Windows, where no other process can send a catchable SIGTERM (TerminateProcess ends
+# a process outright), the console's other stop key, Ctrl-Break (SIGBREAK).
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGBREAK")
+SIGNALS = tuple(getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name))
 _DEFAULTS = (signal.default_int_handler, signal.SIG_DFL)
 
 

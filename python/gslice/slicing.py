@@ -21,6 +21,7 @@ from .formats.safetensors import QuantOptions, Safetensors
 from .gemma3n import Architecture, ParamCounts, Resolved
 from .sources import Source, resolve_source
 from .spec import SliceSpec
+from .system import check_output_path
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class SliceReport:
     bytes_written: int
     bytes_kernel_copied: int
     seconds: float
+    io: str  # how the engine moved bytes: "linux-fast" or "portable" (GSLICE_PORTABLE_IO=1)
     files: list[dict] = field(default_factory=list)  # every file of the output: name, bytes, sha256
     dry_run: bool = False
     # None without compressed-tensors quantization; see formats.safetensors.SafetensorsOutput.report.
@@ -251,10 +253,15 @@ def output_plan(
     :meth:`gslice.download.DownloadPlan.manifest_record`)."""
     from .manifest import manifest
 
-    return plan.output.output_plan(
+    output = plan.output.output_plan(
         plan, out, overwrite=overwrite, manifest=manifest(plan, source_record, preset, max_shard_size, download_record),
         title=preset["name"] if preset else None,
     )
+    names = [*output.text_files, *output.copied_files]
+    if output.container == "safetensors":  # a folder: its manifest and shards too
+        names += [output.manifest.name, *engine.SHARD_NAME_EXAMPLES]
+    check_output_path(output.dir, names)
+    return output
 
 
 def write_slice(
@@ -349,6 +356,7 @@ def slice_report(plan: SlicePlan, figures: dict, result: engine.EngineReport, wr
         bytes_written=result.bytes_written,
         bytes_kernel_copied=result.bytes_kernel_copied,
         seconds=seconds,
+        io=result.io,
         files=[asdict(f) for f in written.files],
         dry_run=result.dry_run,
         quantization=plan.output.report(plan, quant, result),

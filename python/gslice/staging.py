@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .system import process_alive
+
 LEFTOVER = re.compile(r"^(?:\.gslice-staging|\..+\.gslice-(?:partial|old))-([0-9]+)-[0-9]+$", re.ASCII)
 
 # Folders this process is writing into right now: its own leftovers there are live.
@@ -90,15 +92,7 @@ def _live(pid: int, parent: Path) -> bool:
     if pid == os.getpid():  # a thread of this process may be writing; else an earlier process had our pid
         with _lock:
             return _writing[parent] > 0
-    if os.name == "nt":  # os.kill would terminate it there; gslice's engine is POSIX-only anyway
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists (another user's) or we cannot tell: leave it alone
-    return not _zombie(pid)
+    return process_alive(pid) and not _zombie(pid)
 
 
 def _zombie(pid: int) -> bool:

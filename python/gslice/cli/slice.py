@@ -222,7 +222,8 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         ("tensors", f"{r.tensors:,} in one GGUF file" if r.format and r.format["name"] == "gguf"
                     else f"{r.tensors:,} in {len(r.shards)} shard{'s' if len(r.shards) != 1 else ''}"),
         ("written", f"{fmt_bytes(r.bytes_written)} in {r.seconds:.1f} s "
-                    f"({fmt_bytes(r.bytes_written / max(r.seconds, 1e-9))}/s, {fmt_bytes(r.bytes_kernel_copied)} copied in-kernel)"),
+                    f"({fmt_bytes(r.bytes_written / max(r.seconds, 1e-9))}/s, "
+                    + (f"{fmt_bytes(r.bytes_kernel_copied)} copied in-kernel)" if r.io == "linux-fast" else "portable I/O)")),
     ]
     if r.audio_blocks is not None:
         rows.insert(5, ("audio blocks", str(r.audio_blocks)))

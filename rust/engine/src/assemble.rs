@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -17,6 +16,7 @@ use crate::checkpoint::INDEX_NAME;
 use crate::error::{Error, Result};
 use crate::execute::{lock, piece_path};
 use crate::hash::{sha256_bytes, sha256_file};
+use crate::io;
 use crate::layout::{Layout, OutputLayout};
 use crate::ownership::check_replaceable;
 use crate::plan::{FileSpec, ManifestSpec, OutputSpec};
@@ -167,7 +167,7 @@ fn assemble_file(spec: &OutputSpec, ol: &OutputLayout, layout: &Layout, staging:
     let digest = hashes[p].clone();
     if let (Some(at), Some(hex)) = (layout.pieces[p].digest_at, digest.as_ref()) {
         let f = fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, "open", e))?;
-        f.write_all_at(hex.as_bytes(), at).map_err(|e| Error::io(&path, "write", e))?;
+        io::write_all_at(&f, hex.as_bytes(), at).map_err(|e| Error::io(&path, "write", e))?;
         f.sync_all().map_err(|e| Error::io(&path, "flush", e))?;
     }
     check_replaceable(&spec.dir, spec.overwrite, spec.manifest.as_ref().map(|m| m.name.as_str()), source)?;
@@ -196,7 +196,7 @@ impl StagedCopies {
         if !self.0.contains_key(from) {
             let path = staging.join(format!("copy-{n:05}"));
             let bytes = fs::copy(from, &path).map_err(|e| Error::io(from, "copy", e))?;
-            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, "flush", e))?;
+            io::sync_path(&path).map_err(|e| Error::io(&path, "flush", e))?;
             self.0.insert(from.to_path_buf(), StagedCopy { path, bytes, sha256: None });
         }
         let staged = self.0.get_mut(from).expect("inserted above");
@@ -211,20 +211,20 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
-    // Another filesystem, or links not allowed: std's copy uses copy_file_range (a reflink
-    // where the filesystem can) before falling back to read/write.
+    // Another filesystem, or links not allowed (FAT, some network shares): std's copy uses the
+    // system's own (copy_file_range on Linux, a clone on APFS, CopyFileEx on Windows).
     fs::copy(from, to).map_err(|e| Error::io(to, "copy shard to", e))?;
-    File::open(to).and_then(|f| f.sync_all()).map_err(|e| Error::io(to, "flush", e))
+    io::sync_path(to).map_err(|e| Error::io(to, "flush", e))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let f = File::create(path).map_err(|e| Error::io(path, "create", e))?;
-    f.write_all_at(bytes, 0).map_err(|e| Error::io(path, "write", e))?;
+    io::write_all_at(&f, bytes, 0).map_err(|e| Error::io(path, "write", e))?;
     f.sync_all().map_err(|e| Error::io(path, "flush", e))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, "flush", e))
+    io::sync_dir(dir).map_err(|e| Error::io(dir, "flush", e))
 }
 
 /// Puts the finished folder `tmp` at `dest`. An existing `dest` (checked replaceable by the
@@ -234,7 +234,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 fn commit(tmp: &Path, dest: &Path) -> Result<Option<PathBuf>> {
     let parent = parent_dir(dest)?;
     let previous = if dest.symlink_metadata().is_ok() {
-        if exchange(tmp, dest).is_ok() {
+        if io::rename_exchange(tmp, dest).is_ok() {
             Some(tmp.to_path_buf())
         } else {
             // No atomic exchange here: move the old output aside, then put the new one in.
@@ -255,60 +255,13 @@ fn commit(tmp: &Path, dest: &Path) -> Result<Option<PathBuf>> {
     Ok(previous)
 }
 
-/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`, macOS `renamex_np(RENAME_SWAP)`).
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    rename_flags(a, b, RenameMode::Exchange)
-}
-
 /// Renames `tmp` to `dest`, failing if `dest` appeared meanwhile (where the system can tell).
 fn rename_new(tmp: &Path, dest: &Path) -> Result<()> {
-    match rename_flags(tmp, dest, RenameMode::NoReplace) {
+    match io::rename_no_replace(tmp, dest) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Exists(dest.to_path_buf())),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOSYS) => {
-            fs::rename(tmp, dest).map_err(|e| Error::io(dest, "rename into", e))
-        }
         Err(e) => Err(Error::io(dest, "rename into", e)),
     }
-}
-
-enum RenameMode {
-    Exchange,
-    NoReplace,
-}
-
-#[cfg(target_os = "linux")]
-fn rename_flags(from: &Path, to: &Path, mode: RenameMode) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-    let (a, b) = (cstr(from)?, cstr(to)?);
-    let flags = match mode {
-        RenameMode::Exchange => libc::RENAME_EXCHANGE,
-        RenameMode::NoReplace => libc::RENAME_NOREPLACE,
-    };
-    // The raw system call: glibc's wrapper appeared only in 2.28, newer than manylinux wheels allow.
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
-#[cfg(target_os = "macos")]
-fn rename_flags(from: &Path, to: &Path, mode: RenameMode) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-    let (a, b) = (cstr(from)?, cstr(to)?);
-    let flags = match mode {
-        RenameMode::Exchange => libc::RENAME_SWAP,
-        RenameMode::NoReplace => libc::RENAME_EXCL,
-    };
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let r = unsafe { libc::renamex_np(a.as_ptr(), b.as_ptr(), flags) };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-fn rename_flags(_from: &Path, _to: &Path, _mode: RenameMode) -> std::io::Result<()> {
-    Err(std::io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// The folder an output will live in, created if needed (like `mkdir -p`).

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::execute::Progress;
-use crate::io;
+use crate::io::{self, IoPath};
 use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
 use crate::plan::{resolve, Container, Resolved, TensorSpec};
 use crate::qband;
@@ -26,6 +26,9 @@ pub struct ComparePlan {
     pub tensors: Vec<TensorSpec>,
     #[serde(default)]
     pub threads: Option<usize>,
+    /// As for [`crate::Plan`]: the portable I/O code even where a faster path exists.
+    #[serde(default)]
+    pub portable_io: bool,
 }
 
 #[derive(Serialize, Debug, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub struct CompareReport {
 }
 
 pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> Result<CompareReport> {
+    let io_path = IoPath::choose(plan.portable_io);
+    let _io = io_path.enter();
     let src = Checkpoint::open(&plan.source)?;
     let out = Checkpoint::open(&plan.output)?;
     let mut mismatches = Vec::new();
@@ -90,6 +95,7 @@ pub fn compare(plan: &ComparePlan, progress: &Progress, cancel: &AtomicBool) -> 
     let threads = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        .start_handler(move |_| io_path.set_for_thread())
         .build()
         .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
     // For each differing item: (tensor, first differing byte offset within the tensor).

@@ -42,7 +42,7 @@ impl Error {
             Error::Format { .. } => "format",
             Error::Plan(_) => "plan",
             Error::NoSpace { .. } => "disk_full",
-            Error::Io { err, .. } if err.raw_os_error() == Some(libc::ENOSPC) => "disk_full",
+            Error::Io { err, .. } if crate::io::is_disk_full(err) => "disk_full",
             Error::Io { .. } => "io",
             Error::Exists(_) => "exists",
             Error::Protected(_) => "protected",

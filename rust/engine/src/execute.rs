@@ -5,7 +5,6 @@
 //! leaves whole outputs or none; any failure removes the staging and partial folders.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -18,7 +17,7 @@ use crate::checkpoint::{Checkpoint, INDEX_NAME};
 use crate::encode;
 use crate::error::{Error, Result};
 use crate::hash_cursor::HashCursor;
-use crate::io::{self, Moved};
+use crate::io::{self, IoPath, Moved};
 use crate::items::{col_segments, push_items, src_row_bytes, Item, STRIDED_ITEM};
 use crate::layout::{self, Layout, OutputLayout};
 use crate::ownership::check_replaceable;
@@ -31,6 +30,8 @@ use crate::report::quant_reports;
 
 pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<Report> {
     let start = Instant::now();
+    let io_path = IoPath::choose(plan.portable_io);
+    let _io = io_path.enter();
     if plan.outputs.is_empty() {
         return Err(Error::Plan("the plan has no outputs".into()));
     }
@@ -53,11 +54,17 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        .start_handler(move |_| io_path.set_for_thread())
         .build()
         .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
 
     let cleanup = Mutex::new(Cleanup::default());
     let staging_parent = parent_dir(&plan.outputs[0].dir)?;
+    // The fast path reserves every piece whole (a full disk fails there, before any output is
+    // written); the portable one can only set sizes, so it compares with the free space first.
+    if io_path == IoPath::Portable && io::free_space(&staging_parent).is_some_and(|free| free < pieces_total) {
+        return Err(Error::NoSpace { dir: staging_parent, need: pieces_total });
+    }
     let staging = unique_path(&staging_parent, ".gslice-staging");
     fs::create_dir(&staging).map_err(|e| Error::io(&staging, "create", e))?;
     lock(&cleanup).0.push(staging.clone());
@@ -67,7 +74,7 @@ pub fn execute(plan: &Plan, progress: &Progress, cancel: &AtomicBool) -> Result<
     progress.total.store(pieces_total, Ordering::Relaxed);
     // Every piece is reserved up front, so a full disk fails before any output is written.
     let files = create_pieces(&layout, &staging, progress).map_err(|e| match e {
-        Error::Io { err, .. } if err.raw_os_error() == Some(libc::ENOSPC) => Error::NoSpace { dir: staging_parent.clone(), need: pieces_total },
+        Error::Io { err, .. } if io::is_disk_full(&err) => Error::NoSpace { dir: staging_parent.clone(), need: pieces_total },
         e => e,
     })?;
     let band = plan.band_bytes.unwrap_or(STRIDED_ITEM).max(1);
@@ -154,6 +161,7 @@ fn report(outputs: Vec<OutputReport>, layout: &Layout, moved: Moved, hashed: u64
         seconds: start.elapsed().as_secs_f64(),
         threads,
         dry_run,
+        io: io::current(),
     }
 }
 
@@ -186,7 +194,7 @@ fn check_file_names(spec: &OutputSpec, ol: &OutputLayout) -> Result<()> {
     names.insert(INDEX_NAME);
     let extra = spec.files.iter().map(|f| f.name()).chain(spec.manifest.as_ref().map(|m| m.name.as_str()));
     for n in extra {
-        if n.is_empty() || n.contains('/') || n == "." || n == ".." {
+        if n.is_empty() || n.contains(['/', '\\']) || n == "." || n == ".." {
             return Err(Error::Plan(format!("extra file name {n:?} is not a plain file name")));
         }
         if !names.insert(n) {
@@ -213,10 +221,10 @@ fn create_pieces(layout: &Layout, staging: &Path, progress: &Progress) -> Result
                 .open(&path)
                 .map_err(|e| Error::io(&path, "create", e))?;
             io::reserve(&f, p.size).map_err(|e| Error::io(&path, "reserve space for", e))?;
-            f.write_all_at(&p.header, 0).map_err(|e| Error::io(&path, "write", e))?;
+            io::write_all_at(&f, &p.header, 0).map_err(|e| Error::io(&path, "write", e))?;
             progress.done.fetch_add(p.header.len() as u64, Ordering::Relaxed);
             for (off, bytes) in &p.literals {
-                f.write_all_at(bytes, *off).map_err(|e| Error::io(&path, "write", e))?;
+                io::write_all_at(&f, bytes, *off).map_err(|e| Error::io(&path, "write", e))?;
                 progress.done.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
             Ok(f)
@@ -358,7 +366,7 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats
                 let mut ranges = Vec::with_capacity(parts.len());
                 for (off, bytes) in offsets.iter().zip(parts) {
                     let at = dst_off + off;
-                    f.write_all_at(bytes, at)?;
+                    io::write_all_at(f, bytes, at)?;
                     io::start_writeback(f, at, bytes.len() as u64);
                     ranges.push((at, at + bytes.len() as u64));
                 }
@@ -373,7 +381,7 @@ fn run_item(item: &Item, layout: &Layout, ck: &Checkpoint, files: &[File], stats
             let r = &layout.tensors[t];
             let n = encode::encode_band(r, ck, rows, |bytes| {
                 let f = &files[file];
-                f.write_all_at(bytes, dst_off)?;
+                io::write_all_at(f, bytes, dst_off)?;
                 io::start_writeback(f, dst_off, bytes.len() as u64);
                 Ok(bytes.len() as u64)
             })

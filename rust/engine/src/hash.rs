@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use memmap2::{Advice, MmapOptions};
+use memmap2::MmapOptions;
 
 use crate::error::{Error, Result};
 use crate::io;
@@ -27,7 +27,7 @@ pub fn sha256_file(path: &Path, done: &AtomicU64, cancel: &AtomicBool) -> Result
         // SAFETY: read-only map of a file this process wrote or is checking; a concurrent
         // truncation could fault, as for any mmap reader.
         let map = unsafe { MmapOptions::new().len(len as usize).map(&f) }.map_err(|e| Error::io(path, "memory-map", e))?;
-        let _ = map.advise(Advice::Sequential);
+        io::advise_sequential(&map);
         let mut at = 0u64;
         while at < len {
             if cancel.load(Ordering::Relaxed) {

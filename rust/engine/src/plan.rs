@@ -41,6 +41,10 @@ pub struct Plan {
     /// Lay everything out and report it, but create nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Move bytes with the portable code even where a faster platform path exists (tests and
+    /// benchmarks compare the two).
+    #[serde(default)]
+    pub portable_io: bool,
 }
 
 fn default_max_shard_size() -> u64 {

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 
 use serde::Serialize;
 
+use crate::io::IoPath;
 use crate::layout::Layout;
 use crate::quant::Stats;
 
@@ -87,6 +88,8 @@ pub struct Report {
     pub seconds: f64,
     pub threads: usize,
     pub dry_run: bool,
+    /// How bytes moved: the platform's fast path or the portable one.
+    pub io: IoPath,
 }
 
 pub(crate) fn quant_reports(layout: &Layout, stats: &[Stats]) -> Vec<QuantReport> {

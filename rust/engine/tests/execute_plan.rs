@@ -2,6 +2,7 @@
 //! de-duplicated outputs, atomic output and strict index checks.
 
 use std::fs;
+#[cfg(unix)]
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -98,12 +99,22 @@ fn every_operation_writes_the_expected_bytes() {
     assert!(leftovers(tmp.path()).is_empty());
 }
 
+/// Whether two paths are links to one file: a byte appended through `a` shows through `b`
+/// (then it is removed again). Works wherever links do, without inode numbers.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let len = fs::metadata(a).unwrap().len();
+    let f = fs::OpenOptions::new().append(true).open(a).unwrap();
+    std::io::Write::write_all(&mut &f, b"!").unwrap();
+    let seen = fs::metadata(b).unwrap().len() == len + 1;
+    f.set_len(len).unwrap();
+    seen
+}
+
 #[test]
 fn shared_tensors_are_written_once_and_hard_linked() {
     let tmp = tempfile::tempdir().unwrap();
     let src = sharded_source(tmp.path());
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let ino = |p: PathBuf| fs::metadata(p).unwrap().ino();
     fs::write(src.join("tok.json"), "tokens").unwrap();
     let tok = json!([{"name": "tok.json", "copy_from": src.join("tok.json")}]);
     let report = run(json!({
@@ -116,10 +127,10 @@ fn shared_tensors_are_written_once_and_hard_linked() {
     .unwrap();
     assert_eq!(report.distinct_tensors, 3);
     // copied side files are staged once and linked too
-    assert_eq!(ino(a.join("tok.json")), ino(b.join("tok.json")));
+    assert!(same_file(&a.join("tok.json"), &b.join("tok.json")));
     assert_eq!(fs::read_to_string(b.join("tok.json")).unwrap(), "tokens");
-    assert_eq!(ino(a.join("model-00001-of-00002.safetensors")), ino(b.join("model-00001-of-00002.safetensors")));
-    assert_ne!(ino(a.join("model-00002-of-00002.safetensors")), ino(b.join("model-00002-of-00002.safetensors")));
+    assert!(same_file(&a.join("model-00001-of-00002.safetensors"), &b.join("model-00001-of-00002.safetensors")));
+    assert!(!same_file(&a.join("model-00002-of-00002.safetensors"), &b.join("model-00002-of-00002.safetensors")));
     assert_eq!(tensor_bytes(&b, "v").1, vec![100, 101, 102, 103, 104, 105]);
 }
 
@@ -146,9 +157,11 @@ fn only_a_previous_output_is_replaced_and_only_once_the_new_one_is_complete() {
     fs::remove_file(out.join("old.txt")).unwrap();
     fs::remove_dir(&out).unwrap();
     run(plan(false)).unwrap();
+    #[cfg(unix)]
     let before = fs::metadata(&out).unwrap().ino();
     fs::write(out.join("note.txt"), "old output").unwrap();
     run(plan(true)).unwrap();
+    #[cfg(unix)]
     assert_ne!(fs::metadata(&out).unwrap().ino(), before);
     assert!(!out.join("note.txt").exists());
     assert!(out.join("model.safetensors").exists() && out.join("manifest.json").exists());
@@ -156,6 +169,7 @@ fn only_a_previous_output_is_replaced_and_only_once_the_new_one_is_complete() {
 }
 
 #[test]
+#[cfg(unix)] // FIFOs, and symbolic links without privileges
 fn files_special_files_links_and_the_current_directory_are_never_replaced() {
     let tmp = tempfile::tempdir().unwrap();
     let src = sharded_source(tmp.path());
@@ -586,4 +600,18 @@ fn a_cancelled_run_removes_what_it_created() {
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert!(!out.exists());
     assert!(leftovers(tmp.path()).is_empty());
+}
+
+#[test]
+fn extra_file_names_must_be_plain_on_every_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let out = tmp.path().join("out");
+    for name in ["sub/x.json", "sub\\x.json", "..", ""] {
+        let err = run(json!({"source": src, "outputs": [{"dir": out, "tensors": [{"name": "w", "source": "w"}],
+            "files": [{"name": name, "text": "{}"}]}]}))
+        .unwrap_err();
+        assert_eq!(err.to_string(), format!("extra file name {name:?} is not a plain file name"));
+        assert!(!out.exists());
+    }
 }
