@@ -120,7 +120,8 @@ def test_record_refuses_what_gslice_did_not_write(tmp_path, cli, installed):
     assert r.err == f"error: --record: {model} has no gslice-manifest.json: gslice records results only into outputs it wrote\n"
     single = gguf_file(tmp_path / "slice.gguf")
     r = cli("eval", single, "--against", src, "--record")
-    assert (r.code, r.err) == (2, f"error: --record: {single} is a single file; recording into a GGUF's metadata is not supported yet (record into a folder output)\n")
+    assert (r.code, r.err) == (2, f"error: --record: {single} cannot be read as a GGUF file: Sorry, file appears to be version 0 which "
+                                  "we cannot handle; gslice records results only into outputs it wrote\n")
 
 
 def test_bulk_eval_checks_everything_before_writing_anything(e4b, tmp_path, cli, installed):

@@ -22,7 +22,7 @@ from .catalogue import presets as all_presets
 from .formats.base import Format
 from .formats.safetensors import QuantOptions
 from .manifest import MANIFEST_NAME, HashCache, check_output, is_file_output, read_manifest, read_output_manifest, same_source, source_record
-from .slicing import SlicePlan, output_plan, prepare_slice, source_files
+from .slicing import SlicePlan, output_plan, prepare_slice, single_files, source_files
 from .sources import Source, resolve_source
 from .spec import SliceSpec
 
@@ -47,6 +47,23 @@ def select_presets(text: str) -> list[Preset]:
 
 
 # -- planning -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unsliced:
+    """The source itself, unsliced, written as one more output of a bulk run: the reference
+    that ``bulk --eval`` measures the outputs against in their own runtime (its name and slug
+    stand where a preset's do)."""
+
+    name: str
+    slug: str
+
+    @staticmethod
+    def of(plan: SlicePlan) -> "Unsliced":
+        options = [str(v) for k, v in plan.format.to_json().items() if k != "name" and v is not None]
+        if plan.format.name == "gguf":
+            options = [plan.output.file_type]  # the type a GGUF(None) resolves to: the source's dtype
+        return Unsliced("the source, unsliced (the reference of --eval)", "-".join(["source", *options]))
 
 
 @dataclass
@@ -81,12 +98,14 @@ def prepare_bulk(
     full_download: bool = False,
     weights: bool = True,
     format: Format | None = None,
+    reference: Format | None = None,
 ) -> BulkPlan:
     """Plans and validates every preset, decides what to do with existing outputs (``resume``
     re-hashes them, in one pass that ``progress`` follows; ``hash_progress`` follows the
     source hashing of ``hash_source``), and raises one line per problem; writes nothing.
     A Hub source is opened as :func:`gslice.sources.resolve_source` does (``weights=False``:
-    never whole files, for a dry run)."""
+    never whole files, for a dry run). ``reference``: also write the source itself, unsliced,
+    in that format (the first item: ``bulk --eval`` measures the outputs against it)."""
     source = src if isinstance(src, Source) else resolve_source(src, revision, full_download=full_download, weights=weights)
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
@@ -113,6 +132,9 @@ def prepare_bulk(
         raise SpecError("\n".join(problems))
     if not plans:
         raise SpecError("no presets to write")
+    if reference is not None:
+        unsliced = prepare_slice(source, SliceSpec(), format=reference)
+        plans.insert(0, (Unsliced.of(unsliced), unsliced))
     if hash_source:
         download.refuse_hash_of_ranges(source)
     record = source_record(source, plans[0][1].checkpoint.shards, hash_source=hash_source, progress=hash_progress)
@@ -137,11 +159,13 @@ def prepare_bulk(
 def _existing(d: Path, preset: Preset, plan: SlicePlan, record: dict, resume: bool, overwrite: bool,
               source: Path, protected: list) -> tuple[str, str]:
     """("write" | "replace" | "verify", reason); raises for a path that must not be replaced."""
-    if not d.exists() and not d.is_symlink():
-        return "write", ""
-    if not (overwrite or resume):
+    exists = d.exists() or d.is_symlink()
+    if exists and not (overwrite or resume):
         raise OutputExistsError(f"output {d} already exists (--resume keeps finished presets, --overwrite replaces them)")
-    ownership.check_output(d, overwrite=True, source=source, protected=protected)  # gslice's own, or refused
+    # gslice's own (with a GGUF file, what gslice keeps next to it too), or refused
+    ownership.check_output(d, overwrite=overwrite or resume, source=source, protected=protected)
+    if not exists:
+        return "write", ""
     if overwrite:
         return "replace", "--overwrite"
     try:
@@ -262,10 +286,11 @@ def write_bulk(
     leftovers = [f.describe(dry_run) for f in staging.clear(bp.out_dir, dry_run=dry_run)]
     result = None
     if outputs:
-        result = engine.execute(
-            bp.source.path, outputs, max_shard_size=max_shard_size, dedupe=dedupe, threads=threads,
-            progress=progress, dry_run=dry_run,
-        )
+        with ownership.companions_follow(single_files(outputs)):
+            result = engine.execute(
+                bp.source.path, outputs, max_shard_size=max_shard_size, dedupe=dedupe, threads=threads,
+                progress=progress, dry_run=dry_run,
+            )
     reports = dict(zip((id(it) for it in todo), result.outputs if result else ()))
     rows, first_user = [], set()
     for it in bp.items:

@@ -303,7 +303,8 @@ def write_slice(
         fetched = download.fetch(plan.source, dplan, download_progress)
         started = time.perf_counter()  # the report's time and rate are the write's
     leftovers = [f.describe(dry_run) for f in staging.clear(target.parent, dry_run=dry_run)]
-    result = engine.execute(plan.source.path, [output], progress=progress, dry_run=dry_run, **run)
+    with ownership.companions_follow(single_files([output])):
+        result = engine.execute(plan.source.path, [output], progress=progress, dry_run=dry_run, **run)
     report = slice_report(plan, figures, result, result.outputs[0], time.perf_counter() - started, leftovers)
     return replace(report, download=download_summary(dplan, fetched))
 
@@ -312,6 +313,11 @@ def download_summary(dplan: download.DownloadPlan | None, fetched: download.Fetc
     if dplan is None:
         return None
     return {**dplan.to_dict(), "fetched": fetched.to_dict() if fetched else None}
+
+
+def single_files(outputs: list[engine.OutputPlan]) -> list[Path]:
+    """The outputs that are one file (GGUF), not a folder."""
+    return [Path(o.dir) for o in outputs if o.container != "safetensors"]
 
 
 def output_target(plan: SlicePlan, out: str | os.PathLike, *, overwrite: bool) -> Path:

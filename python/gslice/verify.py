@@ -10,6 +10,7 @@ from typing import Callable
 
 from . import download, engine, gemma3n
 from .errors import GsliceError, SourceError, SpecError
+from .evaluation import sidecar
 from .formats import gguf
 from .manifest import MANIFEST_NAME, HashCache, check_files, is_file_output, read_manifest, same_source, source_record
 from .slicing import prepare_slice
@@ -90,8 +91,10 @@ def verify_output(
 
 
 def _verify_file(path: Path, against, revision, threads, progress) -> VerifyResult:
-    """A GGUF file: its digest; with a source, its header and every tensor's data re-derived."""
+    """A GGUF file: its digest and the evaluation results kept next to it; with a source, its
+    header and every tensor's data re-derived."""
     data, problems = gguf.check_file(path)
+    problems += sidecar.problems(path, data[gguf.DIGEST_FIELD])
     if against is None:
         return VerifyResult(str(path), problems, 1, None)
     source = against if isinstance(against, Source) else resolve_source(against, revision)

@@ -10,6 +10,7 @@ import click
 
 from .. import hub, interrupts
 from ..evaluation import DEFAULT_CONTEXT, check_models, evaluate
+from ..evaluation import outputs as eval_outputs
 from ..evaluation import runners as eval_runners
 from ..evaluation.record import record
 from ..evaluation.report import fmt_kl
@@ -38,7 +39,9 @@ from .eval import eval_settings
 @click.option("--push-to-hub", "push_template", default=None, metavar="REPO", help="Upload each output to REPO, which must contain {slug}, e.g. me/gemma-3n-{slug}.")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repos as private.")
 @click.option("--dry-run", is_flag=True, help="Plan and validate everything, print what would be written; write nothing.")
-@click.option("--eval", "eval_text", default=None, metavar="TEXT", help="Evaluate every output against SRC on TEXT (a file or folder; 'sample': gslice's sample) and record the figures in its manifest and model card.")
+@click.option("--eval", "eval_text", default=None, metavar="TEXT", help="Evaluate every output against SRC on TEXT (a file or folder; 'sample': gslice's sample) and record the figures "
+                   "in its manifest and model card (GGUF: <file>.gslice-eval.json). GGUF and MLX outputs are measured against the "
+                   "source written in their format too (OUT/source-<type>), q8_0 / 8-bit for quantized ones.")
 @click.option("--eval-context", type=StrictInt(2), default=DEFAULT_CONTEXT, show_default=True, help="With --eval: tokens per window.")
 @click.option("--eval-max-tokens", type=StrictInt(1), default=None, help="With --eval: score only the first N tokens.")
 @click.option("--hash-source", is_flag=True, help="Record the SHA-256 of every source shard in the manifests (reads the whole source).")
@@ -60,12 +63,15 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     repos = _repos(push_template, presets)
     show = not (quiet or as_json)
+    reference = eval_outputs.reference_format(out_format) if eval_text else None
     with ByteProgress("hashing source", enabled=show) as hashing, ByteProgress("checking finished outputs", enabled=show) as bar:
         plan = prepare_bulk(src, presets, out, revision=revision, resume=resume, overwrite=overwrite,
                             hash_source=hash_source and not dry_run, format=out_format, progress=bar, hash_progress=hashing,
-                            # --eval runs the whole source model: a Hub source must be downloaded whole
-                            full_download=full_download or bool(eval_text), weights=not dry_run)
-    evaluation = _eval_settings(eval_text, eval_context, eval_max_tokens, jobs, plan) if eval_text and not dry_run else None
+                            # --eval on Hugging Face folders runs the source checkpoint itself: a Hub source must
+                            # then be downloaded whole (a GGUF or MLX reference is written from its ranges)
+                            full_download=full_download or (bool(eval_text) and reference is None), weights=not dry_run,
+                            reference=reference)
+    evaluation = _eval_settings(eval_text, eval_context, eval_max_tokens, jobs, plan, out_format) if eval_text and not dry_run else None
     if repos and not dry_run:
         for repo in repos.values():
             hub.create_repo(repo, private=private)
@@ -85,7 +91,7 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     if not dry_run:
         interrupts.set_note(f"the {len(report.rows)} outputs in {report.output_dir} are complete")
     if evaluation is not None:
-        report = _evaluate(report, plan.source.path, evaluation, show)
+        report = _evaluate(report, plan.source.path if reference is None else None, evaluation, show)
     uploaded = {}
     if repos and not dry_run:
         for row in report.rows:
@@ -102,24 +108,33 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
             click.echo("\n".join(f"{verb} {slug} to {hub.repo_url(repo)}" for slug, repo in repos.items()))
 
 
-def _eval_settings(text, context, max_tokens, jobs, plan):
+def _eval_settings(text, context, max_tokens, jobs, plan, out_format):
     """--eval's settings, the texts read and the runtimes checked before anything is written."""
     settings = eval_settings([] if text == "sample" else [text], context, None, max_tokens, threads=jobs, text_option="--eval")
-    check_models([plan.source.path])
-    eval_runners.require("transformers", "each output")  # bulk writes Hugging Face folders
+    runtime = eval_outputs.runtime(out_format)
+    if eval_outputs.reference_format(out_format) is None:
+        check_models([plan.source.path])  # the source checkpoint is the reference
+    eval_runners.require(runtime, "each output")
     return settings
 
 
 def _evaluate(report: BulkReport, source, settings, show: bool) -> BulkReport:
-    """Every output against the source (which runs once), each result recorded in its output."""
+    """Every output against the reference, which runs once: ``source``, or the run's unsliced
+    output when ``source`` is None (its own figures then go into its row). Each result is
+    recorded in its output."""
+    rows = list(report.rows)
+    if source is None:  # the first row is the unsliced source in the outputs' format
+        source, rows = rows[0].dir, rows[1:]
     with TokenProgress(enabled=show) as bar:
-        ev = evaluate([row.dir for row in report.rows], source, settings, progress=bar)
-    rows = []
-    for row, result in zip(report.rows, ev.slices):
-        rows.append(replace(row, eval=record(row.dir, ev, result)))
+        ev = evaluate([row.dir for row in rows], source, settings, progress=bar)
+    done = []
+    if len(rows) < len(report.rows):
+        done.append(replace(report.rows[0], eval=record(report.rows[0].dir, ev, ev.source)))
+    for row, result in zip(rows, ev.slices):
+        done.append(replace(row, eval=record(row.dir, ev, result)))
         interrupts.set_note(f"the {len(report.rows)} outputs in {report.output_dir} are complete; "
-                            f"{len(rows)} hold their evaluation")
-    return replace(report, rows=rows)
+                            f"{len(done)} hold their evaluation")
+    return replace(report, rows=done)
 
 
 def _eval_cells(e: dict | None) -> tuple[str, ...]:
@@ -166,8 +181,10 @@ def render_bulk(r: BulkReport) -> str:
     lines.append("'written' counts a shard file shared by several outputs once, for the first output that needed it.")
     if evaluated:
         e = evaluated[0]
+        kept = ("next to each file, in <file>.gslice-eval.json" if any(x.dir.endswith(".gguf") for x in r.rows)
+                else "in each output's manifest and model card")
         lines.append(f"Evaluated against {e['against']['path']} (perplexity {e['against']['perplexity']:.3f}), {e['measured_on']}; "
-                     "KL(source || output) over the source's top tokens. Recorded in each output's manifest and model card.")
+                     f"KL(source || output) over the source's top tokens. Recorded {kept}.")
     if r.download and r.dry_run:
         lines.append(r.download["line"])
     lines += [f"{k}: {v}" for k, v in download_rows(r.download)]

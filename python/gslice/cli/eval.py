@@ -9,7 +9,7 @@ import click
 
 from ..evaluation import DEFAULT_CONTEXT, EvalSettings, check_models, evaluate, render
 from ..evaluation.metrics import TOP_K
-from ..evaluation.record import check_recordable, record
+from ..evaluation.record import check_recordable, record, where
 from ..progress import TokenProgress
 from .. import interrupts
 from . import main
@@ -35,7 +35,7 @@ def eval_settings(texts, context, stride, max_tokens, threads=None, cache_dir=No
 @click.option("--threads", type=StrictInt(1, MAX_THREADS), default=None, help="Threads per runtime (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where the source's top-k log-probabilities are kept (default: ~/.cache/gslice/eval).")
 @click.option("--no-cache", is_flag=True, help="Run the source again and keep nothing.")
-@click.option("--record", "do_record", is_flag=True, help="Write the results into each slice's gslice manifest and model card.")
+@click.option("--record", "do_record", is_flag=True, help="Write the results into each slice's gslice manifest and model card (a GGUF file: <file>.gslice-eval.json next to it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
@@ -64,5 +64,5 @@ def eval_cmd(slices, src, texts, context, stride, max_tokens, top_k, threads, ca
     elif not quiet:
         click.echo(render(report))
         if do_record:
-            click.echo(f"recorded in the manifest and model card of {len(report.slices)} output(s)")
+            click.echo("recorded in " + "; ".join(where(r.path) for r in report.slices))
 

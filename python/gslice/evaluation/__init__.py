@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from .. import __version__, interrupts
 from ..arguments import bool_arg, callback_arg, int_arg, optional_int, path_arg, threads_arg
 from ..errors import ArgumentError, SourceError
-from . import runners
+from . import runners, sidecar  # noqa: F401 - sidecar: ownership learns the results file kept next to a GGUF output
 from .cache import SourceCache, default_dir, fingerprint, tokens_sha256
 from .metrics import TOP_K, summarize_slice, summarize_source
 from .report import EvalReport, ModelResult, TextInfo, render

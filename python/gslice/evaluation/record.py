@@ -1,11 +1,18 @@
-"""Writing evaluation results into a gslice output: its manifest and its model card.
+"""Writing evaluation results into a gslice output: a folder's manifest and model card, or the
+results file next to a GGUF file.
 
-The manifest is the one file the manifest does not hash, so the results go there as a list,
-``evaluations``, one entry per (texts, windowing, runtime, source); a new measurement replaces
-the entry of the same setup. The model card (README.md) is hashed like every other file, so it
-is rewritten with a section rendered from that list and its new size and SHA-256 are written into
-the manifest: ``gslice verify`` then finds every file as the manifest describes it, and still
-reports any later edit.
+Folder outputs (Hugging Face, MLX): the manifest is the one file the manifest does not hash, so
+the results go there as a list, ``evaluations``, one entry per (texts, windowing, runtime,
+source); a new measurement replaces the entry of the same setup. The model card (README.md) is
+hashed like every other file, so it is rewritten with a section rendered from that list and its
+new size and SHA-256 are written into the manifest: ``gslice verify`` then finds every file as
+the manifest describes it, and still reports any later edit. A folder whose manifest lists no
+card (a format that writes none) gets the manifest's list only.
+
+Single-file outputs (GGUF): the manifest is inside the file and hashed with it, and rewriting a
+file of several GB to add a few figures is out of the question; the same list goes to
+``<file>.gslice-eval.json`` next to it (sidecar.py), bound to the file by the digest its
+manifest records.
 
 Every figure is worded "measured on <text>, <tokens> tokens, <runtime>", never as a general
 quality claim. Only gslice's own outputs are written to, and only when their card is still the
@@ -28,27 +35,44 @@ from .. import __version__
 from ..errors import SourceError
 from ..manifest import MANIFEST_NAME, read_manifest
 from ..units import fmt_bytes
+from . import sidecar
 from .report import EvalReport, ModelResult, fmt_kl, fmt_threads
 
 CARD = "README.md"
 START, END = "<!-- gslice-eval:start -->", "<!-- gslice-eval:end -->"
 
 
-def check_recordable(folder: str | os.PathLike) -> Path:
-    """The folder, if results can be recorded into it; else one line saying why not."""
-    p = Path(folder)
+def check_recordable(output: str | os.PathLike) -> Path:
+    """The output, if results can be recorded into it; else one line saying why not."""
+    p = Path(output)
     if p.is_file():
-        raise SourceError(f"--record: {p} is a single file; recording into a GGUF's metadata is not supported yet (record into a folder output)")
+        _file_digest(p)
+        where = sidecar.path_for(p)
+        if os.path.lexists(where) and not sidecar.is_gslice_file(where):
+            raise SourceError(f"--record: {where} exists and was not written by gslice; not overwriting it")
+        return p
     if p.is_dir() and not (p / MANIFEST_NAME).is_file():
         raise SourceError(f"--record: {p} has no {MANIFEST_NAME}: gslice records results only into outputs it wrote")
     data = read_manifest(p)
     listed = data["files"].get(CARD)
     card = p / CARD
-    if listed is None or not card.is_file():
-        raise SourceError(f"--record: {p} has no model card ({CARD}) listed in its manifest")
+    if listed is None:
+        return p
+    if not card.is_file():
+        raise SourceError(f"--record: {p} has lost its model card ({CARD}, listed in its manifest)")
     if hashlib.sha256(card.read_bytes()).hexdigest() != listed.get("sha256"):
         raise SourceError(f"--record: {card} was changed after gslice wrote it; not overwriting it")
     return p
+
+
+def _file_digest(path: Path) -> str:
+    """The digest a gslice GGUF file's manifest records; one line when it is not gslice's."""
+    from ..formats import gguf
+
+    try:
+        return gguf.read_manifest(path)[gguf.DIGEST_FIELD]
+    except SourceError as e:
+        raise SourceError(f"--record: {e}; gslice records results only into outputs it wrote") from None
 
 
 def entry(report: EvalReport, result: ModelResult) -> dict:
@@ -81,18 +105,35 @@ def _setup(e: dict) -> tuple:
     return (tuple(t["sha256"] for t in e["texts"]), e["context"], e["stride"], e["max_tokens"], e["top_k"], e["runtime"], e["against"]["path"])
 
 
-def record(folder: str | os.PathLike, report: EvalReport, result: ModelResult) -> dict:
-    """Adds (or replaces) this result in the folder's manifest and card; returns the entry."""
-    p = check_recordable(folder)
-    data = read_manifest(p)
+def record(output: str | os.PathLike, report: EvalReport, result: ModelResult) -> dict:
+    """Adds (or replaces) this result in the output's records (see the module docstring);
+    returns the entry."""
+    p = check_recordable(output)
     new = entry(report, result)
-    data["evaluations"] = [e for e in data.get("evaluations", []) if _setup(e) != _setup(new)] + [new]
-    card = with_section((p / CARD).read_text(encoding="utf-8"), section(data["evaluations"])).encode("utf-8")
-    data["files"][CARD] = {"size": len(card), "sha256": hashlib.sha256(card).hexdigest()}
-    _replace(p / CARD, card)
+    if p.is_file():
+        digest = _file_digest(p)
+        _replace(sidecar.path_for(p), sidecar.document(p, digest, _merge(sidecar.evaluations_of(p, digest), new)))
+        return new
+    data = read_manifest(p)
+    data["evaluations"] = _merge(data.get("evaluations", []), new)
+    if CARD in data["files"]:
+        card = with_section((p / CARD).read_text(encoding="utf-8"), section(data["evaluations"])).encode("utf-8")
+        data["files"][CARD] = {"size": len(card), "sha256": hashlib.sha256(card).hexdigest()}
+        _replace(p / CARD, card)
     _replace(p / MANIFEST_NAME, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
-    _sync_dir(p)
     return new
+
+
+def where(output: str | os.PathLike) -> str:
+    """Where :func:`record` puts the results of ``output``, for messages."""
+    p = Path(output)
+    if p.is_file():
+        return str(sidecar.path_for(p))
+    return f"{p / MANIFEST_NAME}" + (f" and {p / CARD}" if CARD in read_manifest(p)["files"] else "")
+
+
+def _merge(evaluations: list[dict], new: dict) -> list[dict]:
+    return [e for e in evaluations if _setup(e) != _setup(new)] + [new]
 
 
 def section(evaluations: list[dict]) -> str:
@@ -126,6 +167,8 @@ def with_section(card: str, text: str) -> str:
 
 
 def _replace(path: Path, data: bytes) -> None:
+    """``path`` now holds ``data``: written to a temporary name, flushed, renamed over it, the
+    folder flushed."""
     tmp = path.with_name(f".{path.name}.gslice-{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -135,9 +178,12 @@ def _replace(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _sync_dir(path.parent)
 
 
 def _sync_dir(path: Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open a folder to flush it
+        return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
