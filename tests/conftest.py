@@ -3,6 +3,7 @@ session, and a CLI runner that returns exit code, stdout and stderr separately."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -120,15 +121,27 @@ def private_range_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def hub(e4b, tmp_path, monkeypatch):
+def hub_of(tmp_path, monkeypatch):
+    """hub_of(folder): ``folder`` as google/gemma-3n-E4B-it on a local Hub, which this process
+    (and the processes it starts) talk to; empty caches."""
+    with contextlib.ExitStack() as stack:
+
+        def serve(folder: Path) -> FakeHub:
+            server = stack.enter_context(FakeHub())
+            server.add_repo(REPO, folder, COMMIT)
+            for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN"):
+                monkeypatch.delenv(var, raising=False)
+            monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+            monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+            monkeypatch.setenv("GSLICE_CACHE", str(tmp_path / "gslice-cache"))
+            monkeypatch.setenv("GSLICE_RANGE_GAP", "0")
+            server.cache = tmp_path / "gslice-cache"
+            return server
+
+        yield serve
+
+
+@pytest.fixture
+def hub(e4b, hub_of):
     """The tiny E4B checkpoint as google/gemma-3n-E4B-it on a local Hub; empty caches."""
-    with FakeHub() as server:
-        server.add_repo(REPO, e4b, COMMIT)
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        monkeypatch.setenv("GSLICE_CACHE", str(tmp_path / "gslice-cache"))
-        monkeypatch.setenv("GSLICE_RANGE_GAP", "0")
-        server.cache = tmp_path / "gslice-cache"
-        yield server
+    return hub_of(e4b)

@@ -40,10 +40,15 @@ FORMAT = "gslice-range-cache/1"
 _LINE = re.compile(rb"^(\d+) (\d+)\n$")
 
 
-def cache_root() -> Path:
-    """``$GSLICE_CACHE/hub-ranges``, by default under ``$XDG_CACHE_HOME/gslice`` (~/.cache)."""
+def gslice_cache() -> Path:
+    """gslice's cache folder: ``$GSLICE_CACHE``, by default ``$XDG_CACHE_HOME/gslice`` (~/.cache)."""
     base = os.environ.get("GSLICE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "gslice")
-    return Path(os.path.expandvars(base)).expanduser() / "hub-ranges"
+    return Path(os.path.expandvars(base)).expanduser()
+
+
+def cache_root() -> Path:
+    """``$GSLICE_CACHE/hub-ranges`` (:func:`gslice_cache`)."""
+    return gslice_cache() / "hub-ranges"
 
 
 def commit_folder(repo_id: str, commit: str) -> Path:

@@ -311,8 +311,11 @@ TOKENIZER_TEXT = (
 
 
 def sentencepiece_model(vocab: int) -> bytes:
-    """A tiny SentencePiece BPE model (at most ``vocab`` pieces) with Gemma's special ids (pad 0,
-    eos 1, bos 2, unk 3) and byte fallback; "\n" stays a newline (identity normalization)."""
+    """A tiny SentencePiece BPE model (at most ``vocab`` pieces: 4 special, 256 bytes, merges)
+    trained on TOKENIZER_TEXT, set up as Gemma's own: Gemma's special ids (pad 0, eos 1, bos 2,
+    unk 3), byte fallback (a character it has no piece for, "\n" among them, becomes its UTF-8
+    bytes), text kept as it is (identity normalization, no extra whitespace removed, no dummy
+    prefix), so that transformers' GemmaTokenizer and llama.cpp tokenize any text as it does."""
     import io
 
     import sentencepiece as spm
@@ -320,9 +323,9 @@ def sentencepiece_model(vocab: int) -> bytes:
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(TOKENIZER_TEXT.splitlines()), model_writer=buf, vocab_size=vocab, model_type="bpe",
-        hard_vocab_limit=False, normalization_rule_name="identity", byte_fallback=True, add_dummy_prefix=False,
-        character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
-        bos_piece="<bos>", unk_piece="<unk>", minloglevel=2,
+        hard_vocab_limit=False, normalization_rule_name="identity", remove_extra_whitespaces=False, byte_fallback=True,
+        add_dummy_prefix=False, character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", minloglevel=2, num_threads=1,
     )
     return buf.getvalue()
 

@@ -106,9 +106,9 @@ def pytest_terminal_summary(terminalreporter, config):
 
 @dataclass(frozen=True)
 class RuntimeModels:
-    """Tiny Gemma 3n text models in every runtime's format (tiny_runtimes.py): a source, a
-    slightly perturbed 'slice' and a badly perturbed one, as Hugging Face folders, GGUF files
-    (llama.cpp's own conversion) and MLX folders (mlx_lm.convert)."""
+    """Tiny Gemma 3n text models in every runtime's format (tiny_text_models.py): a source, a
+    slightly perturbed 'slice' and a badly perturbed one, as Hugging Face folders (float32),
+    GGUF files (llama.cpp's own conversion) and MLX folders (mlx_lm.convert)."""
 
     hf: dict[str, Path]
     gguf: dict[str, Path]
@@ -120,7 +120,7 @@ class RuntimeModels:
 def runtime_models(tmp_path_factory) -> RuntimeModels:
     from gslice.evaluation.texts import sample_text
 
-    from . import tiny_runtimes as tr
+    from . import tiny_text_models as tm
 
     root = tmp_path_factory.mktemp("runtimes")
     sample = sample_text().text
@@ -128,15 +128,15 @@ def runtime_models(tmp_path_factory) -> RuntimeModels:
     start2 = sample.index("Chapter 2")
     texts["a"].write_text(sample[:start2])
     texts["b"].write_text(sample[start2 : sample.index("Chapter 3")])
-    source = tr.build_text_model(seed=0)
+    source = tm.build(logit_scale=4.0)
     models = {
         "source": source,
-        "mild": tr.scale_noise(source, range(0, 4), 0.005),
-        "wrong": tr.scale_noise(source, range(0, tr.NUM_LAYERS), 2.0),
+        "mild": tm.perturbed(source, range(0, 4), 0.005),
+        "wrong": tm.perturbed(source, range(0, tm.NUM_LAYERS), 2.0),
     }
-    hf = {name: tr.save_text_model(m, root / "hf" / name, sample) for name, m in models.items()}
+    hf = {name: tm.save(m, root / "hf" / name, torch.float32) for name, m in models.items()}
     gguf = {name: root / "gguf" / f"{name}.gguf" for name in models}
     (root / "gguf").mkdir()
-    tr.convert_to_gguf([(hf[n], gguf[n]) for n in models])
-    mlx = {name: tr.convert_to_mlx(hf[name], root / "mlx" / name) for name in ("source", "wrong")}
+    tm.convert_to_gguf([(hf[n], gguf[n]) for n in models])
+    mlx = {name: tm.convert_to_mlx(hf[name], root / "mlx" / name) for name in ("source", "wrong")}
     return RuntimeModels(hf, gguf, mlx, texts)

@@ -10,15 +10,13 @@ import shutil
 
 from gslice.evaluation.report import fmt_kl
 from gslice.evaluation.run import RUNS
-from gslice.evaluation.texts import SAMPLE_NAME, sample_text
-from gslice.testing import E4B_LIKE, write_tiny_checkpoint
-
-from .tiny_runtimes import train_tokenizer
+from gslice.evaluation.texts import SAMPLE_NAME
+from gslice.testing import E4B_LIKE, write_sentencepiece, write_tiny_checkpoint
 
 
 def test_bulk_eval_measures_and_records_every_output(tmp_path, cli):
     src = write_tiny_checkpoint(tmp_path / "src", E4B_LIKE, shards=2)
-    train_tokenizer(sample_text().text, src)
+    write_sentencepiece(src, E4B_LIKE.vocab)
     out = tmp_path / "out"
     RUNS.clear()
     r = cli("bulk", src, "--presets", "google-main,google-e2b", "-o", out, "--eval", "sample",

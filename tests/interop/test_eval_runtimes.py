@@ -50,7 +50,7 @@ def test_a_cacheless_pass_equals_decoding_with_a_cache_in_transformers(runtime_m
             steps.append(out.logits[0])
             cache = out.past_key_values
     steps = torch.cat(steps)
-    # float32 in another order (one token at a time): measured 6e-4 at most on logits of about 8
+    # float32 in another order (one token at a time): measured 6.6e-5 at most, on logits up to 25 (standard deviation 7.7)
     assert (whole - steps).abs().max() < 2e-3 and (whole.argmax(1) == steps.argmax(1)).all()
 
 
@@ -61,10 +61,10 @@ def test_mlx_lm_needs_its_kv_cache_for_gemma_3n(runtime_models):
     runner = mlx_runner.load(runtime_models.mlx["source"], 64, 1)
     with_cache = runner_logits(runner)
     without = np.array(runner.model(mx.array(IDS)[None])[0].astype(mx.float32))  # as mlx_lm.perplexity calls it
-    assert np.abs(with_cache - hf).max() < 2e-3  # measured 6.0e-4 (float32, other kernels, logits of about 8)
+    assert np.abs(with_cache - hf).max() < 2e-3  # measured 1.1e-4 (float32, other kernels, logits up to 25)
     assert (with_cache.argmax(1) == hf.argmax(1)).all()
-    assert np.abs(without - hf).max() > 0.5  # measured 4.3
-    assert (without.argmax(1) != hf.argmax(1)).mean() > 0.2  # measured 36% of positions
+    assert np.abs(without - hf).max() > 0.5  # measured 10.9
+    assert (without.argmax(1) != hf.argmax(1)).mean() > 0.2  # measured 44% of positions
 
 
 def test_the_llamacpp_runner_reads_the_logits_llama_cpp_python_gives(runtime_models):

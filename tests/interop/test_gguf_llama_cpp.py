@@ -38,9 +38,9 @@ import gslice
 from gslice.formats import gguf as gguf_format
 
 from . import llama_run
-from .llama_gemma3n import build, greedy, llama_numerics, load_gguf_weights, logits, prompt_ids, save_source
+from .gguf_in_transformers import llama_numerics, load_gguf_weights
 from .tiny_gemma3n import module_slice
-from .tiny_runtimes import llama_cpp_source
+from .tiny_text_models import TEXT, build, greedy, llama_cpp_source, logits, prompt_ids, save
 
 pytestmark = pytest.mark.interop
 
@@ -65,7 +65,7 @@ class Case:
         layers, shared, spec = CASES[name]
         self.spec = spec
         self.model = build(layers, shared)
-        self.src = save_source(self.model, root / f"src-{name}")
+        self.src = save(self.model, root / f"src-{name}")
         self.ids = prompt_ids(self.src)
         self.oracle = module_slice(self.model, spec.get("layers_to_skip", ()), spec.get("ffn_dims"))
         self.root = root
@@ -148,8 +148,6 @@ def test_the_guard_protects_against_wrong_logits(cases, tmp_path, monkeypatch):
 
 def test_llama_cpp_tokenizes_as_sentencepiece_does(cases):
     case = cases["none"]
-    from .llama_gemma3n import TEXT
-
     assert llama_run.tokenize(case.write("f32"), TEXT) == case.ids
 
 
@@ -160,7 +158,7 @@ def convert(case: Case, file_type: str, tmp: Path) -> Path:
     """llama.cpp's converter run on the module-level slice, saved as published checkpoints are."""
     folder = tmp / f"module-slice-{case.name}"
     if not folder.exists():
-        save_source(case.oracle, folder)
+        save(case.oracle, folder)
     out = tmp / f"converted-{case.name}-{file_type}.gguf"
     if file_type == "q4_0":
         import ctypes

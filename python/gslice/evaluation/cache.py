@@ -30,8 +30,10 @@ _SKIP = {"README.md", "gslice-manifest.json"}  # rewritten when results are reco
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gslice" / "eval"
+    """``eval`` in gslice's cache folder (``$GSLICE_CACHE``, by default ~/.cache/gslice)."""
+    from ..range_cache import gslice_cache
+
+    return gslice_cache() / "eval"
 
 
 def fingerprint(path: str | os.PathLike) -> list[dict]:

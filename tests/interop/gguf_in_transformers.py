@@ -1,107 +1,18 @@
-"""Tiny random Gemma 3n text models at the sizes llama.cpp's Gemma 3n fixes in code (AltUp 4,
-LAuReL rank 64, 256 per-layer input values, KV sharing from layer 20 on with producers 18
-and 19, activation sparsity on layers 0-9), saved as published checkpoints are, with a
-SentencePiece tokenizer made here; and transformers runs of GGUF weights read back.
-
-Two things the published checkpoints have and a model saved by transformers >= 4.56 does not
-are added to the saved source: k/v projections and k_norm for the KV-sharing layers (llama.cpp
-requires them; it never reads them, so zeros do).
-
-The random weights are gentle: a random Gemma 3n with weights of order one is chaotic (its
-attention is unscaled, and every norm restores unit scale), so that rounding noise of 1e-7
-comes out as differences of 0.02 to 0.9 in the logits. Here q/k norms are drawn in
-[0.025, 0.075], other vectors in [0.25, 0.75], matrices with standard deviation
-0.5 / sqrt(fan-in), and the token embeddings 8 times larger, so that the logits spread over a
-few units (standard deviation about 2) while the model stays stable.
-"""
+"""transformers computing what a GGUF file holds, as llama.cpp computes it: the file's tensors
+(dequantized by the gguf package) put back into the module-level slice they were made from, and
+llama.cpp's roundings imitated, so that comparing llama.cpp's logits with transformers' measures
+gslice's file rather than two implementations (tests/interop/test_gguf_llama_cpp.py)."""
 
 from __future__ import annotations
 
 import math
 import re
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
-
-from gslice.testing import write_sentencepiece
-
-VOCAB = 320  # the text vocabulary: embeddings, tokenizer
-VOCAB_PER_LAYER = 300  # the per-layer embedding table's rows (the tokenizer's own pieces)
-TEXT = "the quick brown fox\none two three"
-
-
-def config(num_layers: int = 25, num_kv_shared: int = 5, ffn: int = 128) -> Gemma3nTextConfig:
-    return Gemma3nTextConfig(
-        vocab_size=VOCAB, vocab_size_per_layer_input=VOCAB_PER_LAYER, hidden_size=64, intermediate_size=ffn,
-        num_hidden_layers=num_layers, num_kv_shared_layers=num_kv_shared, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=32, hidden_size_per_layer_input=256, laurel_rank=64, altup_num_inputs=4,
-        sliding_window=8, max_position_embeddings=512,
-        layer_types=["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(num_layers)],
-        activation_sparsity_pattern=[0.95 if i < 10 else 0.0 for i in range(num_layers)],
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
-    )
-
-
-@torch.no_grad()
-def build(num_layers: int = 25, num_kv_shared: int = 5, ffn: int = 128, seed: int = 0) -> Gemma3nForCausalLM:
-    """A random model in fp32 whose every weight is a BF16 value (so the BF16 checkpoint holds
-    exactly the model transformers runs)."""
-    torch.manual_seed(seed)
-    cfg = config(num_layers, num_kv_shared, ffn)
-    cfg.architectures = ["Gemma3nForCausalLM"]
-    model = Gemma3nForCausalLM(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in sorted(model.named_parameters()):
-        if p.ndim == 1:
-            p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.25)
-            if name.endswith(("q_norm.weight", "k_norm.weight")):
-                p.mul_(0.1)
-        else:
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5 / math.sqrt(math.prod(p.shape[1:])))
-        if name.endswith("embed_tokens.weight"):
-            p.mul_(8.0)
-        p.copy_(p.to(torch.bfloat16).to(torch.float32))
-    return model.to(torch.float32).eval()
-
-
-def save_source(model: Gemma3nForCausalLM, path: Path) -> Path:
-    """The model as a published-style BF16 checkpoint with a tokenizer (see the module docstring)."""
-    model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
-    model.to(torch.float32)
-    weights = load_file(path / "model.safetensors")
-    cfg = model.config
-    for i in range(cfg.num_hidden_layers - cfg.num_kv_shared_layers, cfg.num_hidden_layers):
-        for part in ("k_proj", "v_proj", "k_norm"):
-            like = weights[f"model.layers.0.self_attn.{part}.weight"]
-            weights.setdefault(f"model.layers.{i}.self_attn.{part}.weight", torch.zeros_like(like))
-    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
-    assert write_sentencepiece(path, VOCAB_PER_LAYER) == VOCAB_PER_LAYER
-    return path
-
-
-def prompt_ids(src: Path) -> list[int]:
-    """TEXT tokenized by the source's SentencePiece model, with BOS (id 2)."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
-    return [2, *sp.encode(TEXT)]
-
-
-@torch.no_grad()
-def logits(model: nn.Module, ids: Sequence[int]) -> np.ndarray:
-    return model(input_ids=torch.tensor([list(ids)]), use_cache=False).logits[0].float().numpy()
-
-
-@torch.no_grad()
-def greedy(model: nn.Module, ids: Sequence[int], new_tokens: int) -> list[int]:
-    out = model.generate(input_ids=torch.tensor([list(ids)]), do_sample=False, max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, use_cache=True)
-    return out[0].tolist()
+from transformers import Gemma3nForCausalLM
 
 
 # -- GGUF weights back into transformers -----------------------------------------------------
