@@ -4,6 +4,7 @@ session, and a CLI runner that returns exit code, stdout and stderr separately."
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import shutil
@@ -145,3 +146,22 @@ def hub_of(tmp_path, monkeypatch):
 def hub(e4b, hub_of):
     """The tiny E4B checkpoint as google/gemma-3n-E4B-it on a local Hub; empty caches."""
     return hub_of(e4b)
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """installed(*modules): only these runtime modules count as installed."""
+    from gslice.evaluation import runners
+
+    real = importlib.util.find_spec
+    runtime_modules = {m for info in runners.RUNTIMES.values() for m in info.requires}
+
+    def set_installed(*modules):
+        def find_spec(name, *a, **kw):
+            if name in runtime_modules:
+                return real("json") if name in modules else None  # any spec stands for "present"
+            return real(name, *a, **kw)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+    return set_installed

@@ -4,7 +4,6 @@ windowing, unreadable texts, --record on something gslice did not write."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
 
@@ -24,23 +23,6 @@ def hf_folder(path, fmt="pt"):
     header = json.dumps({"__metadata__": {"format": fmt}}).encode()
     (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     return path
-
-
-@pytest.fixture
-def installed(monkeypatch):
-    """installed(*modules): only these runtime modules count as installed."""
-    real = importlib.util.find_spec
-    runtime_modules = {m for info in runners.RUNTIMES.values() for m in info.requires}
-
-    def set_installed(*modules):
-        def find_spec(name, *a, **kw):
-            if name in runtime_modules:
-                return real("json") if name in modules else None  # any spec stands for "present"
-            return real(name, *a, **kw)
-
-        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-
-    return set_installed
 
 
 @pytest.mark.parametrize("kind,runtime,missing,extra", [
