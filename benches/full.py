@@ -5,7 +5,14 @@ method, gslice and the notebook inside hard memory caps, and gslice on its porta
 same bytes as the Linux fast path; and E4B -> E2B text-only as a GGUF Q8_0 file for llama.cpp,
 next to the path a user has today: the notebook's method, then llama.cpp's own
 ``convert_hf_to_gguf.py`` to Q8_0 (``--llama-cpp-source``, the folder ``.ci/llama-cpp-source``
-prints; run with ``--torch-python``).
+prints; run with ``--torch-python``); and the cost of ``gslice eval`` on a laptop: the source
+written as a GGUF Q8_0 file by gslice (no spec), E2B as GGUF Q8_0, then ``gslice eval`` of E2B
+against the source on ``--eval-threads`` threads (2) for ``--eval-tokens`` tokens (1024, windows
+of 512): tokens/s and peak RSS of each model's run, and how busy other processes kept the
+machine meanwhile (llama.cpp's threads spin-wait for each other, so a busy machine lowers
+tokens/s a lot). Below full size llama.cpp cannot run the scaled checkpoint (its per-layer input
+width is fixed at 256), so that step writes one that keeps it (``synth.write_checkpoint(...,
+llama_cpp=True)``: ~1.9 GB at mid size). The Python running this needs llama-cpp-python.
 
     python benches/full.py --scratch /work/bench-scratch --out bench-results.json \
         [--size full|mid|small] [--torch-python ~/.cache/gslice/interop-venv/bin/python] \
@@ -70,6 +77,7 @@ TARGETS = {
     "gguf_vs_cp": 1.3,  # gslice GGUF Q8_0 wall <= 1.3 x cp (with sync) of the file
     "gguf_rss": 300e6,
 }
+EVAL_CONTEXT = 512  # gslice eval's default window
 # Runs that --recycle puts in a page-cache-recycling cgroup.
 RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync"}
 README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->"
@@ -120,7 +128,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cap-notebook", type=int, default=None, help="MiB (default: 4096 at full size)")
     ap.add_argument("--verify", choices=("full", "sampled"), default=None,
                     help="compare the notebook's output with gslice's on every byte or on samples (default: full below full size)")
-    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf")
+    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf,eval")
+    ap.add_argument("--eval-threads", type=int, default=2, help="llama.cpp threads of the gslice eval step (default 2)")
+    ap.add_argument("--eval-tokens", type=int, default=1024, help="tokens the gslice eval step scores (--max-tokens; default 1024)")
     ap.add_argument("--llama-cpp-source", default=os.environ.get("GSLICE_LLAMA_CPP_SOURCE"),
                     help="the folder holding llama.cpp's convert_hf_to_gguf.py (.ci/llama-cpp-source prints it), "
                          "for the user's path to a GGUF: the notebook's method, then the converter")
@@ -182,12 +192,17 @@ class Bench:
             self.slice_int4()
         if "bulk" not in self.skip:
             self.bulk()
+        if "eval" not in self.skip:
+            self.eval_gguf()
 
     def check_disk(self) -> None:
         # Peak use: the source plus either two E2B outputs (0.7x the source each: gslice's and
-        # the copy or the notebook's) or the bulk outputs (~1.57x the source), plus a margin.
+        # the copy or the notebook's), the bulk outputs (~1.57x the source) or the eval step's
+        # two GGUF files (0.77x) and, below full size, its own checkpoint (1.9x), plus a margin.
         size = 15.7e9 / synth.SCALES[self.args.size] ** 2
         need = (0 if self.args.source else size) + 1.6 * size + 1e9 / synth.SCALES[self.args.size] ** 2
+        if "eval" not in self.skip and self.args.size != "full":
+            need = max(need, (0 if self.args.source else size) + 2.7 * size)
         free = shutil.disk_usage(self.work).free
         if free < need:
             raise SystemExit(f"error: {self.work} has {free / 1e9:.1f} GB free; this run needs about {need / 1e9:.0f} GB")
@@ -389,6 +404,39 @@ class Bench:
             r.extra["outputs"] = len(report["rows"])
         measure.remove(out)
 
+    def eval_gguf(self) -> None:
+        """The laptop path of `gslice eval`: the source as a GGUF Q8_0 file (no spec) and E2B
+        as GGUF Q8_0, both written by gslice, then E2B evaluated against the source."""
+        if subprocess.run([self.python, "-c", "import llama_cpp"], capture_output=True).returncode:
+            self.notes["eval"] = f"not run: {self.python} cannot import llama_cpp (pip install 'gslice[llama-cpp]')"
+            return
+        src = self.src
+        if self.args.size != "full":
+            log(f"writing a {self.args.size} checkpoint that llama.cpp runs (per-layer input width 256)")
+            src = Path(synth.write_checkpoint(self.work / "e4b-llama-cpp", self.args.size, llama_cpp=True).path)
+        source, e2b = self.work / "source-q8_0.gguf", self.work / "e2b-q8_0-eval.gguf"
+        spec = synth.e2b_spec(self.args.size)
+        gguf = [self.python, "-m", "gslice", "slice", str(src), "--format", "gguf", "--gguf-type", "q8_0", "--json", "-q"]
+        written = [
+            self.measure("eval_source_gguf", "gslice slice E4B, unsliced, to GGUF Q8_0 (eval's source)",
+                         [*gguf, "-o", str(source)], source, prepare=(src,)),
+            self.measure("eval_slice_gguf", "gslice slice E4B->E2B to GGUF Q8_0 (eval's slice)",
+                         [*gguf, "-o", str(e2b), "--layers-to-skip", "20-24", "--ffn-dims", str(spec["ffn_dims"])], e2b,
+                         prepare=(src,)),
+        ]
+        if src != self.src:
+            measure.remove(src)
+        if all(r.ok for r in written):
+            threads, tokens = self.args.eval_threads, self.args.eval_tokens
+            cmd = [self.python, "-m", "gslice", "eval", str(e2b), "--against", str(source), "--threads", str(threads),
+                   "--max-tokens", str(tokens), "--context", str(EVAL_CONTEXT), "--no-cache", "--json", "-q"]
+            r = self.measure("eval", f"gslice eval E2B Q8_0 against E4B Q8_0 ({threads} threads, {tokens} tokens)", cmd,
+                             self.work / "eval-writes-nothing", prepare=(source, e2b))
+            if r.ok:
+                r.extra.update(eval_figures(json.loads(r.stdout), threads))
+        measure.remove(source)
+        measure.remove(e2b)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def prepare(self, *paths: Path) -> None:
@@ -472,6 +520,21 @@ class Bench:
             "notes": self.notes,
             "targets": evaluate({k: r.to_dict() for k, r in self.runs.items()}, self.checks, self.source_bytes),
         }
+
+
+def eval_figures(report: dict, threads: int) -> dict:
+    """Per model of a ``gslice eval --json`` report: the runtime's tokens/s, the peak RSS of the
+    process that ran it, the load time."""
+    models = {"source": report["source"], "slice": report["slices"][0]}
+    return {
+        "threads": threads,
+        "tokens_scored": report["tokens_scored"],
+        "windows": report["windows"],
+        "context": report["context"],
+        **{f"{role}_{k}": m["run"][v] for role, m in models.items() for k, v in (
+            ("tokens_per_second", "tokens_per_second"), ("peak_rss", "peak_rss_bytes"), ("load_s", "load_seconds"),
+            ("tokens_processed", "tokens_processed"))},
+    }
 
 
 def gguf_compare(a: Path, b: Path, sample: int | None) -> dict:
@@ -568,7 +631,7 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
 
 
 ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped", "bf16_portable",
-             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert"]
+             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert", "eval_source_gguf", "eval_slice_gguf", "eval"]
 
 
 def markdown(res: dict) -> str:
@@ -637,11 +700,30 @@ def markdown(res: dict) -> str:
                       f"{cv['wall']:.1f} s (peak RSS {cv['peak_rss'] / 1e6:.0f} MB) = {nb['wall'] + cv['wall']:.1f} s and writes "
                       f"the full checkpoint in between; gslice writes the file in one pass in {gg['wall']:.1f} s "
                       f"(peak RSS {gg['peak_rss'] / 1e6:.0f} MB)."]
+    if runs.get("eval", {}).get("exit_code") == 0:
+        lines += ["", eval_sentence(runs["eval"], res["size"])]
     for key, c in res["checks"].items():
         lines.append("")
         lines.append(f"Check {key}: {c['tensors']} tensors, {c['bytes_compared'] / 1e9:.2f} GB compared ({c['mode']}): "
                      + ("identical." if not c["problems"] else f"{len(c['problems'])} differences."))
     return "\n".join(lines)
+
+
+def eval_sentence(r: dict, size: str) -> str:
+    """The gslice eval figures in words: per model, with the threads and how quiet the machine was."""
+    e = r["extra"]
+    others = r.get("other_cores")
+    quiet = ("the machine was otherwise quiet" if others is not None and others < 0.1 else
+             f"other processes kept {others:.2f} cores busy on average meanwhile, which lowers llama.cpp's tokens/s"
+             if others is not None else "how busy the machine was is unknown")
+    return (f"`gslice eval` of E2B Q8_0 against E4B Q8_0 (both GGUF files written by gslice from the {size}-size synthetic "
+            f"checkpoint; random weights: the figures measure cost, not quality), llama.cpp on {e['threads']} threads, "
+            f"{e['tokens_scored']:,} tokens scored in {e['windows']} windows of {e['context']}: E2B "
+            f"{e['slice_tokens_per_second']:.1f} tokens/s, peak RSS {e['slice_peak_rss'] / 1e6:.0f} MB; the source "
+            f"{e['source_tokens_per_second']:.1f} tokens/s, peak RSS {e['source_peak_rss'] / 1e6:.0f} MB (each model in a "
+            f"process of its own; of its peak, at most {r['peak_anon'] / 1e6:.0f} MB is anonymous memory, the rest pages "
+            f"of the memory-mapped file, which llama.cpp reads in whole when it loads it and the kernel can drop); "
+            f"{r['wall']:.1f} s for the whole command; {quiet}.")
 
 
 def update_readme(path: Path, md: str) -> None:

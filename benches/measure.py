@@ -6,6 +6,10 @@ mark of the process's resident set, all threads included since they share one ad
 for a shell, the largest of the children it waited for). /proc/<pid>/status of the process
 tree is also polled every 20 ms for the split of RSS into anonymous memory and mapped file
 pages (the memory maps of the source), which ``ru_maxrss`` does not give.
+
+How busy the machine was meanwhile: the CPU time /proc/stat counts for the whole machine over
+the run, minus the run's own (user + sys, its children included), per second of wall time:
+``other_cores``, the cores other processes kept busy on average (0 on a quiet machine).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Run:
     stdout: str = ""
     stderr: str = ""
     bytes_written: int | None = None
+    other_cores: float | None = None  # cores other processes kept busy meanwhile, on average
     cgroup: dict | None = None
     extra: dict = field(default_factory=dict)
 
@@ -128,6 +133,7 @@ def run(label: str, cmd: list[str], *, cgroup: MemoryCgroup | None = None, env: 
     base = Path(f"/tmp/gslice-bench-{os.getpid()}")
     out_path, err_path, time_path = (base.with_suffix(s) for s in (".out", ".err", ".time"))
     timed = [TIME, "-o", str(time_path), "-f", "%U %S %M", *r.cmd]
+    busy_before = cpu_busy_seconds()
     with out_path.open("w") as out, err_path.open("w") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(timed, stdout=out, stderr=err, env=env, cwd=cwd,
@@ -137,12 +143,14 @@ def run(label: str, cmd: list[str], *, cgroup: MemoryCgroup | None = None, env: 
                 _poll_status(pid, r)
             time.sleep(POLL)
         r.wall = time.perf_counter() - started
+    busy = cpu_busy_seconds() - busy_before
     r.stdout, r.stderr = out_path.read_text(), err_path.read_text()
     lines = time_path.read_text().splitlines()
     for p in (out_path, err_path, time_path):
         p.unlink()
     user, sys_, maxrss = lines[-1].split()
     r.user, r.sys, r.peak_rss = float(user), float(sys_), int(maxrss) * 1024
+    r.other_cores = max(0.0, busy - r.user - r.sys) / r.wall if r.wall > 0 else None
     killed = [l for l in lines if l.startswith("Command terminated by signal")]
     r.exit_code = -int(killed[0].split()[-1]) if killed else proc.returncode
     if cgroup:
@@ -151,6 +159,14 @@ def run(label: str, cmd: list[str], *, cgroup: MemoryCgroup | None = None, env: 
 
 
 TIME = "/usr/bin/time"  # GNU time (Debian package `time`)
+
+
+def cpu_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: user, nice, system,
+    irq, softirq, steal; not idle or iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _descendants(pid: int) -> list[int]:

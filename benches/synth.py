@@ -8,6 +8,11 @@ The tensor names, shapes and dtypes are those of the published E4B checkpoints
              vocab 65,600 / 65,536): same names, same 35 layers, ~1 GB.
 * ``small``: the same divided by 16 (hidden 128, FFN 1024): ~62 MB, for smoke tests.
 
+``llama_cpp=True`` keeps the per-layer input width at the published 256 below full size
+(``embed_tokens_per_layer`` [V, 35 x 256], the per-layer gates, projections and norm), the one
+scaled dimension llama.cpp's Gemma 3n fixes in code (``n_embd_altup``): a checkpoint whose GGUF
+llama.cpp can run (``mid``: ~1.9 GB), for the evaluation benchmark.
+
 The values are valid, finite bf16 (normal, sigma 0.02, rounded to nearest even). One random
 block of ``BLOCK_ELEMS`` values is generated once and every tensor is cut from it cyclically,
 starting at an offset derived from its name, so generating costs a fraction of writing.
@@ -61,9 +66,14 @@ def reference_shapes() -> dict[str, tuple[int, ...]]:
     return {name: tuple(t["shape"]) for name, t in data.items()}
 
 
-def scaled_shapes(size: str) -> dict[str, tuple[int, ...]]:
+PER_LAYER_INPUT = 256  # published hidden_size_per_layer_input, fixed in llama.cpp
+PER_LAYER_DIMS = (PER_LAYER_INPUT, 35 * PER_LAYER_INPUT)  # one layer's block, all 35 layers'
+
+
+def scaled_shapes(size: str, llama_cpp: bool = False) -> dict[str, tuple[int, ...]]:
     k = SCALES[size]
-    return {n: tuple(_dim(d, k) for d in shape) for n, shape in reference_shapes().items()}
+    return {n: tuple(d if llama_cpp and "per_layer" in n and d in PER_LAYER_DIMS else _dim(d, k) for d in shape)
+            for n, shape in reference_shapes().items()}
 
 
 def _dim(d: int, k: int) -> int:
@@ -107,9 +117,9 @@ class Tensor:
         return 2 * math.prod(self.shape)
 
 
-def layout(size: str) -> list[list[Tensor]]:
+def layout(size: str, llama_cpp: bool = False) -> list[list[Tensor]]:
     """The shards, each a list of tensors in file order."""
-    tensors = [Tensor(n, s) for n, s in sorted(scaled_shapes(size).items(), key=lambda kv: natural_key(kv[0]))]
+    tensors = [Tensor(n, s) for n, s in sorted(scaled_shapes(size, llama_cpp).items(), key=lambda kv: natural_key(kv[0]))]
     starts = split_shards([t.nbytes for t in tensors]) + [len(tensors)]
     return [tensors[a:b] for a, b in zip(starts, starts[1:])]
 
@@ -130,7 +140,7 @@ def header_bytes(tensors: list[Tensor]) -> bytes:
 # -- config and side files ----------------------------------------------------------------
 
 
-def config(size: str) -> dict:
+def config(size: str, llama_cpp: bool = False) -> dict:
     """config.json as published for google/gemma-3n-E4B-it (transformers 4.53), with the
     dimensions divided like the tensors'."""
     k = SCALES[size]
@@ -149,7 +159,7 @@ def config(size: str) -> dict:
         "head_dim": d(256),
         "hidden_activation": "gelu_pytorch_tanh",
         "hidden_size": d(2048),
-        "hidden_size_per_layer_input": d(256),
+        "hidden_size_per_layer_input": PER_LAYER_INPUT if llama_cpp else d(PER_LAYER_INPUT),
         "initializer_range": 0.02,
         "intermediate_size": [d(16384)] * L,
         "laurel_rank": 64,
@@ -291,18 +301,18 @@ class SynthReport:
 
 
 def write_checkpoint(path: str | os.PathLike, size: str = "mid", *, sparse: bool = False, seed: int = 0,
-                     sync: bool = True, block_elems: int = BLOCK_ELEMS) -> SynthReport:
+                     sync: bool = True, block_elems: int = BLOCK_ELEMS, llama_cpp: bool = False) -> SynthReport:
     """Writes a complete checkpoint folder (shards, index, config, side files) into ``path``,
     which must not exist. ``sparse`` writes only the headers and leaves the data as holes
     (zeros): a full-layout checkpoint that costs no disk, for header and planning benchmarks.
     ``block_elems`` (odd, ideally prime) sets the period of the values; smaller is faster to
-    generate (tests use 2**20 - 3)."""
+    generate (tests use 2**20 - 3). ``llama_cpp``: see the module docstring."""
     out = Path(path)
     out.mkdir(parents=True)
     started = time.perf_counter()
     block = None if sparse else random_block(seed, block_elems)
     generated = time.perf_counter() - started
-    shards = layout(size)
+    shards = layout(size, llama_cpp)
     n = len(shards)
     weight_map, reports, fds = {}, [], []
     for i, tensors in enumerate(shards):
@@ -322,7 +332,7 @@ def write_checkpoint(path: str | os.PathLike, size: str = "mid", *, sparse: bool
     tensor_bytes = sum(t.nbytes for s in shards for t in s)
     index = {"metadata": {"total_size": tensor_bytes}, "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (out / "config.json").write_text(json.dumps(config(size), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config(size, llama_cpp), indent=2) + "\n")
     for fname, data in side_files(size).items():
         (out / fname).write_bytes(data)
     written = time.perf_counter() - started

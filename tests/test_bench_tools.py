@@ -20,7 +20,7 @@ import compare  # noqa: E402
 import measure  # noqa: E402
 import synth  # noqa: E402
 
-from gslice import engine, gemma3n  # noqa: E402
+from gslice import GGUF, SpecError, engine, gemma3n  # noqa: E402
 from gslice.slicing import prepare_slice, slice_model  # noqa: E402
 from gslice.spec import SliceSpec  # noqa: E402
 from gslice.testing import compare_to_reference, read_checkpoint  # noqa: E402
@@ -80,6 +80,26 @@ def test_mid_layout_scales_every_large_dimension(tmp_path):
     assert 0.9e9 < total < 1.1e9
 
 
+def test_the_llama_cpp_variant_keeps_the_per_layer_width_llama_cpp_fixes(tmp_path):
+    """Below full size, the eval benchmark's checkpoint keeps the per-layer input width at 256
+    (llama.cpp's n_embd_altup) and scales the rest: gslice's guard then lets it be a GGUF file."""
+    shapes, scaled = synth.scaled_shapes("small", llama_cpp=True), synth.scaled_shapes("small")
+    changed = {n for n in shapes if shapes[n] != scaled[n]}
+    assert len(changed) == 3 + 2 * 35  # the table, its projection and norm; each layer's gate and projection
+    assert shapes["model.language_model.embed_tokens_per_layer.weight"] == (16384, 35 * 256)
+    assert shapes["model.language_model.layers.0.per_layer_input_gate.weight"] == (256, 128)
+    assert shapes["model.language_model.layers.0.per_layer_projection.weight"] == (128, 256)
+    assert shapes["model.language_model.layers.0.post_per_layer_input_norm.weight"] == (128,)
+    assert synth.config("small", llama_cpp=True)["text_config"]["hidden_size_per_layer_input"] == 256
+    src = synth.write_checkpoint(tmp_path / "small-llama", "small", block_elems=SMALL_BLOCK, llama_cpp=True, sync=False).path
+    gguf = GGUF("q8_0")
+    for spec in ({}, synth.e2b_spec("small")):  # the guard accepts the source and E2B
+        assert prepare_slice(src, SliceSpec.build(**spec), format=gguf).output.file_type == "q8_0"
+    scaled_src = synth.write_checkpoint(tmp_path / "small", "small", block_elems=SMALL_BLOCK, sync=False).path
+    with pytest.raises(SpecError, match=r"^--format gguf: llama\.cpp "):
+        prepare_slice(scaled_src, SliceSpec(), format=gguf)
+
+
 def test_small_checkpoint_values_are_finite_bf16_and_slice_correctly(small, tmp_path):
     tensors = read_checkpoint(small)
     assert len(tensors) == 1676
@@ -128,6 +148,7 @@ def test_peak_rss_is_the_childs_own():
     r = measure.run("alloc", [sys.executable, "-c", "b = bytearray(96 << 20); b[::4096] = b'x' * len(b[::4096])"])
     assert r.exit_code == 0
     assert 96 << 20 < r.peak_rss < 200 << 20
+    assert r.other_cores is not None and r.other_cores >= 0  # what else kept the machine busy meanwhile
     killed = measure.run("killed", ["sh", "-c", "kill -9 $$"])
     assert killed.exit_code == -9 and measure.signal_name(killed.exit_code) == "SIGKILL"
     del ballast
