@@ -14,7 +14,7 @@ than a mild slice does), so the reference must be the source in the outputs' run
   vendors), so a q4_0 output's figures include what 4-bit quantization costs on top of the
   slicing, and every quantized run of the same source shares one reference, whose
   log-probabilities are cached once: q8_0 and q4_0 outputs of separate runs are comparable.
-  E4B's text decoder is 7.3 GB as q8_0 against 14 GB as bf16;
+  E4B's text decoder is 7.3 GB as q8_0 against 13.7 GB as bf16;
 * MLX folders: the same rule with MLX's affine quantization (8 bits for a quantized run, the
   same group size; the outputs' own format when they are not quantized).
 """
