@@ -39,6 +39,16 @@ def test_a_runtime_that_is_not_installed_names_its_extra(tmp_path, cli, installe
     assert r.err == f"error: {model} runs in {runtime}, which is not installed ({missing} missing): pip install 'gslice[{extra}]'\n"
 
 
+def test_a_gslice_output_written_for_mlx_runs_in_mlx_lm(tmp_path):
+    """Whatever its safetensors header says: gslice's manifest names the format it was written for."""
+    folder = hf_folder(tmp_path / "m")
+    assert runners.runtime_of(folder) == "transformers"
+    (folder / "gslice-manifest.json").write_text(json.dumps({"output_format": {"name": "mlx", "bits": 4}}))
+    assert runners.runtime_of(folder) == "mlx-lm"
+    (folder / "gslice-manifest.json").write_text(json.dumps({"output_format": {"name": "safetensors"}}))
+    assert runners.runtime_of(folder) == "transformers"
+
+
 def test_the_slice_runtime_is_checked_too(tmp_path, cli, installed):
     installed("llama_cpp")
     src, other = gguf_file(tmp_path / "src.gguf"), hf_folder(tmp_path / "hf")

@@ -2,7 +2,8 @@
 
 * a GGUF file (it starts with the bytes ``GGUF``): llama.cpp, through llama-cpp-python;
 * a folder of safetensors written by MLX (their header metadata says ``"format": "mlx"``, as
-  ``mlx.core.save_safetensors`` and so ``mlx_lm.convert`` write it): mlx-lm;
+  ``mlx.core.save_safetensors`` and so ``mlx_lm.convert`` write it), or a gslice output whose
+  manifest says it was written for MLX (``output_format`` "mlx"): mlx-lm;
 * any other folder with a config.json: transformers (a Hugging Face checkpoint).
 
 Each runtime is one module with one ``Runner`` class; none is imported until it is needed, and
@@ -84,7 +85,18 @@ def runtime_of(path: str | os.PathLike) -> str:
     shards = sorted(p.glob("*.safetensors"))
     if not shards:
         raise SourceError(f"{p} has no *.safetensors weights")
-    return "mlx-lm" if _safetensors_format(shards[0]) == "mlx" else "transformers"
+    return "mlx-lm" if _safetensors_format(shards[0]) == "mlx" or _gslice_format(p) == "mlx" else "transformers"
+
+
+def _gslice_format(folder: Path) -> str | None:
+    """The output format a gslice manifest in ``folder`` names, if there is one."""
+    from ...manifest import MANIFEST_NAME
+
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        return (data.get("output_format") or {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _safetensors_format(path: Path) -> str | None:
