@@ -153,3 +153,37 @@ def test_bulk_gguf_eval_plans_the_source_unsliced_as_its_reference(tmp_path, cli
     assert (r.code, r.err) == (2, "error: each output runs in llama.cpp, which is not installed (llama_cpp missing): "
                                   "pip install 'gslice[llama-cpp]'\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_reference_of_each_output_format():
+    """bulk --eval's reference (evaluation/outputs.py): the source checkpoint for Hugging Face
+    folders; for GGUF the outputs' type when it is a float type, q8_0 for every quantized type;
+    for MLX (whose format object lands with --format mlx: stood in for here) 8 bits, same group."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from gslice.evaluation import outputs
+
+    assert outputs.reference_format(gslice.Safetensors()) is None
+    assert outputs.runtime(gslice.Safetensors()) == "transformers"
+    for given, reference in (("q4_0", "q8_0"), ("q8_0", "q8_0"), ("q6_K", "q8_0"), ("bf16", "bf16"), ("f16", "f16"), ("f32", "f32"), (None, None)):
+        got = outputs.reference_format(gslice.GGUF(given) if given in (None, *gguf_format.TYPES) else _gguf_of(given))
+        assert (got.name, got.type) == ("gguf", reference), given
+    assert outputs.runtime(gslice.GGUF("q4_0")) == "llama.cpp"
+
+    @dataclass(frozen=True)
+    class MLX:
+        bits: int | None = 4
+        group_size: int = 64
+        name: ClassVar[str] = "mlx"
+
+    assert outputs.reference_format(MLX(4, 32)) == MLX(8, 32)
+    assert outputs.reference_format(MLX(None, 64)) == MLX(None, 64)
+    assert outputs.runtime(MLX()) == "mlx-lm"
+
+
+def _gguf_of(file_type: str):
+    """A GGUF format object of a type this build may not write yet (the K-quants land separately)."""
+    fmt = object.__new__(gslice.GGUF)
+    object.__setattr__(fmt, "type", file_type)
+    return fmt
