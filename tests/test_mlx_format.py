@@ -150,6 +150,11 @@ def _scaled(text):
     text["rope_scaling"] = {"rope_type": "linear", "factor": 8.0}
 
 
+def _scaled_per_type(text):
+    text["rope_parameters"] = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+
+
 def _no_rope(text):
     del text["rope_theta"]
 
@@ -172,6 +177,10 @@ REFUSALS = {
         {"edit": _scaled}, [],
         "--format mlx: the source's RoPE is scaled ({'rope_type': 'linear', 'factor': 8.0}); mlx-lm's Gemma 3n applies "
         "plain RoPE, so its logits would be wrong"),
+    "scaled RoPE, transformers 5": (
+        {"edit": _scaled_per_type}, [],
+        "--format mlx: the source's RoPE is scaled ({'rope_type': 'linear', 'factor': 8.0, 'rope_theta': 1000000.0}); "
+        "mlx-lm's Gemma 3n applies plain RoPE, so its logits would be wrong"),
     "no RoPE base": (
         {"edit": _no_rope}, [],
         "--format mlx: mlx-lm requires text_config.rope_theta; the source's config.json gives neither it nor "

@@ -224,10 +224,12 @@ def rope_bases(text: dict) -> dict:
     configs name them; transformers 5 gives them per attention type in ``rope_parameters``.
     mlx-lm applies plain RoPE with these bases: any scaling is refused."""
     params = text.get("rope_parameters") or {}
-    scaled = [k for k, p in params.items() if isinstance(p, dict) and p.get("rope_type", "default") != "default"]
-    if text.get("rope_scaling") or scaled:
-        raise SourceError(f"{OPTION}: the source's RoPE is scaled ({text.get('rope_scaling') or params[scaled[0]]}); "
-                          "mlx-lm's Gemma 3n applies plain RoPE, so its logits would be wrong")
+    # per attention type (transformers 5's Gemma 3n), or one for all; rope_scaling: older configs
+    kinds = [p for p in params.values() if isinstance(p, dict)] or [params]
+    scaled = [p for p in (*kinds, text.get("rope_scaling") or {}) if _rope_type(p) != "default"]
+    if scaled:
+        raise SourceError(f"{OPTION}: the source's RoPE is scaled ({scaled[0]}); mlx-lm's Gemma 3n applies plain RoPE, "
+                          "so its logits would be wrong")
     out = {}
     for field, kind in (("rope_theta", "full_attention"), ("rope_local_base_freq", "sliding_attention")):
         if field in text:
@@ -238,6 +240,10 @@ def rope_bases(text: dict) -> dict:
                               f"nor rope_parameters.{kind}.rope_theta")
         out[field] = value
     return out
+
+
+def _rope_type(p: dict) -> str:
+    return p.get("rope_type", p.get("type", "default")) if isinstance(p, dict) else "default"
 
 
 def generation_eos(files: Path):
