@@ -234,7 +234,7 @@ def rope_bases(text: dict) -> dict:
     for field, kind in (("rope_theta", "full_attention"), ("rope_local_base_freq", "sliding_attention")):
         if field in text:
             continue
-        value = (params.get(kind) or {}).get("rope_theta") if isinstance(params.get(kind), dict) else None
+        value = params[kind].get("rope_theta") if isinstance(params.get(kind), dict) else None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise SourceError(f"{OPTION}: mlx-lm requires text_config.{field}; the source's config.json gives neither it "
                               f"nor rope_parameters.{kind}.rope_theta")
