@@ -5,18 +5,22 @@ method, gslice and the notebook inside hard memory caps, and gslice on its porta
 same bytes as the Linux fast path; and E4B -> E2B text-only as a GGUF Q8_0 file for llama.cpp,
 next to the path a user has today: the notebook's method, then llama.cpp's own
 ``convert_hf_to_gguf.py`` to Q8_0 (``--llama-cpp-source``, the folder ``.ci/llama-cpp-source``
-prints; run with ``--torch-python``); and the cost of ``gslice eval`` on a laptop: the source
-written as a GGUF Q8_0 file by gslice (no spec), E2B as GGUF Q8_0, then ``gslice eval`` of E2B
-against the source on ``--eval-threads`` threads (2) for ``--eval-tokens`` tokens (1024, windows
-of 512): tokens/s and peak RSS of each model's run, and how busy other processes kept the
-machine meanwhile (llama.cpp's threads spin-wait for each other, so a busy machine lowers
-tokens/s a lot). Below full size llama.cpp cannot run the scaled checkpoint (its per-layer input
-width is fixed at 256), so that step writes one that keeps it (``synth.write_checkpoint(...,
-llama_cpp=True)``: ~1.9 GB at mid size). The Python running this needs llama-cpp-python.
+prints; run with ``--torch-python``); E4B -> E2B as an MLX 4-bit folder for mlx-lm, against
+``cp`` of that folder and inside gslice's memory cap, next to the two-pass path (gslice's BF16
+MLX folder, then ``mlx_lm.convert -q``, run with ``--mlx-python``), whose tensors must be gslice's;
+and the cost of ``gslice eval`` on a laptop: the source written as a GGUF Q8_0 file by gslice
+(no spec), E2B as GGUF Q8_0, then ``gslice eval`` of E2B against the source on
+``--eval-threads`` threads (2) for ``--eval-tokens`` tokens (1024, windows of 512): tokens/s and
+peak RSS of each model's run, and how busy other processes kept the machine meanwhile
+(llama.cpp's threads spin-wait for each other, so a busy machine lowers tokens/s a lot). Below
+full size llama.cpp cannot run the scaled checkpoint (its per-layer input width is fixed at
+256), so that step writes one that keeps it (``synth.write_checkpoint(..., llama_cpp=True)``:
+~1.9 GB at mid size). The Python running this needs llama-cpp-python.
 
     python benches/full.py --scratch /work/bench-scratch --out bench-results.json \
         [--size full|mid|small] [--torch-python ~/.cache/gslice/interop-venv/bin/python] \
-        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--markdown bench.md] [--readme README.md]
+        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--mlx-python PYTHON-WITH-MLX-LM] \
+        [--markdown bench.md] [--readme README.md]
 
 Everything is measured as a child process (wall, user and sys CPU, peak RSS from wait4) on
 a synthetic checkpoint with the published E4B layout (benches/synth.py), written into
@@ -76,10 +80,13 @@ TARGETS = {
     "bulk_time_vs_bf16": 2.5,
     "gguf_vs_cp": 1.3,  # gslice GGUF Q8_0 wall <= 1.3 x cp (with sync) of the file
     "gguf_rss": 300e6,
+    "mlx4_vs_cp": 1.3,  # gslice MLX 4-bit wall <= 1.3 x cp (with sync) of its output
+    "mlx4_rss": 300e6,
+    "mlx4_vs_bf16": 1.5,  # quantizing in the pass costs at most half again the bf16 MLX slice
 }
 EVAL_CONTEXT = 512  # gslice eval's default window
 # Runs that --recycle puts in a page-cache-recycling cgroup.
-RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync"}
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync", "mlx4", "mlx4_cp_sync", "mlx_bf16"}
 README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->"
 
 
@@ -128,12 +135,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cap-notebook", type=int, default=None, help="MiB (default: 4096 at full size)")
     ap.add_argument("--verify", choices=("full", "sampled"), default=None,
                     help="compare the notebook's output with gslice's on every byte or on samples (default: full below full size)")
-    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf,eval")
+    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf,mlx,eval")
     ap.add_argument("--eval-threads", type=int, default=2, help="llama.cpp threads of the gslice eval step (default 2)")
     ap.add_argument("--eval-tokens", type=int, default=1024, help="tokens the gslice eval step scores (--max-tokens; default 1024)")
     ap.add_argument("--llama-cpp-source", default=os.environ.get("GSLICE_LLAMA_CPP_SOURCE"),
                     help="the folder holding llama.cpp's convert_hf_to_gguf.py (.ci/llama-cpp-source prints it), "
                          "for the user's path to a GGUF: the notebook's method, then the converter")
+    ap.add_argument("--mlx-python", default=None,
+                    help="a Python with mlx and mlx-lm, for mlx_lm.convert -q (default: --torch-python)")
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs of each measurement; the table shows the median by wall time (default: 1 at full size, 3 below)")
     ap.add_argument("--profile", metavar="DIR",
@@ -159,6 +168,7 @@ class Bench:
         self.python = sys.executable
         self.src: Path | None = None
         self.source_bytes = 0
+        self._imports: dict[tuple[str, str], bool] = {}
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -181,6 +191,8 @@ class Bench:
             self.notebook(out_g)
         if "gguf" not in self.skip:
             self.gguf()
+        if "mlx" not in self.skip:
+            self.mlx()
         if "cgroup" not in self.skip:
             self.capped(out_g)
         if "portable" not in self.skip:
@@ -293,6 +305,49 @@ class Bench:
             if rc.ok:
                 self.checks["gguf_capped_equals_uncapped"] = gguf_compare(out, capped, self.profile["sample"])
             measure.remove(capped)
+        measure.remove(out)
+
+    def mlx(self) -> None:
+        """E4B -> E2B as an MLX 4-bit folder in one pass; cp + sync of it as the floor; the same
+        inside gslice's memory cap; and the two-pass path: gslice's BF16 MLX folder, then
+        mlx_lm.convert -q (4 bits, groups of 64: its defaults and gslice's), whose tensors are
+        compared with gslice's."""
+        out = self.work / "e2b-mlx-q4"
+        r = self.measure("mlx4", "gslice slice E4B->E2B MLX 4-bit", self.gslice_cmd(out, "--format", "mlx", "--mlx-bits", "4"),
+                         out, prepare=(self.src,))
+        if not r.ok:
+            return
+        copy = self.work / "e2b-mlx-q4-cp"
+        self.measure("mlx4_cp_sync", "cp -r + sync of the MLX 4-bit folder",
+                     ["sh", "-c", 'cp -r "$1" "$2" && sync "$2"/*', "sh", str(out), str(copy)], copy, prepare=(out,))
+        measure.remove(copy)
+        if "cgroup" not in self.skip and not measure.cgroup_v1_available():
+            capped = self.work / "e2b-mlx-q4-capped"
+            with MemoryCgroup(f"gslice-bench-{os.getpid()}-mx", self.profile["cap_gslice"]) as cg:
+                rc = self.measure("mlx4_capped", f"gslice MLX 4-bit under a {self.profile['cap_gslice'] // MiB} MiB cap",
+                                  self.gslice_cmd(capped, "--format", "mlx", "--mlx-bits", "4"), capped, cgroup=cg,
+                                  prepare=(self.src,))
+            if rc.ok:
+                self.compare("mlx4_capped_equals_uncapped", out, capped)
+            measure.remove(capped)
+        bf16 = self.work / "e2b-mlx-bf16"
+        rb = self.measure("mlx_bf16", "gslice slice E4B->E2B MLX bf16", self.gslice_cmd(bf16, "--format", "mlx"), bf16,
+                          prepare=(self.src,))
+        python = self.args.mlx_python or self.args.torch_python
+        if rb.ok and self.python_has(python, "mlx_lm"):
+            # synth's tokenizer.json has the published one's size, not a loadable vocabulary;
+            # without it transformers builds the tokenizer from tokenizer.model (a real one)
+            (bf16 / "tokenizer.json").unlink()
+            converted = self.work / "e2b-mlx-convert-q4"
+            rc = self.measure("mlx_convert", "then mlx_lm.convert -q of that folder",
+                              [python, "-m", "mlx_lm", "convert", "--hf-path", str(bf16), "--mlx-path", str(converted), "-q"],
+                              converted, prepare=(bf16,))
+            if rc.ok:
+                self.compare("mlx4_equals_convert", out, converted)
+            measure.remove(converted)
+        elif rb.ok:
+            self.notes["mlx_convert"] = f"not run: {python} cannot import mlx_lm (give --mlx-python)"
+        measure.remove(bf16)
         measure.remove(out)
 
     def convert_to_gguf(self, notebook_out: Path) -> None:
@@ -491,10 +546,13 @@ class Bench:
             + ("equal" if not r["problems"] else f"{len(r['problems'])} differences, first: {r['problems'][0]}"))
 
     def torch_available(self) -> bool:
-        if not hasattr(self, "_torch"):
-            p = subprocess.run([self.args.torch_python, "-c", "import torch, safetensors.torch"], capture_output=True)
-            self._torch = p.returncode == 0
-        return self._torch
+        return self.python_has(self.args.torch_python, "torch, safetensors.torch")
+
+    def python_has(self, python: str, modules: str) -> bool:
+        key = (python, modules)
+        if key not in self._imports:
+            self._imports[key] = subprocess.run([python, "-c", f"import {modules}"], capture_output=True).returncode == 0
+        return self._imports[key]
 
     def cli_help(self, command: str) -> str:
         return subprocess.run([self.python, "-m", "gslice", command, "--help"], capture_output=True, text=True).stdout
@@ -592,27 +650,26 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
         out.append({"target": name, "measured": figure, "limit": limit, "unit": unit,
                     "met": None if figure is None else bool(met(figure))})
 
+    def peak(k):
+        r = runs.get(k)
+        return r["peak_rss"] if r else None
+
+    def equal(run, check):
+        """1 when ``run`` succeeded and ``check`` found no difference, 0 otherwise, None unrun."""
+        r = runs.get(run)
+        return None if r is None else int(r["exit_code"] == 0 and not checks.get(check, {}).get("problems", ["missing"]))
+
     target("bf16 wall / cp+sync wall", ratio(wall("bf16"), wall("cp_sync")), TARGETS["bf16_vs_cp"], lambda x: x <= TARGETS["bf16_vs_cp"], "x")
     target("notebook wall / bf16 wall", ratio(wall("notebook"), wall("bf16")), TARGETS["notebook_vs_bf16"], lambda x: x >= TARGETS["notebook_vs_bf16"], "x")
-    bf16 = runs.get("bf16")
-    target("bf16 peak RSS", bf16["peak_rss"] if bf16 else None, TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
-    capped = runs.get("bf16_capped")
-    target("bf16 completes under the cap (and equals the uncapped output)",
-           None if capped is None else int(capped["exit_code"] == 0 and not checks.get("capped_equals_uncapped", {}).get("problems", ["missing"])),
+    target("bf16 peak RSS", peak("bf16"), TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
+    target("bf16 completes under the cap (and equals the uncapped output)", equal("bf16_capped", "capped_equals_uncapped"),
            1, lambda x: x == 1)
-    portable = runs.get("bf16_portable")
-    target("portable I/O path: output equals the fast path's",
-           None if portable is None else int(portable["exit_code"] == 0 and not checks.get("portable_equals_fast", {}).get("problems", ["missing"])),
-           1, lambda x: x == 1)
-    target("portable I/O path: bf16 peak RSS", portable["peak_rss"] if portable else None, TARGETS["bf16_rss"],
-           lambda x: x <= TARGETS["bf16_rss"], "B")
-    p_capped = runs.get("bf16_portable_capped")
+    target("portable I/O path: output equals the fast path's", equal("bf16_portable", "portable_equals_fast"), 1, lambda x: x == 1)
+    target("portable I/O path: bf16 peak RSS", peak("bf16_portable"), TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
     target("portable I/O path: completes under the cap (and equals the fast path's output)",
-           None if p_capped is None else int(p_capped["exit_code"] == 0 and not checks.get("portable_capped_equals_fast", {}).get("problems", ["missing"])),
-           1, lambda x: x == 1)
+           equal("bf16_portable_capped", "portable_capped_equals_fast"), 1, lambda x: x == 1)
     target("int4 wall / bf16 wall", ratio(wall("int4"), wall("bf16")), TARGETS["int4_vs_bf16"], lambda x: x <= TARGETS["int4_vs_bf16"], "x")
-    i4 = runs.get("int4")
-    target("int4 peak RSS", i4["peak_rss"] if i4 else None, TARGETS["int4_rss"], lambda x: x <= TARGETS["int4_rss"], "B")
+    target("int4 peak RSS", peak("int4"), TARGETS["int4_rss"], lambda x: x <= TARGETS["int4_rss"], "B")
     b = runs.get("bulk")
     written = b["bytes_written"] if b and b["exit_code"] == 0 else None  # every file, each inode once
     target("bulk bytes written / source bytes", ratio(written, source_bytes), TARGETS["bulk_bytes_vs_source"],
@@ -621,17 +678,24 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
            lambda x: x <= TARGETS["bulk_time_vs_bf16"], "x")
     target("GGUF Q8_0 wall / cp+sync of the file", ratio(wall("gguf"), wall("gguf_cp_sync")), TARGETS["gguf_vs_cp"],
            lambda x: x <= TARGETS["gguf_vs_cp"], "x")
-    g = runs.get("gguf")
-    target("GGUF Q8_0 peak RSS", g["peak_rss"] if g else None, TARGETS["gguf_rss"], lambda x: x <= TARGETS["gguf_rss"], "B")
-    gc = runs.get("gguf_capped")
-    target("GGUF Q8_0 completes under the cap (and equals the uncapped file)",
-           None if gc is None else int(gc["exit_code"] == 0 and not checks.get("gguf_capped_equals_uncapped", {}).get("problems", ["missing"])),
+    target("GGUF Q8_0 peak RSS", peak("gguf"), TARGETS["gguf_rss"], lambda x: x <= TARGETS["gguf_rss"], "B")
+    target("GGUF Q8_0 completes under the cap (and equals the uncapped file)", equal("gguf_capped", "gguf_capped_equals_uncapped"),
+           1, lambda x: x == 1)
+    target("MLX 4-bit wall / cp+sync of its output", ratio(wall("mlx4"), wall("mlx4_cp_sync")), TARGETS["mlx4_vs_cp"],
+           lambda x: x <= TARGETS["mlx4_vs_cp"], "x")
+    target("MLX 4-bit wall / MLX bf16 wall", ratio(wall("mlx4"), wall("mlx_bf16")), TARGETS["mlx4_vs_bf16"],
+           lambda x: x <= TARGETS["mlx4_vs_bf16"], "x")
+    target("MLX 4-bit peak RSS", peak("mlx4"), TARGETS["mlx4_rss"], lambda x: x <= TARGETS["mlx4_rss"], "B")
+    target("MLX 4-bit completes under the cap (and equals the uncapped output)", equal("mlx4_capped", "mlx4_capped_equals_uncapped"),
+           1, lambda x: x == 1)
+    target("MLX 4-bit tensors equal mlx_lm.convert -q of the bf16 output", equal("mlx_convert", "mlx4_equals_convert"),
            1, lambda x: x == 1)
     return out
 
 
 ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped", "bf16_portable",
-             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert", "eval_source_gguf", "eval_slice_gguf", "eval"]
+             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert", "mlx4", "mlx4_cp_sync", "mlx4_capped",
+             "mlx_bf16", "mlx_convert", "eval_source_gguf", "eval_slice_gguf", "eval"]
 
 
 def markdown(res: dict) -> str:
@@ -700,6 +764,12 @@ def markdown(res: dict) -> str:
                       f"{cv['wall']:.1f} s (peak RSS {cv['peak_rss'] / 1e6:.0f} MB) = {nb['wall'] + cv['wall']:.1f} s and writes "
                       f"the full checkpoint in between; gslice writes the file in one pass in {gg['wall']:.1f} s "
                       f"(peak RSS {gg['peak_rss'] / 1e6:.0f} MB)."]
+    if all(k in runs and runs[k]["exit_code"] == 0 for k in ("mlx4", "mlx_bf16", "mlx_convert")):
+        m4, mb, mc = runs["mlx4"], runs["mlx_bf16"], runs["mlx_convert"]
+        lines += ["", f"E4B -> E2B as an MLX 4-bit folder: gslice's bf16 MLX folder then mlx_lm.convert -q takes "
+                      f"{mb['wall']:.1f} s (peak RSS {mb['peak_rss'] / 1e6:.0f} MB) + {mc['wall']:.1f} s (peak RSS "
+                      f"{mc['peak_rss'] / 1e6:.0f} MB) = {mb['wall'] + mc['wall']:.1f} s; gslice quantizes in the slicing "
+                      f"pass in {m4['wall']:.1f} s (peak RSS {m4['peak_rss'] / 1e6:.0f} MB)."]
     if runs.get("eval", {}).get("exit_code") == 0:
         lines += ["", eval_sentence(runs["eval"], res["size"])]
     for key, c in res["checks"].items():

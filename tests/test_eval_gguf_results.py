@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,20 @@ def _gguf_of(file_type: str):
     fmt = object.__new__(gslice.GGUF)
     object.__setattr__(fmt, "type", file_type)
     return fmt
+
+
+def test_bulk_mlx_eval_plans_the_source_at_8_bits_as_its_reference(e4b, tmp_path, cli, installed):
+    src = tmp_path / "src"
+    shutil.copytree(e4b, src)
+    write_sentencepiece(src, 300)  # mlx-lm needs a tokenizer
+    installed("mlx", "mlx_lm")
+    base = ("bulk", src, "--presets", "google-main,google-e2b", "-o", tmp_path / "out", "--format", "mlx", "--dry-run", "--json")
+    for bits, reference in ((["--mlx-bits", "4"], "source-8bit"), (["--mlx-bits", "8", "--mlx-group-size", "32"], "source-8bit"),
+                            ([], "source-bf16")):
+        r = cli(*base, *bits, "--eval", "sample")
+        assert r.code == 0, r.err
+        rows = json.loads(r.out)["rows"]
+        assert [row["slug"] for row in rows] == [reference, "google-main", "google-e2b"]
+    installed()
+    r = cli(*base[:-2], "--mlx-bits", "4", "--eval", "sample")
+    assert (r.code, r.err) == (2, "error: each output runs in mlx-lm, which is not installed (mlx, mlx_lm missing): pip install 'gslice[mlx]'\n")

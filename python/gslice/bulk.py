@@ -20,6 +20,7 @@ from .errors import GsliceError, OutputExistsError, SpecError
 from .catalogue import Preset, find_preset, official_presets
 from .catalogue import presets as all_presets
 from .formats.base import Format
+from .formats.gguf import source_dtype
 from .formats.safetensors import QuantOptions
 from .manifest import MANIFEST_NAME, HashCache, check_output, is_file_output, read_manifest, read_output_manifest, same_source, source_record
 from .slicing import SlicePlan, output_plan, prepare_slice, single_files, source_files
@@ -60,10 +61,16 @@ class Unsliced:
 
     @staticmethod
     def of(plan: SlicePlan) -> "Unsliced":
-        options = [str(v) for k, v in plan.format.to_json().items() if k != "name" and v is not None]
-        if plan.format.name == "gguf":
-            options = [plan.output.file_type]  # the type a GGUF(None) resolves to: the source's dtype
-        return Unsliced("the source, unsliced (the reference of --eval)", "-".join(["source", *options]))
+        """Named by what its numbers are: ``source-q8_0`` (GGUF), ``source-8bit`` (MLX), and the
+        source's own dtype for a format that keeps it (``source-bf16``)."""
+        fmt = plan.format
+        if fmt.name == "gguf":
+            kind = plan.output.file_type  # the type a GGUF(None) resolves to: the source's dtype
+        elif getattr(fmt, "bits", None):
+            kind = f"{fmt.bits}bit"
+        else:
+            kind = source_dtype(plan)
+        return Unsliced("the source, unsliced (the reference of --eval)", f"source-{kind.lower()}")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from ..engine import MetaKv, TensorPlan
 from ..errors import InternalError, SourceError, SpecError
 from . import gguf_gemma3n as g3n
 from . import gguf_tokenizer
+from .base import guard_runtime
 
 if TYPE_CHECKING:
     from ..slicing import SlicePlan
@@ -81,16 +82,8 @@ class GGUF:
 
 
 def guard(plan: "SlicePlan") -> None:
-    """Refuses, in one line naming the rule and the offending layer or width, a slice that
-    llama.cpp would refuse or compute wrong (:mod:`gslice.runtimes`)."""
-    from .. import runtimes
-
-    verdict = runtimes.compatibility(plan.arch, plan.resolved)["llama.cpp"]
-    if verdict.ok:
-        return
-    p = verdict.problems[0]
-    more = f" (and {len(verdict.problems) - 1} more)" if len(verdict.problems) > 1 else ""
-    raise SpecError(f"--format gguf: llama.cpp {runtimes.EFFECTS[p.effect]} ({p.rule}): {p.message}{more}")
+    """Refuses a slice that llama.cpp would refuse or compute wrong (:func:`.base.guard_runtime`)."""
+    guard_runtime(plan, "llama.cpp", "--format gguf")
 
 
 def source_dtype(plan: "SlicePlan") -> str:
