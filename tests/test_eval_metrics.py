@@ -45,6 +45,20 @@ def test_ties_go_to_the_lower_id_in_top_k_and_argmax():
     assert s.argmax.tolist() == [1]
 
 
+def test_ties_at_the_k_th_place_decide_the_set_by_the_lower_id():
+    """Logits computed in BF16 (mlx-lm runs a BF16 or quantized model in BF16) tie often, also at
+    the k-th place, where the tie decides which tokens are in the top-k at all: always the lower
+    ids, as a stable sort of the whole row puts them (and so the KL does not depend on the order
+    in which a partial sort happens to meet them)."""
+    rng = np.random.default_rng(0)
+    z = rng.integers(0, 4, size=(300, 50)).astype(np.float32)  # ties everywhere
+    rows = M.source_rows(z, np.zeros(300, np.int64), k=5)
+    stable = np.array([np.lexsort((np.arange(50), -r))[:5] for r in z])
+    assert np.array_equal(rows.topk_ids, stable)
+    z = np.array([[5.0, 2.0, 2.0, 2.0, 2.0, 4.0]], np.float32)
+    assert M.source_rows(z, np.array([0]), k=3).topk_ids.tolist() == [[0, 5, 1]]
+
+
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     V = 300
     z = np.zeros((10, V), np.float32)

@@ -1,7 +1,7 @@
 """The independent side of the evaluation tests: the windowing rule of docs/evaluation.md written
 out again (not imported from gslice), perplexity, KL and top-1 agreement in numpy from a
-runtime's own logits, and llama.cpp's logits through llama-cpp-python's high-level API (not
-gslice's runner)."""
+runtime's own logits, and the logits of llama.cpp (llama-cpp-python's high-level API) and
+mlx-lm (its own load), not gslice's runners."""
 
 from __future__ import annotations
 
@@ -119,3 +119,19 @@ def llama_logits(path, n_ctx: int = CONTEXT):
         return np.array(llm.scores[: len(tokens)])
 
     return run, llm
+
+
+def mlx_logits(path):
+    """mlx-lm's own load, one forward pass per window from a fresh KV cache (which Gemma 3n needs
+    there: docs/evaluation.md), logits as float32; and its tokenizer."""
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.models.cache import make_prompt_cache
+
+    model, tok = load(str(path))
+
+    def run(tokens):
+        out = model(mx.array(np.asarray(tokens, np.int32))[None], cache=make_prompt_cache(model))
+        return np.array(out[0].astype(mx.float32))
+
+    return run, tok

@@ -22,7 +22,7 @@ import pytest
 from gslice.evaluation import EvalSettings, evaluate
 from gslice.evaluation.run import RUNS
 
-from .eval_reference import CONTEXT, MAX_TOKENS, STRIDE, assert_figures, llama_logits, reference, windows_by_rule
+from .eval_reference import CONTEXT, MAX_TOKENS, STRIDE, assert_figures, llama_logits, mlx_logits, reference, windows_by_rule
 from .tiny_text_models import VOCAB
 
 
@@ -75,20 +75,6 @@ def test_llamacpp_figures_equal_numpy_on_llamacpp_logits(runtime_models, tmp_pat
     for i, name in enumerate(("mild", "wrong")):
         assert_figures(report, i, reference(windows, src, llama_logits(m.gguf[name])[0]))
     assert report.source.run.runtime == "llama.cpp (llama-cpp-python 0.3.36)"
-
-
-def mlx_logits(path):
-    import mlx.core as mx
-    from mlx_lm import load
-    from mlx_lm.models.cache import make_prompt_cache
-
-    model, tok = load(str(path))
-
-    def run(tokens):
-        out = model(mx.array(np.asarray(tokens, np.int32))[None], cache=make_prompt_cache(model))
-        return np.array(out[0].astype(mx.float32))
-
-    return run, tok
 
 
 def test_mlx_figures_equal_numpy_on_mlx_logits_with_a_kv_cache(runtime_models, tmp_path):

@@ -143,14 +143,12 @@ def test_the_bf16_output_is_what_mlx_lm_convert_writes_from_the_checkpoint_slice
 
 def test_a_text_only_source_is_written_in_the_layout_mlx_lm_reads(tmp_path):
     """A Gemma3nForCausalLM checkpoint (model_type gemma3n_text, which mlx-lm does not know):
-    the same tensors as tiny_runtimes.convert_to_mlx (which hands mlx_lm.convert the
+    the same tensors as tiny_text_models.convert_to_mlx (which hands mlx_lm.convert the
     multimodal layout), and the same logits."""
-    from gslice.evaluation.texts import sample_text
+    from . import tiny_text_models
 
-    from . import tiny_runtimes
-
-    hf = tiny_runtimes.save_text_model(tiny_runtimes.build_text_model(seed=0), tmp_path / "hf", sample_text().text)
-    theirs = tiny_runtimes.convert_to_mlx(hf, tmp_path / "convert")
+    hf = tiny_text_models.save(tiny_text_models.build(seed=0), tmp_path / "hf", torch.float32)
+    theirs = tiny_text_models.convert_to_mlx(hf, tmp_path / "convert")
     ours = tmp_path / "gslice"
     gslice.slice_model(hf, ours, format=gslice.MLX())
     mine, converted = read_checkpoint(ours), read_checkpoint(theirs)

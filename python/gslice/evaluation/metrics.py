@@ -80,12 +80,19 @@ def _probabilities(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _topk(z: np.ndarray, k: int) -> np.ndarray:
-    """Ids of the k largest logits per row, descending, ties to the lower id."""
+    """Ids of the k largest logits per row, descending, ties to the lower id - also at the k-th
+    place, where ties decide which tokens are in the set at all (logits computed in BF16, as
+    mlx-lm computes a BF16 or quantized model, tie often): every id whose logit reaches the
+    k-th largest value is a candidate, and the candidates are sorted by (value descending, id)."""
     k = min(k, z.shape[1])
-    part = np.argpartition(-z, k - 1, axis=1)[:, :k] if k < z.shape[1] else np.tile(np.arange(z.shape[1]), (len(z), 1))
-    vals = np.take_along_axis(z, part, axis=1)
-    order = np.lexsort((part, -vals), axis=1)
-    return np.take_along_axis(part, order, axis=1).astype(np.int32)
+    kth = -np.partition(-z, k - 1, axis=1)[:, k - 1]
+    out = np.empty((len(z), k), np.int32)
+    for i, (row, bound) in enumerate(zip(z, kth)):
+        ids = np.flatnonzero(row >= bound)
+        if len(ids) < k:  # NaN logits (a broken model): NaN sorts last
+            ids = np.arange(len(row))
+        out[i] = ids[np.lexsort((ids, -row[ids]))[:k]]
+    return out
 
 
 def _tail(p: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -1,15 +1,16 @@
-"""`gslice eval` of gslice's own GGUF files, end to end as on a laptop: the source written as a
-GGUF file by gslice (`gslice slice SRC -o src.gguf --format gguf`, no spec: the whole text
+"""`gslice eval` of gslice's own outputs, end to end. GGUF as on a laptop: the source written as
+a GGUF file by gslice (`gslice slice SRC -o src.gguf --format gguf`, no spec: the whole text
 decoder, memory-mapped by llama.cpp), slices written as GGUF files, then
 `gslice eval SLICE.gguf --against src.gguf`.
 
-The figures are checked as test_eval.py checks them for llama.cpp's own conversions: the text
-tokenized by llama.cpp, the windows cut by the stated rule (eval_reference.py), the logits from
-llama-cpp-python's high-level API, perplexity, KL (full, or over the source's top-k plus one
-bucket) and top-1 agreement in numpy; equal to float64 rounding. Then where the results go: a
-file next to each GGUF file (its manifest is inside the file), which `gslice verify` checks and
-a new file in its place removes; and `gslice bulk --format gguf --eval`, whose reference is the
-source written as one more GGUF file of the run (q8_0 for quantized outputs), run once.
+The figures are checked as test_eval.py checks them for the runtimes' own conversions: the text
+tokenized by the runtime, the windows cut by the stated rule (eval_reference.py), the logits
+from the runtime's own API (llama-cpp-python's `Llama`, mlx-lm's `load`), perplexity, KL (full,
+or over the source's top-k plus one bucket) and top-1 agreement in numpy; equal to float64
+rounding. Then where the results go: a file next to each GGUF file (its manifest is inside the
+file), which `gslice verify` checks and a new file in its place removes; and `gslice bulk
+--format gguf|mlx --eval`, whose reference is the source written as one more output of the run
+(q8_0 / 8 bits for quantized outputs), run once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gslice.evaluation.texts import sample_text
 from gslice.formats import gguf as gguf_format
 
 from . import tiny_text_models as tm
-from .eval_reference import CONTEXT, MAX_TOKENS, STRIDE, assert_same, llama_logits, reference, windows_by_rule
+from .eval_reference import CONTEXT, MAX_TOKENS, STRIDE, assert_same, llama_logits, mlx_logits, reference, windows_by_rule
 
 RUNTIME = "llama.cpp (llama-cpp-python 0.3.36)"
 
@@ -38,6 +39,12 @@ def laptop(tmp_path_factory) -> dict[str, Path]:
     text = root / "chapter-1.txt"
     text.write_text(sample[: sample.index("Chapter 2")])
     return {"src": tm.save(tm.build(logit_scale=4.0), root / "src"), "text": text, "root": root}
+
+
+@pytest.fixture(scope="module")
+def e4b_like(tmp_path_factory) -> Path:
+    """E4B's layout (35 layers, the last 15 sharing KV), so that Google's presets apply; BF16."""
+    return tm.save(tm.build(num_layers=35, num_kv_shared=15, logit_scale=4.0), tmp_path_factory.mktemp("e4b") / "e4b-like")
 
 
 def write_gguf(cli, src: Path, out: Path, file_type: str, *spec: str) -> Path:
@@ -103,11 +110,9 @@ def test_results_are_kept_next_to_the_gguf_file_and_verify_still_passes(laptop, 
     assert not sidecar.exists() and cli("verify", out).code == 0
 
 
-def test_bulk_gguf_eval_measures_every_output_against_the_source_written_at_q8_0(laptop, cli, tmp_path):
-    """E4B's layout (35 layers, the last 15 sharing KV), so that Google's presets apply; q4_0
-    outputs, so the reference is the source at q8_0, written in the same run."""
-    src = tm.save(tm.build(num_layers=35, num_kv_shared=15, logit_scale=4.0), tmp_path / "e4b-like")
-    out, text = tmp_path / "out", laptop["text"]
+def test_bulk_gguf_eval_measures_every_output_against_the_source_written_at_q8_0(laptop, e4b_like, cli, tmp_path):
+    """q4_0 outputs, so the reference is the source at q8_0, written in the same run."""
+    src, out, text = e4b_like, tmp_path / "out", laptop["text"]
     args = ["bulk", src, "--presets", "google-main,google-e2b", "-o", out, "--format", "gguf", "--gguf-type", "q4_0",
             "--eval", text, "--eval-context", "64", "--eval-max-tokens", "200", "--jobs", "1"]
     RUNS.clear()
@@ -142,3 +147,26 @@ def test_bulk_gguf_eval_measures_every_output_against_the_source_written_at_q8_0
     assert [row["status"] for row in json.loads(again.out)["rows"]] == ["skipped"] * 3
     assert [Path(p).name for _, p in RUNS] == ["google-main.gguf", "google-e2b.gguf"]
     assert cli("verify", out).code == 0
+
+
+def test_bulk_mlx_eval_measures_every_output_against_the_source_written_at_8_bits(laptop, e4b_like, cli, tmp_path):
+    """4-bit MLX outputs, so the reference is the source at 8 bits (same group size), written in
+    the same run; each folder's manifest and model card get the figures."""
+    out, text = tmp_path / "out", laptop["text"]
+    RUNS.clear()
+    r = cli("bulk", e4b_like, "--presets", "google-main,google-e2b", "-o", out, "--format", "mlx", "--mlx-bits", "4",
+            "--eval", text, "--eval-context", "64", "--eval-max-tokens", "200", "--jobs", "1")
+    assert r.code == 0, r.err
+    assert [(rt, Path(p).name) for rt, p in RUNS] == [("mlx-lm", "source-8bit"), ("mlx-lm", "google-main"), ("mlx-lm", "google-e2b")]
+    assert json.loads((out / "source-8bit" / "config.json").read_text())["quantization"]["bits"] == 8
+    source_logits, tok = mlx_logits(out / "source-8bit")
+    windows = windows_by_rule([tok.encode(text.read_text(), add_special_tokens=False)], tok.bos_token_id, 64, 63, 200)
+    for name in ("google-main", "google-e2b"):
+        (entry,) = json.loads((out / name / "gslice-manifest.json").read_text())["evaluations"]
+        ref = reference(windows, source_logits, mlx_logits(out / name)[0], top_k=32)
+        assert entry["runtime"] == "mlx-lm 0.32.2 (mlx 0.32.4)" and entry["tokens"] == ref["tokens"] == 200
+        assert entry["against"]["perplexity"] == pytest.approx(ref["source_perplexity"], rel=1e-9)
+        assert_same(entry, ref)
+        assert entry["kl_mean"] > 0 and entry["measured_on"] in (out / name / "README.md").read_text()
+    v = cli("verify", out)
+    assert v.code == 0 and v.out.count(": ok (") == 3, v.out
