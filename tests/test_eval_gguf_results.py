@@ -6,7 +6,7 @@ only with --overwrite and removes it once a new file takes the old one's place; 
 checks it. And `bulk --format gguf --eval` plans the source, unsliced, as its reference.
 
 The figures recorded here come from made-up reports: the runtimes are the interop tier's
-(tests/interop/test_eval_gguf.py runs them)."""
+(tests/interop/test_eval_outputs.py runs them)."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def llama_logits(path, n_ctx: int = CONTEXT):
     81 tokens) and no extra buffer types (Llama has no argument for it: its default model
     parameters are given ``use_extra_bufts = False`` here; with them, llama.cpp repacks Q4_0
     weights for other kernels, which round differently: 0.4% on the perplexity of the q4_0
-    slice of test_eval_gguf.py)."""
+    slice of test_eval_outputs.py)."""
     from unittest import mock
 
     import llama_cpp

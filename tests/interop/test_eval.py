@@ -7,7 +7,7 @@ gslice's runner), and computes perplexity, the full-vocabulary KL(source || slic
 agreement in numpy. With top_k = V (320) gslice's KL is the full KL, so all figures must agree
 to float64 rounding (relative 1e-9): both sides read the same float32 logits. At the default
 top_k = 32 the KL is the stated lower bound; test_top_k_error_on_model_outputs measures how far
-below. test_eval_gguf.py does the same for gslice's own GGUF files.
+below. test_eval_outputs.py does the same for gslice's own GGUF and MLX outputs.
 """
 
 from __future__ import annotations
