@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 # enum ggml_type
-TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "q4_K": 12, "q5_K": 13, "q6_K": 14, "bf16": 30}
+TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_K": 12, "q5_K": 13, "q6_K": 14, "bf16": 30}
+# the types whose quantizer reads an importance matrix
+IMATRIX_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K")
 
 
 @cache
@@ -132,7 +134,7 @@ def known_answers(width: int = 1024, rows: int = 8, seed: int = 0x2545F4914F6CDD
     hashes = {}
     for name in TYPE_IDS:
         hashes[name] = hashlib.sha256(quantize(name, x)).hexdigest()
-        if name in ("q4_0", "q4_K", "q5_K", "q6_K"):
+        if name in IMATRIX_TYPES:
             hashes[f"{name}+imatrix"] = hashlib.sha256(quantize(name, x, qw)).hexdigest()
     return {"width": width, "rows": rows, "seed": seed, "sha256": dict(sorted(hashes.items()))}
 
