@@ -46,8 +46,8 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 
 
 def format_option_decorators(fn):
-    """--format, --gguf-type, --quant, --group-size, --quant-embeddings and --quant-audio
-    (shared with `gslice bulk`)."""
+    """--format, --gguf-type, --imatrix, --quant, --group-size, --quant-embeddings and
+    --quant-audio (shared with `gslice bulk`)."""
     for option in reversed(_FORMAT_OPTIONS):
         fn = option(fn)
     return fn
@@ -58,8 +58,13 @@ _FORMAT_OPTIONS = [
                  help="safetensors (default): a Hugging Face checkpoint folder; gguf: one file for llama.cpp "
                       "(the text decoder only, -o names the file)."),
     click.option("--gguf-type", default=None, metavar="|".join(gguf.TYPES),
-                 help="With --format gguf: the file type (default: the source's dtype); norms stay f32 and "
-                      "the rest follows llama.cpp's own tools."),
+                 help="With --format gguf: the file type (default: the source's dtype). f32/bf16/f16/q8_0 as "
+                      "llama.cpp's converter writes them; q6_k, q5_k_m, q4_k_m (Ollama's and LM Studio's "
+                      "default), q4_0 and the pure q5_k, q4_k as its quantizer (llama-quantize) makes them, "
+                      "each tensor at the type llama.cpp chooses for it."),
+    click.option("--imatrix", default=None, metavar="FILE",
+                 help="With a quantizer --gguf-type: an importance matrix of llama.cpp's imatrix tool (GGUF or "
+                      "legacy .dat) computed on the source model, used as llama-quantize --imatrix uses it."),
     click.option("--quant", default=None, metavar="|".join(SCHEMES),
                  help="Quantize the text decoder's Linear weights group-wise (compressed-tensors pack-quantized)."),
     click.option("--group-size", default=None, metavar="|".join(map(str, GROUP_SIZES)),
@@ -97,13 +102,13 @@ _FORMAT_OPTIONS = [
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio,
-              text_only, fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, overwrite, max_shard_size, threads,
+              text_only, fmt, gguf_type, imatrix, quant, group_size, quant_embeddings, quant_audio, overwrite, max_shard_size, threads,
               push_repo, private, dry_run, hash_source, full_download, as_json, quiet):
     """Slice SRC (a checkpoint folder or a Hub repo id) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
     spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, preset)
-    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio)
+    out_format = format_options(fmt, gguf_type, imatrix, quant, group_size, quant_embeddings, quant_audio)
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     if push_repo:
         if out_format.name == "gguf":
@@ -165,16 +170,17 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
     return listing + (f"\n{r.download['line']}" if r.download else "")
 
 
-def format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio) -> Format:
+def format_options(fmt, gguf_type, imatrix, quant, group_size, quant_embeddings, quant_audio) -> Format:
     """The output format the command-line options describe."""
     if fmt == "gguf":
         given = [f for f, v in (("--quant", quant), ("--group-size", group_size), ("--quant-embeddings", quant_embeddings),
                                 ("--quant-audio", quant_audio)) if v]
         if given:
             raise SpecError(f"{given[0]} applies to --format safetensors; a GGUF file's type is --gguf-type ({', '.join(gguf.TYPES)})")
-        return gguf.GGUF(gguf_type)
-    if gguf_type is not None:
-        raise SpecError("--gguf-type needs --format gguf")
+        return gguf.GGUF(gguf_type, imatrix)
+    for flag, value in (("--gguf-type", gguf_type), ("--imatrix", imatrix)):
+        if value is not None:
+            raise SpecError(f"{flag} needs --format gguf")
     return Safetensors.of(quant_options(quant, group_size, quant_embeddings, quant_audio))
 
 
@@ -243,10 +249,13 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
 
 def gguf_rows(f: dict) -> list[tuple[str, str]]:
     types = ", ".join(f"{t} x {n}" for t, n in f["tensor_types"].items())
-    return [
-        ("GGUF", f"file type {f['type']} (general.file_type {f['file_type']}); {f['tensors']} tensors: {types}"),
-        ("note", f["note"]),
-    ]
+    rows = [("GGUF", f"file type {f['type']} (general.file_type {f['file_type']}); {f['tensors']} tensors: {types}")]
+    if m := f.get("imatrix"):
+        without = m["tensors_without"]
+        rows.append(("imatrix", f"{m['file']} ({m['entries']} entries): {m['tensors_with']} tensors quantized with it"
+                                + (f", {len(without)} without an entry ({', '.join(without[:3])}{', ...' if len(without) > 3 else ''})"
+                                   if without else "")))
+    return rows + [("note", f["note"])]
 
 
 def size_summary_rows(size: dict) -> list[tuple[str, str]]:
