@@ -5,11 +5,14 @@ method, gslice and the notebook inside hard memory caps, and gslice on its porta
 same bytes as the Linux fast path; and E4B -> E2B text-only as a GGUF Q8_0 file for llama.cpp,
 next to the path a user has today: the notebook's method, then llama.cpp's own
 ``convert_hf_to_gguf.py`` to Q8_0 (``--llama-cpp-source``, the folder ``.ci/llama-cpp-source``
-prints; run with ``--torch-python``).
+prints; run with ``--torch-python``); and as a GGUF Q4_K_M file, gslice in one pass against
+gslice's bf16 GGUF then llama.cpp's quantizer (``llama_model_quantize`` of llama-cpp-python,
+run with ``--llama-python``), 2 threads each, with the K-quant kernels' throughput side by side
+(benches/kquant_speed.py).
 
     python benches/full.py --scratch /work/bench-scratch --out bench-results.json \
         [--size full|mid|small] [--torch-python ~/.cache/gslice/interop-venv/bin/python] \
-        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--markdown bench.md] [--readme README.md]
+        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--llama-python PYTHON] [--markdown bench.md] [--readme README.md]
 
 Everything is measured as a child process (wall, user and sys CPU, peak RSS from wait4) on
 a synthetic checkpoint with the published E4B layout (benches/synth.py), written into
@@ -69,9 +72,18 @@ TARGETS = {
     "bulk_time_vs_bf16": 2.5,
     "gguf_vs_cp": 1.3,  # gslice GGUF Q8_0 wall <= 1.3 x cp (with sync) of the file
     "gguf_rss": 300e6,
+    "kquant_vs_two_steps": 1.0,  # gslice Q4_K_M in one pass < bf16 GGUF + llama.cpp's quantizer
+    "kquant_rss": 300e6,
 }
 # Runs that --recycle puts in a page-cache-recycling cgroup.
-RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync"}
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync", "kquant", "kquant_bf16",
+            "kquant_llama"}
+# The llama.cpp quantizer step: llama-quantize's work through llama-cpp-python (the helper the
+# interop tier checks gslice's files against).
+LLAMA_QUANTIZE = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+                  "from tests.interop.llama_quantize import quantize; "
+                  "quantize(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], threads=int(sys.argv[5]))")
+KQUANT_THREADS = 2
 README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->"
 
 
@@ -120,10 +132,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cap-notebook", type=int, default=None, help="MiB (default: 4096 at full size)")
     ap.add_argument("--verify", choices=("full", "sampled"), default=None,
                     help="compare the notebook's output with gslice's on every byte or on samples (default: full below full size)")
-    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf")
+    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf,kquant")
     ap.add_argument("--llama-cpp-source", default=os.environ.get("GSLICE_LLAMA_CPP_SOURCE"),
                     help="the folder holding llama.cpp's convert_hf_to_gguf.py (.ci/llama-cpp-source prints it), "
                          "for the user's path to a GGUF: the notebook's method, then the converter")
+    ap.add_argument("--llama-python", default=None,
+                    help="a Python with llama-cpp-python, for llama.cpp's quantizer (default: --torch-python)")
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs of each measurement; the table shows the median by wall time (default: 1 at full size, 3 below)")
     ap.add_argument("--profile", metavar="DIR",
@@ -144,6 +158,7 @@ class Bench:
         self.notes: dict[str, str] = {}
         self.checks: dict[str, dict] = {}
         self.synth: dict | None = None
+        self.kernels: dict | None = None
         self.machine = measure.machine_info(Path(args.scratch))
         self.first_touch: dict = {}
         self.python = sys.executable
@@ -171,6 +186,8 @@ class Bench:
             self.notebook(out_g)
         if "gguf" not in self.skip:
             self.gguf()
+        if "kquant" not in self.skip:
+            self.kquant()
         if "cgroup" not in self.skip:
             self.capped(out_g)
         if "portable" not in self.skip:
@@ -199,13 +216,13 @@ class Bench:
         log(f"  {r.file_bytes / 1e9:.2f} GB in {r.seconds_total:.1f} s ({r.mb_per_s:.0f} MB/s)")
         return Path(r.path)
 
-    def gslice_cmd(self, out: Path, *extra: str) -> list[str]:
+    def gslice_cmd(self, out: Path, *extra: str, threads: int | None = None) -> list[str]:
         spec = synth.e2b_spec(self.args.size)
         cmd = [self.python, "-m", "gslice", "slice", str(self.src), "-o", str(out),
                "--layers-to-skip", "20-24", "--ffn-dims", str(spec["ffn_dims"]), "--json", "-q",
                "--max-shard-size", str(synth.max_shard_size(self.args.size)), *extra]
-        if self.args.threads:
-            cmd += ["--threads", str(self.args.threads)]
+        if threads or self.args.threads:
+            cmd += ["--threads", str(threads or self.args.threads)]
         return cmd
 
     def slice_bf16(self, out: Path) -> None:
@@ -244,8 +261,8 @@ class Bench:
                 self.convert_to_gguf(out)
         measure.remove(out)
 
-    def gguf_cmd(self, out: Path) -> list[str]:
-        cmd = self.gslice_cmd(out, "--text-only", "--format", "gguf", "--gguf-type", "q8_0")
+    def gguf_cmd(self, out: Path, gguf_type: str = "q8_0", threads: int | None = None) -> list[str]:
+        cmd = self.gslice_cmd(out, "--text-only", "--format", "gguf", "--gguf-type", gguf_type, threads=threads)
         if self.args.size == "full":
             return cmd
         # Below full size the dimensions are scaled (per-layer input 64, not the 256 llama.cpp
@@ -279,6 +296,44 @@ class Bench:
                 self.checks["gguf_capped_equals_uncapped"] = gguf_compare(out, capped, self.profile["sample"])
             measure.remove(capped)
         measure.remove(out)
+
+    def kquant(self) -> None:
+        """E4B -> E2B text-only as one GGUF Q4_K_M file, two ways on 2 threads each: gslice in
+        one pass, and gslice's bf16 GGUF then llama.cpp's quantizer (the path without gslice's
+        quantization); the two files compared tensor by tensor; the kernels side by side."""
+        out = self.work / "e2b-q4_k_m.gguf"
+        label = f"gslice slice E4B->E2B text-only GGUF Q4_K_M, {KQUANT_THREADS} threads"
+        r = self.measure("kquant", label, self.gguf_cmd(out, "q4_k_m", KQUANT_THREADS), out, prepare=(self.src,))
+        bf16 = self.work / "e2b-bf16.gguf"
+        rb = self.measure("kquant_bf16", f"gslice slice E4B->E2B text-only GGUF bf16, {KQUANT_THREADS} threads",
+                          self.gguf_cmd(bf16, "bf16", KQUANT_THREADS), bf16, prepare=(self.src,))
+        python = self.args.llama_python or self.args.torch_python
+        why = self.importable(python, "llama_cpp")
+        if why:
+            self.notes["kquant_llama"] = f"not run: {python} cannot import llama_cpp ({why})"
+        elif rb.ok:
+            ref = self.work / "e2b-q4_k_m-llama.gguf"
+            cmd = [python, "-c", LLAMA_QUANTIZE, str(HERE.parent), str(bf16), str(ref), "q4_k_m", str(KQUANT_THREADS)]
+            rl = self.measure("kquant_llama", f"then llama.cpp's quantizer to Q4_K_M (llama_model_quantize, {KQUANT_THREADS} threads)",
+                              cmd, ref, prepare=(bf16,))
+            rl.extra["bf16_input_bytes"] = bf16.stat().st_size
+            if r.ok and rl.ok:
+                self.checks["kquant_equals_llama_cpp"] = gguf_compare(out, ref, self.profile["sample"])
+            measure.remove(ref)
+        measure.remove(bf16)
+        measure.remove(out)
+        p = subprocess.run([self.python, str(HERE / "kquant_speed.py"), "--threads", str(KQUANT_THREADS)], capture_output=True, text=True)
+        if p.returncode:
+            self.notes["kquant_kernels"] = f"failed: {p.stderr.strip().splitlines()[-1:]}"
+        else:
+            self.kernels = json.loads(p.stdout)
+            log("  kernels, GB/s of bf16: " + ", ".join(f"{n} gslice {f['gslice_gb_s']:.3f}"
+                                                         + (f" llama.cpp {f['llama_cpp_gb_s']:.3f}" if "llama_cpp_gb_s" in f else "")
+                                                         for n, f in self.kernels["types"].items()))
+
+    def importable(self, python: str, module: str) -> str | None:
+        p = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
+        return None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["?"])[-1]
 
     def convert_to_gguf(self, notebook_out: Path) -> None:
         """The second step of the user's path: llama.cpp's converter on the notebook's output."""
@@ -469,6 +524,7 @@ class Bench:
             "profile": self.profile,
             "runs": {k: r.to_dict() for k, r in self.runs.items()},
             "checks": self.checks,
+            "kquant_kernels": self.kernels,
             "notes": self.notes,
             "targets": evaluate({k: r.to_dict() for k, r in self.runs.items()}, self.checks, self.source_bytes),
         }
@@ -564,11 +620,18 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
     target("GGUF Q8_0 completes under the cap (and equals the uncapped file)",
            None if gc is None else int(gc["exit_code"] == 0 and not checks.get("gguf_capped_equals_uncapped", {}).get("problems", ["missing"])),
            1, lambda x: x == 1)
+    two_steps = wall("kquant_bf16") + wall("kquant_llama") if wall("kquant_bf16") and wall("kquant_llama") else None
+    target("GGUF Q4_K_M: gslice one pass / (bf16 GGUF + llama.cpp's quantizer)", ratio(wall("kquant"), two_steps),
+           TARGETS["kquant_vs_two_steps"], lambda x: x < TARGETS["kquant_vs_two_steps"], "x")
+    k = runs.get("kquant")
+    target("GGUF Q4_K_M peak RSS", k["peak_rss"] if k else None, TARGETS["kquant_rss"], lambda x: x <= TARGETS["kquant_rss"], "B")
+    target("GGUF Q4_K_M: every tensor equals llama.cpp's quantizer's",
+           None if "kquant_equals_llama_cpp" not in checks else int(not checks["kquant_equals_llama_cpp"]["problems"]), 1, lambda x: x == 1)
     return out
 
 
 ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped", "bf16_portable",
-             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert"]
+             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert", "kquant", "kquant_bf16", "kquant_llama"]
 
 
 def markdown(res: dict) -> str:
@@ -637,11 +700,36 @@ def markdown(res: dict) -> str:
                       f"{cv['wall']:.1f} s (peak RSS {cv['peak_rss'] / 1e6:.0f} MB) = {nb['wall'] + cv['wall']:.1f} s and writes "
                       f"the full checkpoint in between; gslice writes the file in one pass in {gg['wall']:.1f} s "
                       f"(peak RSS {gg['peak_rss'] / 1e6:.0f} MB)."]
+    lines += kquant_lines(res)
     for key, c in res["checks"].items():
         lines.append("")
         lines.append(f"Check {key}: {c['tensors']} tensors, {c['bytes_compared'] / 1e9:.2f} GB compared ({c['mode']}): "
                      + ("identical." if not c["problems"] else f"{len(c['problems'])} differences."))
     return "\n".join(lines)
+
+
+def kquant_lines(res: dict) -> list[str]:
+    """The Q4_K_M paragraph: one pass against two steps, and the kernels side by side."""
+    runs, lines = res["runs"], []
+    if all(k in runs and runs[k]["exit_code"] == 0 for k in ("kquant", "kquant_bf16", "kquant_llama")):
+        g, b, q = runs["kquant"], runs["kquant_bf16"], runs["kquant_llama"]
+        quantizer = q["extra"]["bf16_input_bytes"] / 1e9 / q["wall"]
+        lines += ["", f"E4B -> E2B text-only as a GGUF Q4_K_M file, {KQUANT_THREADS} threads each: gslice in one pass "
+                      f"{g['wall']:.1f} s (peak RSS {g['peak_rss'] / 1e6:.0f} MB); gslice's bf16 GGUF {b['wall']:.1f} s "
+                      f"(peak RSS {b['peak_rss'] / 1e6:.0f} MB) then llama.cpp's quantizer {q['wall']:.1f} s "
+                      f"(peak RSS {q['peak_rss'] / 1e6:.0f} MB, {quantizer:.3f} GB/s of its bf16 input) = "
+                      f"{b['wall'] + q['wall']:.1f} s, and a bf16 file on disk in between."]
+    kernels = res.get("kquant_kernels")
+    if kernels:
+        parts = []
+        for name, f in kernels["types"].items():
+            part = f"{name} gslice {f['gslice_gb_s']:.3f}"
+            if "llama_cpp_gb_s" in f:
+                part += f", llama.cpp {f['llama_cpp_gb_s']:.3f} ({'same bytes' if f['bytes_equal'] else '**bytes differ**'})"
+            parts.append(part)
+        lines += ["", f"K-quant kernels, GB/s of bf16 input on {kernels['threads']} threads ([{kernels['rows']}, "
+                      f"{kernels['cols']}] bf16 in memory, benches/kquant_speed.py): " + "; ".join(parts) + "."]
+    return lines
 
 
 def update_readme(path: Path, md: str) -> None:

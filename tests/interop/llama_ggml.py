@@ -55,6 +55,26 @@ def quantize(name: str, rows: np.ndarray, imatrix: np.ndarray | None = None) -> 
     return out.tobytes()
 
 
+def quantize_bf16_threads(name: str, bf16: np.ndarray, f32: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None = None,
+                          threads: int = 2) -> None:
+    """:func:`quantize_bf16_into` on ``threads`` threads, each on its share of the rows, into
+    ``out`` (``f32`` and ``out`` preallocated, so that timing measures the work alone)."""
+    import threading
+
+    rows, width = bf16.shape
+    per = -(-rows // threads)
+    rb = row_size(name, width)
+    workers = [
+        threading.Thread(target=quantize_bf16_into, args=(name, bf16[t * per:(t + 1) * per], f32[t * per:(t + 1) * per],
+                                                          out[t * per * rb:(t + 1) * per * rb], imatrix))
+        for t in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
 def quantize_bf16_into(name: str, bf16: np.ndarray, f32: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None = None) -> None:
     """What llama.cpp's quantizer does with a BF16 tensor, for the benchmark: convert the rows
     to f32 (`ggml_bf16_to_fp32_row`) into `f32`, then `ggml_quantize_chunk` into `out`. ctypes
