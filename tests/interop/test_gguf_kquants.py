@@ -11,6 +11,9 @@ gslice's own BF16 GGUF of the same slice:
   from its input);
 * llama.cpp loads both files and computes identical logits.
 
+From gslice's f32 file instead, llama.cpp's quantizer makes the same quantized tensors (it
+reads the same values); what it leaves alone stays f32 there.
+
 The importance matrix is a GGUF file as llama-imatrix writes it, made from known values with
 the gguf package's writer (llama.cpp's imatrix tool is not part of llama-cpp-python); gslice
 reads it for the source model, llama.cpp's quantizer gets the entries the slice needs
@@ -143,3 +146,26 @@ def test_the_importance_matrix_changes_the_file(models):
     assert "blk.1.attn_q.weight" in changed and "blk.1.ffn_down.weight" in changed  # Q4_K and Q5_0 (fallback)
     assert "per_layer_token_embd.weight" not in changed  # no entry: llama-imatrix never sees it multiplied
 
+
+
+def test_from_the_f32_file_the_quantized_tensors_are_the_same(models):
+    # llama.cpp's quantizer reads its input's values: the f32 file of a bf16 source holds the
+    # same values, so every tensor it quantizes is the same; what it leaves alone keeps the
+    # input's type (f32 here, bf16 in gslice's file, which is the bf16 file's)
+    model = models["mid"]
+    f32 = model.root / "mid-f32.gguf"
+    gslice.slice_model(model.src, f32, format=gslice.GGUF("f32"), **model.spec)
+    theirs_path = model.root / "mid-q4_k_m-from-f32-llama.gguf"
+    quantize(f32, theirs_path, "q4_k_m")
+    ours = {t.name: t for t in gguf.GGUFReader(model.ours("q4_k_m", False)).tensors}
+    kept = []
+    for u in gguf.GGUFReader(theirs_path).tensors:
+        t = ours[u.name]
+        if u.tensor_type.name == "F32" and t.tensor_type.name == "BF16":
+            kept.append(u.name)
+            values = (np.frombuffer(t.data.tobytes(), np.uint16).astype(np.uint32) << 16).view(np.float32)
+            assert np.array_equal(values, np.frombuffer(u.data.tobytes(), np.float32)), u.name
+        else:
+            assert (u.tensor_type, u.data.tobytes()) == (t.tensor_type, t.data.tobytes()), u.name
+    assert {n.split(".")[-2] for n in kept} == {"altup_proj", "altup_unembd_proj", "per_layer_model_proj", "altup_router",
+                                                "laurel_l", "laurel_r"}
