@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from .. import engine, gemma3n, ownership
 from ..engine import MetaKv, TensorPlan
-from ..errors import ArgumentError, InternalError, SourceError, SpecError
+from ..arguments import path_arg
+from ..errors import InternalError, SourceError, SpecError
 from . import gguf_gemma3n as g3n
 from . import gguf_imatrix, gguf_tokenizer
 from . import gguf_types as gt
@@ -66,8 +67,7 @@ class GGUF:
             raise SpecError(f"gguf type: {self.type!r} is not supported (choose {', '.join(TYPES)})")
         if self.imatrix is None:
             return
-        if not isinstance(self.imatrix, (str, os.PathLike)):
-            raise ArgumentError(f"imatrix: expected a path, got {type(self.imatrix).__name__}")
+        path_arg(self.imatrix, "imatrix")
         if self.type not in QUANTIZER_TYPES:
             raise SpecError(
                 f"--imatrix: a {self.type or 'source-dtype'} file is written as llama.cpp's converter writes it, which "
