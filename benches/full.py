@@ -76,8 +76,10 @@ TARGETS = {
     "kquant_rss": 300e6,
 }
 # Runs that --recycle puts in a page-cache-recycling cgroup.
-RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync", "kquant", "kquant_bf16",
-            "kquant_llama"}
+# Not llama.cpp's quantizer: it converts up to 8 GiB of a tensor's rows to f32 at once
+# (LLAMA_QUANT_MAX_BUF_SIZE; the per-layer embedding table is 4.7 GB of bf16), and a 1 GiB
+# cgroup would kill it.
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync", "kquant", "kquant_bf16"}
 # The llama.cpp quantizer step: llama-quantize's work through llama-cpp-python (the helper the
 # interop tier checks gslice's files against).
 LLAMA_QUANTIZE = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
