@@ -188,8 +188,6 @@ class Bench:
             self.notebook(out_g)
         if "gguf" not in self.skip:
             self.gguf()
-        if "kquant" not in self.skip:
-            self.kquant()
         if "cgroup" not in self.skip:
             self.capped(out_g)
         if "portable" not in self.skip:
@@ -197,6 +195,8 @@ class Bench:
         if self.args.profile:
             self.profile_bf16(Path(self.args.profile))
         measure.remove(out_g)
+        if "kquant" not in self.skip:  # after the bf16 output is gone: it holds three files at once
+            self.kquant()
         if "int4" not in self.skip:
             self.slice_int4()
         if "bulk" not in self.skip:
@@ -334,7 +334,11 @@ class Bench:
                                                          for n, f in self.kernels["types"].items()))
 
     def importable(self, python: str, module: str) -> str | None:
-        p = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
+        """None when ``python`` imports ``module``, else why not."""
+        try:
+            p = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
+        except OSError as e:
+            return e.strerror or str(e)
         return None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["?"])[-1]
 
     def convert_to_gguf(self, notebook_out: Path) -> None:
