@@ -5,14 +5,17 @@ method, gslice and the notebook inside hard memory caps, and gslice on its porta
 same bytes as the Linux fast path; and E4B -> E2B text-only as a GGUF Q8_0 file for llama.cpp,
 next to the path a user has today: the notebook's method, then llama.cpp's own
 ``convert_hf_to_gguf.py`` to Q8_0 (``--llama-cpp-source``, the folder ``.ci/llama-cpp-source``
-prints; run with ``--torch-python``); and as a GGUF Q4_K_M file, gslice in one pass against
+prints; run with ``--torch-python``); as a GGUF Q4_K_M file, gslice in one pass against
 gslice's bf16 GGUF then llama.cpp's quantizer (``llama_model_quantize`` of llama-cpp-python,
 run with ``--llama-python``), 2 threads each, with the K-quant kernels' throughput side by side
-(benches/kquant_speed.py).
+(benches/kquant_speed.py); and E4B -> E2B as an MLX 4-bit folder for mlx-lm, against
+``cp`` of that folder and inside gslice's memory cap, next to the two-pass path (gslice's BF16
+MLX folder, then ``mlx_lm.convert -q``, run with ``--mlx-python``), whose tensors must be gslice's.
 
     python benches/full.py --scratch /work/bench-scratch --out bench-results.json \
         [--size full|mid|small] [--torch-python ~/.cache/gslice/interop-venv/bin/python] \
-        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--llama-python PYTHON] [--markdown bench.md] [--readme README.md]
+        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--llama-python PYTHON-WITH-LLAMA-CPP] \
+        [--mlx-python PYTHON-WITH-MLX-LM] [--markdown bench.md] [--readme README.md]
 
 Everything is measured as a child process (wall, user and sys CPU, peak RSS from wait4) on
 a synthetic checkpoint with the published E4B layout (benches/synth.py), written into
@@ -74,12 +77,15 @@ TARGETS = {
     "gguf_rss": 300e6,
     "kquant_vs_two_steps": 1.0,  # gslice Q4_K_M in one pass < bf16 GGUF + llama.cpp's quantizer
     "kquant_rss": 300e6,
+    "mlx4_vs_cp": 1.3,  # gslice MLX 4-bit wall <= 1.3 x cp (with sync) of its output
+    "mlx4_rss": 300e6,
+    "mlx4_vs_bf16": 1.5,  # quantizing in the pass costs at most half again the bf16 MLX slice
 }
-# Runs that --recycle puts in a page-cache-recycling cgroup.
-# Not llama.cpp's quantizer: it converts up to 8 GiB of a tensor's rows to f32 at once
-# (LLAMA_QUANT_MAX_BUF_SIZE; the per-layer embedding table is 4.7 GB of bf16), and a 1 GiB
-# cgroup would kill it.
-RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync", "kquant", "kquant_bf16"}
+# Runs that --recycle puts in a page-cache-recycling cgroup. Not llama.cpp's quantizer: it
+# converts up to 8 GiB of a tensor's rows to f32 at once (LLAMA_QUANT_MAX_BUF_SIZE; the
+# per-layer embedding table is 4.7 GB of bf16), and a 1 GiB cgroup would kill it.
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync", "mlx4", "mlx4_cp_sync", "mlx_bf16",
+            "kquant", "kquant_bf16"}
 # The llama.cpp quantizer step: llama-quantize's work through llama-cpp-python (the helper the
 # interop tier checks gslice's files against).
 LLAMA_QUANTIZE = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
@@ -134,12 +140,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cap-notebook", type=int, default=None, help="MiB (default: 4096 at full size)")
     ap.add_argument("--verify", choices=("full", "sampled"), default=None,
                     help="compare the notebook's output with gslice's on every byte or on samples (default: full below full size)")
-    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf,kquant")
+    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf,kquant,mlx")
     ap.add_argument("--llama-cpp-source", default=os.environ.get("GSLICE_LLAMA_CPP_SOURCE"),
                     help="the folder holding llama.cpp's convert_hf_to_gguf.py (.ci/llama-cpp-source prints it), "
                          "for the user's path to a GGUF: the notebook's method, then the converter")
     ap.add_argument("--llama-python", default=None,
                     help="a Python with llama-cpp-python, for llama.cpp's quantizer (default: --torch-python)")
+    ap.add_argument("--mlx-python", default=None,
+                    help="a Python with mlx and mlx-lm, for mlx_lm.convert -q (default: --torch-python)")
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs of each measurement; the table shows the median by wall time (default: 1 at full size, 3 below)")
     ap.add_argument("--profile", metavar="DIR",
@@ -166,6 +174,7 @@ class Bench:
         self.python = sys.executable
         self.src: Path | None = None
         self.source_bytes = 0
+        self._imports: dict[tuple[str, str], bool] = {}
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -188,6 +197,8 @@ class Bench:
             self.notebook(out_g)
         if "gguf" not in self.skip:
             self.gguf()
+        if "mlx" not in self.skip:
+            self.mlx()
         if "cgroup" not in self.skip:
             self.capped(out_g)
         if "portable" not in self.skip:
@@ -310,9 +321,8 @@ class Bench:
         rb = self.measure("kquant_bf16", f"gslice slice E4B->E2B text-only GGUF bf16, {KQUANT_THREADS} threads",
                           self.gguf_cmd(bf16, "bf16", KQUANT_THREADS), bf16, prepare=(self.src,))
         python = self.args.llama_python or self.args.torch_python
-        why = self.importable(python, "llama_cpp")
-        if why:
-            self.notes["kquant_llama"] = f"not run: {python} cannot import llama_cpp ({why})"
+        if not self.python_has(python, "llama_cpp"):
+            self.notes["kquant_llama"] = f"not run: {python} cannot import llama_cpp (give --llama-python)"
         elif rb.ok:
             ref = self.work / "e2b-q4_k_m-llama.gguf"
             cmd = [python, "-c", LLAMA_QUANTIZE, str(HERE.parent), str(bf16), str(ref), "q4_k_m", str(KQUANT_THREADS)]
@@ -333,13 +343,48 @@ class Bench:
                                                          + (f" llama.cpp {f['llama_cpp_gb_s']:.3f}" if "llama_cpp_gb_s" in f else "")
                                                          for n, f in self.kernels["types"].items()))
 
-    def importable(self, python: str, module: str) -> str | None:
-        """None when ``python`` imports ``module``, else why not."""
-        try:
-            p = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
-        except OSError as e:
-            return e.strerror or str(e)
-        return None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["?"])[-1]
+    def mlx(self) -> None:
+        """E4B -> E2B as an MLX 4-bit folder in one pass; cp + sync of it as the floor; the same
+        inside gslice's memory cap; and the two-pass path: gslice's BF16 MLX folder, then
+        mlx_lm.convert -q (4 bits, groups of 64: its defaults and gslice's), whose tensors are
+        compared with gslice's."""
+        out = self.work / "e2b-mlx-q4"
+        r = self.measure("mlx4", "gslice slice E4B->E2B MLX 4-bit", self.gslice_cmd(out, "--format", "mlx", "--mlx-bits", "4"),
+                         out, prepare=(self.src,))
+        if not r.ok:
+            return
+        copy = self.work / "e2b-mlx-q4-cp"
+        self.measure("mlx4_cp_sync", "cp -r + sync of the MLX 4-bit folder",
+                     ["sh", "-c", 'cp -r "$1" "$2" && sync "$2"/*', "sh", str(out), str(copy)], copy, prepare=(out,))
+        measure.remove(copy)
+        if "cgroup" not in self.skip and not measure.cgroup_v1_available():
+            capped = self.work / "e2b-mlx-q4-capped"
+            with MemoryCgroup(f"gslice-bench-{os.getpid()}-mx", self.profile["cap_gslice"]) as cg:
+                rc = self.measure("mlx4_capped", f"gslice MLX 4-bit under a {self.profile['cap_gslice'] // MiB} MiB cap",
+                                  self.gslice_cmd(capped, "--format", "mlx", "--mlx-bits", "4"), capped, cgroup=cg,
+                                  prepare=(self.src,))
+            if rc.ok:
+                self.compare("mlx4_capped_equals_uncapped", out, capped)
+            measure.remove(capped)
+        bf16 = self.work / "e2b-mlx-bf16"
+        rb = self.measure("mlx_bf16", "gslice slice E4B->E2B MLX bf16", self.gslice_cmd(bf16, "--format", "mlx"), bf16,
+                          prepare=(self.src,))
+        python = self.args.mlx_python or self.args.torch_python
+        if rb.ok and self.python_has(python, "mlx_lm"):
+            # synth's tokenizer.json has the published one's size, not a loadable vocabulary;
+            # without it transformers builds the tokenizer from tokenizer.model (a real one)
+            (bf16 / "tokenizer.json").unlink()
+            converted = self.work / "e2b-mlx-convert-q4"
+            rc = self.measure("mlx_convert", "then mlx_lm.convert -q of that folder",
+                              [python, "-m", "mlx_lm", "convert", "--hf-path", str(bf16), "--mlx-path", str(converted), "-q"],
+                              converted, prepare=(bf16,))
+            if rc.ok:
+                self.compare("mlx4_equals_convert", out, converted)
+            measure.remove(converted)
+        elif rb.ok:
+            self.notes["mlx_convert"] = f"not run: {python} cannot import mlx_lm (give --mlx-python)"
+        measure.remove(bf16)
+        measure.remove(out)
 
     def convert_to_gguf(self, notebook_out: Path) -> None:
         """The second step of the user's path: llama.cpp's converter on the notebook's output."""
@@ -504,10 +549,16 @@ class Bench:
             + ("equal" if not r["problems"] else f"{len(r['problems'])} differences, first: {r['problems'][0]}"))
 
     def torch_available(self) -> bool:
-        if not hasattr(self, "_torch"):
-            p = subprocess.run([self.args.torch_python, "-c", "import torch, safetensors.torch"], capture_output=True)
-            self._torch = p.returncode == 0
-        return self._torch
+        return self.python_has(self.args.torch_python, "torch, safetensors.torch")
+
+    def python_has(self, python: str, modules: str) -> bool:
+        key = (python, modules)
+        if key not in self._imports:
+            try:
+                self._imports[key] = subprocess.run([python, "-c", f"import {modules}"], capture_output=True).returncode == 0
+            except OSError:  # no such interpreter
+                self._imports[key] = False
+        return self._imports[key]
 
     def cli_help(self, command: str) -> str:
         return subprocess.run([self.python, "-m", "gslice", command, "--help"], capture_output=True, text=True).stdout
@@ -591,27 +642,26 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
         out.append({"target": name, "measured": figure, "limit": limit, "unit": unit,
                     "met": None if figure is None else bool(met(figure))})
 
+    def peak(k):
+        r = runs.get(k)
+        return r["peak_rss"] if r else None
+
+    def equal(run, check):
+        """1 when ``run`` succeeded and ``check`` found no difference, 0 otherwise, None unrun."""
+        r = runs.get(run)
+        return None if r is None else int(r["exit_code"] == 0 and not checks.get(check, {}).get("problems", ["missing"]))
+
     target("bf16 wall / cp+sync wall", ratio(wall("bf16"), wall("cp_sync")), TARGETS["bf16_vs_cp"], lambda x: x <= TARGETS["bf16_vs_cp"], "x")
     target("notebook wall / bf16 wall", ratio(wall("notebook"), wall("bf16")), TARGETS["notebook_vs_bf16"], lambda x: x >= TARGETS["notebook_vs_bf16"], "x")
-    bf16 = runs.get("bf16")
-    target("bf16 peak RSS", bf16["peak_rss"] if bf16 else None, TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
-    capped = runs.get("bf16_capped")
-    target("bf16 completes under the cap (and equals the uncapped output)",
-           None if capped is None else int(capped["exit_code"] == 0 and not checks.get("capped_equals_uncapped", {}).get("problems", ["missing"])),
+    target("bf16 peak RSS", peak("bf16"), TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
+    target("bf16 completes under the cap (and equals the uncapped output)", equal("bf16_capped", "capped_equals_uncapped"),
            1, lambda x: x == 1)
-    portable = runs.get("bf16_portable")
-    target("portable I/O path: output equals the fast path's",
-           None if portable is None else int(portable["exit_code"] == 0 and not checks.get("portable_equals_fast", {}).get("problems", ["missing"])),
-           1, lambda x: x == 1)
-    target("portable I/O path: bf16 peak RSS", portable["peak_rss"] if portable else None, TARGETS["bf16_rss"],
-           lambda x: x <= TARGETS["bf16_rss"], "B")
-    p_capped = runs.get("bf16_portable_capped")
+    target("portable I/O path: output equals the fast path's", equal("bf16_portable", "portable_equals_fast"), 1, lambda x: x == 1)
+    target("portable I/O path: bf16 peak RSS", peak("bf16_portable"), TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
     target("portable I/O path: completes under the cap (and equals the fast path's output)",
-           None if p_capped is None else int(p_capped["exit_code"] == 0 and not checks.get("portable_capped_equals_fast", {}).get("problems", ["missing"])),
-           1, lambda x: x == 1)
+           equal("bf16_portable_capped", "portable_capped_equals_fast"), 1, lambda x: x == 1)
     target("int4 wall / bf16 wall", ratio(wall("int4"), wall("bf16")), TARGETS["int4_vs_bf16"], lambda x: x <= TARGETS["int4_vs_bf16"], "x")
-    i4 = runs.get("int4")
-    target("int4 peak RSS", i4["peak_rss"] if i4 else None, TARGETS["int4_rss"], lambda x: x <= TARGETS["int4_rss"], "B")
+    target("int4 peak RSS", peak("int4"), TARGETS["int4_rss"], lambda x: x <= TARGETS["int4_rss"], "B")
     b = runs.get("bulk")
     written = b["bytes_written"] if b and b["exit_code"] == 0 else None  # every file, each inode once
     target("bulk bytes written / source bytes", ratio(written, source_bytes), TARGETS["bulk_bytes_vs_source"],
@@ -620,24 +670,30 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
            lambda x: x <= TARGETS["bulk_time_vs_bf16"], "x")
     target("GGUF Q8_0 wall / cp+sync of the file", ratio(wall("gguf"), wall("gguf_cp_sync")), TARGETS["gguf_vs_cp"],
            lambda x: x <= TARGETS["gguf_vs_cp"], "x")
-    g = runs.get("gguf")
-    target("GGUF Q8_0 peak RSS", g["peak_rss"] if g else None, TARGETS["gguf_rss"], lambda x: x <= TARGETS["gguf_rss"], "B")
-    gc = runs.get("gguf_capped")
-    target("GGUF Q8_0 completes under the cap (and equals the uncapped file)",
-           None if gc is None else int(gc["exit_code"] == 0 and not checks.get("gguf_capped_equals_uncapped", {}).get("problems", ["missing"])),
+    target("GGUF Q8_0 peak RSS", peak("gguf"), TARGETS["gguf_rss"], lambda x: x <= TARGETS["gguf_rss"], "B")
+    target("GGUF Q8_0 completes under the cap (and equals the uncapped file)", equal("gguf_capped", "gguf_capped_equals_uncapped"),
+           1, lambda x: x == 1)
+    target("MLX 4-bit wall / cp+sync of its output", ratio(wall("mlx4"), wall("mlx4_cp_sync")), TARGETS["mlx4_vs_cp"],
+           lambda x: x <= TARGETS["mlx4_vs_cp"], "x")
+    target("MLX 4-bit wall / MLX bf16 wall", ratio(wall("mlx4"), wall("mlx_bf16")), TARGETS["mlx4_vs_bf16"],
+           lambda x: x <= TARGETS["mlx4_vs_bf16"], "x")
+    target("MLX 4-bit peak RSS", peak("mlx4"), TARGETS["mlx4_rss"], lambda x: x <= TARGETS["mlx4_rss"], "B")
+    target("MLX 4-bit completes under the cap (and equals the uncapped output)", equal("mlx4_capped", "mlx4_capped_equals_uncapped"),
+           1, lambda x: x == 1)
+    target("MLX 4-bit tensors equal mlx_lm.convert -q of the bf16 output", equal("mlx_convert", "mlx4_equals_convert"),
            1, lambda x: x == 1)
     two_steps = wall("kquant_bf16") + wall("kquant_llama") if wall("kquant_bf16") and wall("kquant_llama") else None
     target("GGUF Q4_K_M: gslice one pass / (bf16 GGUF + llama.cpp's quantizer)", ratio(wall("kquant"), two_steps),
            TARGETS["kquant_vs_two_steps"], lambda x: x < TARGETS["kquant_vs_two_steps"], "x")
-    k = runs.get("kquant")
-    target("GGUF Q4_K_M peak RSS", k["peak_rss"] if k else None, TARGETS["kquant_rss"], lambda x: x <= TARGETS["kquant_rss"], "B")
-    target("GGUF Q4_K_M: every tensor equals llama.cpp's quantizer's",
-           None if "kquant_equals_llama_cpp" not in checks else int(not checks["kquant_equals_llama_cpp"]["problems"]), 1, lambda x: x == 1)
+    target("GGUF Q4_K_M peak RSS", peak("kquant"), TARGETS["kquant_rss"], lambda x: x <= TARGETS["kquant_rss"], "B")
+    target("GGUF Q4_K_M: every tensor equals llama.cpp's quantizer's", equal("kquant_llama", "kquant_equals_llama_cpp"),
+           1, lambda x: x == 1)
     return out
 
 
 ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped", "bf16_portable",
-             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert", "kquant", "kquant_bf16", "kquant_llama"]
+             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert", "kquant", "kquant_bf16", "kquant_llama",
+             "mlx4", "mlx4_cp_sync", "mlx4_capped", "mlx_bf16", "mlx_convert"]
 
 
 def markdown(res: dict) -> str:
@@ -707,6 +763,12 @@ def markdown(res: dict) -> str:
                       f"the full checkpoint in between; gslice writes the file in one pass in {gg['wall']:.1f} s "
                       f"(peak RSS {gg['peak_rss'] / 1e6:.0f} MB)."]
     lines += kquant_lines(res)
+    if all(k in runs and runs[k]["exit_code"] == 0 for k in ("mlx4", "mlx_bf16", "mlx_convert")):
+        m4, mb, mc = runs["mlx4"], runs["mlx_bf16"], runs["mlx_convert"]
+        lines += ["", f"E4B -> E2B as an MLX 4-bit folder: gslice's bf16 MLX folder then mlx_lm.convert -q takes "
+                      f"{mb['wall']:.1f} s (peak RSS {mb['peak_rss'] / 1e6:.0f} MB) + {mc['wall']:.1f} s (peak RSS "
+                      f"{mc['peak_rss'] / 1e6:.0f} MB) = {mb['wall'] + mc['wall']:.1f} s; gslice quantizes in the slicing "
+                      f"pass in {m4['wall']:.1f} s (peak RSS {m4['peak_rss'] / 1e6:.0f} MB)."]
     for key, c in res["checks"].items():
         lines.append("")
         lines.append(f"Check {key}: {c['tensors']} tensors, {c['bytes_compared'] / 1e9:.2f} GB compared ({c['mode']}): "

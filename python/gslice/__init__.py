@@ -24,6 +24,7 @@ from .errors import (  # noqa: E402
 from .slicing import SlicePlan, SliceReport, prepare_slice, slice_model  # noqa: E402
 from .formats.safetensors import Safetensors  # noqa: E402
 from .formats.gguf import GGUF  # noqa: E402
+from .formats.mlx import MLX  # noqa: E402
 from .spec import SliceSpec, load_spec_file  # noqa: E402
 from .catalogue import Preset, presets  # noqa: E402
 from .proposals import ProposalVerdict, proposals  # noqa: E402
@@ -41,6 +42,7 @@ __all__ = [
     "SliceSpec",
     "Safetensors",
     "GGUF",
+    "MLX",
     "load_spec_file",
     "presets",
     "Preset",

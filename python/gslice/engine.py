@@ -33,6 +33,9 @@ DEFAULT_MAX_SHARD_SIZE = 5_000_000_000
 # The names the engine gives shard files and the index: the longest forms, for path limits.
 SHARD_NAME_EXAMPLES = ("model-99999-of-99999.safetensors", "model.safetensors.index.json")
 
+# The ``__metadata__`` of safetensors shards, as torch's writers (and transformers) give it.
+SHARD_METADATA = {"format": "pt"}
+
 # Set to 1, the engine moves bytes with its portable code (what macOS and Windows run) even
 # where a faster platform path exists (Linux): tests and benchmarks compare the two.
 PORTABLE_IO_ENV = "GSLICE_PORTABLE_IO"
@@ -292,7 +295,12 @@ class MetaKv:
 @dataclass
 class OutputPlan:
     """An output folder (``container`` "safetensors"), or one file (``container`` "gguf", whose
-    ``dir`` is the file's path, with ``metadata`` and no side files)."""
+    ``dir`` is the file's path, with ``metadata`` and no side files).
+
+    A folder's shards carry ``shard_metadata`` as their safetensors ``__metadata__``; a shard
+    can be shared by several outputs, so every output of one run must give the same. Its index
+    (``model.safetensors.index.json``) is written when there are several shards, or always with
+    ``index_always``; ``index_metadata`` adds entries beside ``total_size``."""
 
     dir: Path
     tensors: list[TensorPlan]
@@ -302,6 +310,9 @@ class OutputPlan:
     manifest: Manifest | None = None
     container: str = "safetensors"
     metadata: list[MetaKv] = field(default_factory=list)
+    shard_metadata: dict[str, str] = field(default_factory=lambda: dict(SHARD_METADATA))
+    index_always: bool = False
+    index_metadata: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         files = [{"name": n, "text": t} for n, t in self.text_files.items()]
@@ -315,9 +326,19 @@ class OutputPlan:
         if self.container != "safetensors":
             out["container"] = self.container
             out["metadata"] = [kv.to_json() for kv in self.metadata]
+        if self.index_always or self.index_metadata:
+            out["index"] = {"always": self.index_always, "metadata": self.index_metadata}
         if self.manifest is not None:
             out["manifest"] = {"name": self.manifest.name, "fields": self.manifest.fields}
         return out
+
+
+def shard_metadata(outputs: Sequence[OutputPlan]) -> dict[str, str]:
+    """The ``__metadata__`` of every shard the run writes (the engine takes one for the run)."""
+    found = {json.dumps(o.shard_metadata, sort_keys=True) for o in outputs if o.container == "safetensors"}
+    if len(found) > 1:
+        raise InternalError(f"the outputs of one run give different shard metadata ({', '.join(sorted(found))})")
+    return json.loads(found.pop()) if found else dict(SHARD_METADATA)
 
 
 # -- inspecting checkpoints ---------------------------------------------------------------
@@ -450,7 +471,7 @@ def execute(
         "dedupe": dedupe,
         "threads": threads,
         "band_bytes": band_bytes,
-        "metadata": {"format": "pt"},
+        "metadata": shard_metadata(outputs),
         "dry_run": dry_run,
         "portable_io": _portable_io(),
     }

@@ -701,8 +701,10 @@ def is_spec_width(role: Role) -> bool:
 # -- the new config -----------------------------------------------------------------------
 
 
-def rewrite_config(config: dict, arch: Architecture, res: Resolved) -> dict:
-    """The output config.json: the source's, with only the fields slicing changes edited."""
+def rewrite_config(config: dict, arch: Architecture, res: Resolved, *, text_model: bool | None = None) -> dict:
+    """The output config.json: the source's, with only the fields slicing changes edited.
+    ``text_model`` False keeps a multimodal source's layout whatever the spec's towers say (a
+    format that writes the text decoder alone in that layout: MLX)."""
     out = copy.deepcopy(config)
     text = text_config(out)
     new = sliced(arch, res)
@@ -713,7 +715,7 @@ def rewrite_config(config: dict, arch: Architecture, res: Resolved) -> dict:
     text["num_kv_shared_layers"] = new.num_kv_shared
     if res.audio_kept is not None and res.spec.audio_layers_to_skip:
         out["audio_config"]["conf_num_hidden_layers"] = len(res.audio_kept)
-    if res.spec.text_only and arch.model_type == MULTIMODAL_TYPE:
+    if (res.spec.text_only if text_model is None else text_model) and arch.model_type == MULTIMODAL_TYPE:
         return _as_text_model_config(out, text)
     return out
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .units import fmt_params
@@ -14,16 +14,50 @@ if TYPE_CHECKING:
 
 
 def model_card(plan: "SlicePlan", title: str | None = None, quant: "QuantOptions | None" = None, quantized: int = 0) -> str:
-    """``quant``: the compressed-tensors quantization, with ``quantized`` weights packed."""
+    """A Hugging Face checkpoint's card. ``quant``: the compressed-tensors quantization, with
+    ``quantized`` weights packed."""
+    params = plan.params()
+    facts = [f"- total parameters: {fmt_params(params.total)} ({params.total:,})"]
+    if plan.spec.drop_vision or plan.spec.drop_audio:
+        dropped = [n for n, d in (("vision", plan.spec.drop_vision), ("audio", plan.spec.drop_audio)) if d]
+        facts.append(f"- towers removed: {', '.join(dropped)}")
+    if quant is not None:
+        q = quant
+        facts.append(
+            f"- quantization: {q.scheme}, symmetric, groups of {q.group_size}, BF16 scales, in the compressed-tensors "
+            f"`pack-quantized` format (load with transformers and the `compressed-tensors` package); "
+            f"{quantized} weights quantized, the rest unchanged"
+        )
+    tags = ["compressed-tensors", quant.scheme] if quant is not None else []
+    return _card(plan, title, ["library_name: transformers"], tags, facts)
+
+
+def mlx_model_card(plan: "SlicePlan", title: str | None, fmt: dict) -> str:
+    """An MLX folder's card (``fmt``: the MLX format's description), with the front matter
+    ``mlx_lm.convert`` writes (library mlx, text generation, tag mlx) and how to run it."""
+    facts = [f"- parameters written (the text decoder): {fmt_params(fmt['params'])} ({fmt['params']:,})",
+             f"- {fmt['note']}"]
+    if fmt["bits"] is None:
+        facts.append(f"- weights: {fmt['dtype']}, as in the source")
+    else:
+        facts.append(f"- quantization: MLX affine, {fmt['bits']} bits, groups of {fmt['group_size']}, BF16 scales and "
+                     f"biases ({fmt['quantized']} modules, those `mlx_lm.convert -q` quantizes); the rest unchanged")
+    if fmt["kv_copied_from_producer"]:
+        facts.append("- the KV-sharing layers' k_proj, v_proj and k_norm (absent from the source, never read by mlx-lm "
+                     "with its KV cache) are copies of their KV producer's")
+    usage = ["", "Run it with mlx-lm:", "", "```sh", "pip install mlx-lm",
+             'mlx_lm.generate --model <this folder> --prompt "Write a haiku about the sea."', "```"]
+    return _card(plan, title, ["library_name: mlx", "pipeline_tag: text-generation"], ["mlx"], facts, usage)
+
+
+def _card(plan: "SlicePlan", title: str | None, front: Sequence[str], tags: Sequence[str], facts: Sequence[str],
+          after: Sequence[str] = ()) -> str:
     src = plan.source
     params = plan.params()
-    front = ["---", "library_name: transformers", "license: gemma"]
+    head = ["---", *front, "license: gemma"]
     if src.repo_id:
-        front.append(f"base_model: {src.repo_id}")
-    front += ["tags:", "- matformer", "- gemma3n", "- gslice"]
-    if quant is not None:
-        front += ["- compressed-tensors", f"- {quant.scheme}"]
-    front += ["---", ""]
+        head.append(f"base_model: {src.repo_id}")
+    head += ["tags:", *(f"- {t}" for t in ("matformer", "gemma3n", "gslice", *tags)), "---", ""]
     kept, widths = plan.resolved.kept, plan.resolved.widths
     lines = [
         f"# {title or 'Gemma 3n slice'}",
@@ -34,17 +68,14 @@ def model_card(plan: "SlicePlan", title: str | None = None, quant: "QuantOptions
         f"- layers: {len(kept)} of {plan.arch.num_layers}; skipped: {list(plan.spec.layers_to_skip) or 'none'}",
         f"- FFN widths per kept layer: {list(widths)}",
         f"- effective parameters (text decoder without embeddings): {fmt_params(params.effective)} ({params.effective:,})",
-        f"- total parameters: {fmt_params(params.total)} ({params.total:,})",
+        *facts,
+        *after,
+        "",
+        "Spec:",
+        "",
+        "```json",
+        json.dumps(plan.spec.to_json(), indent=2),
+        "```",
+        "",
     ]
-    if plan.spec.drop_vision or plan.spec.drop_audio:
-        dropped = [n for n, d in (("vision", plan.spec.drop_vision), ("audio", plan.spec.drop_audio)) if d]
-        lines.append(f"- towers removed: {', '.join(dropped)}")
-    if quant is not None:
-        q = quant
-        lines.append(
-            f"- quantization: {q.scheme}, symmetric, groups of {q.group_size}, BF16 scales, in the compressed-tensors "
-            f"`pack-quantized` format (load with transformers and the `compressed-tensors` package); "
-            f"{quantized} weights quantized, the rest unchanged"
-        )
-    lines += ["", "Spec:", "", "```json", json.dumps(plan.spec.to_json(), indent=2), "```", ""]
-    return "\n".join(front + lines)
+    return "\n".join(head + lines)

@@ -132,7 +132,7 @@ def output_format(format: Format | None, quant: QuantOptions | None = None) -> F
     if format is None:
         return Safetensors.of(quant)
     if not hasattr(format, "prepare"):
-        raise SpecError(f"format: {format!r} is not an output format (gslice.Safetensors(...) or gslice.GGUF(...))")
+        raise SpecError(f"format: {format!r} is not an output format (gslice.Safetensors(...), gslice.GGUF(...) or gslice.MLX(...))")
     return format
 
 
@@ -205,8 +205,8 @@ def slice_model(
     as keywords, or a ``preset`` id or name (with the tower keywords).
 
     ``format`` says how the slice is written: ``gslice.Safetensors(...)`` (the default: a
-    Hugging Face checkpoint folder, optionally quantized) or ``gslice.GGUF(type=...)`` (one
-    file for llama.cpp). The older keywords ``quant="int4"`` or ``"int8"``, ``group_size``,
+    Hugging Face checkpoint folder, optionally quantized), ``gslice.GGUF(type=...)`` (one
+    file for llama.cpp) or ``gslice.MLX(bits=...)`` (a folder for mlx-lm). The older keywords ``quant="int4"`` or ``"int8"``, ``group_size``,
     ``quant_embeddings`` and ``quant_audio`` mean ``format=Safetensors(...)`` with the same
     options (see :class:`gslice.Safetensors`); give one or the other.
 

@@ -10,10 +10,10 @@ from typing import Callable
 
 from . import download, engine, gemma3n
 from .errors import GsliceError, SourceError, SpecError
+from . import formats
 from .formats import gguf
 from .manifest import MANIFEST_NAME, HashCache, check_files, is_file_output, read_manifest, same_source, source_record
 from .slicing import prepare_slice
-from .formats.safetensors import QuantOptions
 from .sources import Source, resolve_source
 from .spec import spec_from_mapping
 
@@ -72,7 +72,7 @@ def verify_output(
     try:
         where = f"{folder / MANIFEST_NAME}"
         spec = spec_from_mapping(data.get("spec"), where)
-        plan = prepare_slice(source, spec, quant=QuantOptions.from_json(data.get("quant"), where))
+        plan = prepare_slice(source, spec, format=formats.from_manifest(data, where))
     except SpecError as e:
         raise SourceError(f"the spec in {folder / MANIFEST_NAME} does not apply to {source.label}: {e}") from None
     problems += same_source(data.get("source") or {}, source_record(source, plan.checkpoint.shards), compare_mtime=False)

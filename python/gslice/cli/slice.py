@@ -10,7 +10,7 @@ import click
 from .. import gemma3n, hub, interrupts
 from ..errors import HubError, SpecError
 from ..progress import ByteProgress
-from ..formats import gguf
+from ..formats import gguf, mlx
 from ..formats.base import Format
 from ..formats.safetensors import DEFAULT_GROUP_SIZE, GROUP_SIZES, SCHEMES, QuantOptions, Safetensors
 from ..slicing import SliceReport, output_target, prepare_slice, write_slice
@@ -46,17 +46,18 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 
 
 def format_option_decorators(fn):
-    """--format, --gguf-type, --imatrix, --quant, --group-size, --quant-embeddings and
-    --quant-audio (shared with `gslice bulk`)."""
+    """--format, --gguf-type, --imatrix, --mlx-bits, --mlx-group-size, --quant, --group-size,
+    --quant-embeddings and --quant-audio (shared with `gslice bulk`)."""
     for option in reversed(_FORMAT_OPTIONS):
         fn = option(fn)
     return fn
 
 
 _FORMAT_OPTIONS = [
-    click.option("--format", "fmt", type=click.Choice(["safetensors", "gguf"]), default=None,
+    click.option("--format", "fmt", type=click.Choice(["safetensors", "gguf", "mlx"]), default=None,
                  help="safetensors (default): a Hugging Face checkpoint folder; gguf: one file for llama.cpp "
-                      "(the text decoder only, -o names the file)."),
+                      "(the text decoder only, -o names the file); mlx: a folder for mlx-lm (the text decoder "
+                      "only, as mlx_lm.convert writes it)."),
     click.option("--gguf-type", default=None, metavar="|".join(gguf.TYPES),
                  help="With --format gguf: the file type (default: the source's dtype). f32/bf16/f16/q8_0 as "
                       "llama.cpp's converter writes them; q6_k, q5_k_m, q4_k_m (Ollama's and LM Studio's "
@@ -65,6 +66,10 @@ _FORMAT_OPTIONS = [
     click.option("--imatrix", default=None, metavar="FILE",
                  help="With a quantizer --gguf-type: an importance matrix of llama.cpp's imatrix tool (GGUF or "
                       "legacy .dat) computed on the source model, used as llama-quantize --imatrix uses it."),
+    click.option("--mlx-bits", default=None, metavar="|".join(map(str, mlx.BITS)),
+                 help="With --format mlx: quantize as mlx_lm.convert -q does (MLX affine; default: the source's dtype)."),
+    click.option("--mlx-group-size", default=None, metavar="|".join(map(str, mlx.GROUP_SIZES)),
+                 help=f"With --mlx-bits: values per scale and bias (default {mlx.DEFAULT_GROUP_SIZE})."),
     click.option("--quant", default=None, metavar="|".join(SCHEMES),
                  help="Quantize the text decoder's Linear weights group-wise (compressed-tensors pack-quantized)."),
     click.option("--group-size", default=None, metavar="|".join(map(str, GROUP_SIZES)),
@@ -102,13 +107,15 @@ _FORMAT_OPTIONS = [
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio,
-              text_only, fmt, gguf_type, imatrix, quant, group_size, quant_embeddings, quant_audio, overwrite, max_shard_size, threads,
+              text_only, fmt, gguf_type, imatrix, mlx_bits, mlx_group_size, quant, group_size, quant_embeddings, quant_audio,
+              overwrite, max_shard_size, threads,
               push_repo, private, dry_run, hash_source, full_download, as_json, quiet):
     """Slice SRC (a checkpoint folder or a Hub repo id) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
     spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, preset)
-    out_format = format_options(fmt, gguf_type, imatrix, quant, group_size, quant_embeddings, quant_audio)
+    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, mlx_bits, mlx_group_size,
+                                imatrix)
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     if push_repo:
         if out_format.name == "gguf":
@@ -161,7 +168,7 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
         ("layers", f"{r.layers} of {r.source_layers}"),
         ("parameters", f"effective {fmt_params(p['effective'])}, total {fmt_params(p['total'])}"),
     ]
-    if r.format and r.format["name"] == "gguf":
+    if r.format and r.format["name"] in ("gguf", "mlx"):
         head.append(("note", r.format["note"]))
     where = f"dry run: would write {r.output}"
     if repo:
@@ -170,18 +177,38 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
     return listing + (f"\n{r.download['line']}" if r.download else "")
 
 
-def format_options(fmt, gguf_type, imatrix, quant, group_size, quant_embeddings, quant_audio) -> Format:
+def format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, mlx_bits=None, mlx_group_size=None,
+                   imatrix=None) -> Format:
     """The output format the command-line options describe."""
-    if fmt == "gguf":
-        given = [f for f, v in (("--quant", quant), ("--group-size", group_size), ("--quant-embeddings", quant_embeddings),
-                                ("--quant-audio", quant_audio)) if v]
-        if given:
-            raise SpecError(f"{given[0]} applies to --format safetensors; a GGUF file's type is --gguf-type ({', '.join(gguf.TYPES)})")
-        return gguf.GGUF(gguf_type, imatrix)
+    safetensors_only = [f for f, v in (("--quant", quant), ("--group-size", group_size), ("--quant-embeddings", quant_embeddings),
+                                       ("--quant-audio", quant_audio)) if v]
     for flag, value in (("--gguf-type", gguf_type), ("--imatrix", imatrix)):
-        if value is not None:
+        if fmt != "gguf" and value is not None:
             raise SpecError(f"{flag} needs --format gguf")
+    if fmt != "mlx" and (mlx_bits, mlx_group_size) != (None, None):
+        raise SpecError(f"{'--mlx-bits' if mlx_bits is not None else '--mlx-group-size'} needs --format mlx")
+    if fmt == "gguf":
+        if safetensors_only:
+            raise SpecError(f"{safetensors_only[0]} applies to --format safetensors; a GGUF file's type is --gguf-type ({', '.join(gguf.TYPES)})")
+        return gguf.GGUF(gguf_type, imatrix)
+    if fmt == "mlx":
+        if safetensors_only:
+            raise SpecError(f"{safetensors_only[0]} applies to --format safetensors; an MLX folder is quantized with "
+                            f"--mlx-bits {' or '.join(map(str, mlx.BITS))}")
+        if mlx_bits is None and mlx_group_size is not None:
+            raise SpecError(f"--mlx-group-size needs --mlx-bits {' or '.join(map(str, mlx.BITS))}")
+        bits = _choice(mlx_bits, "--mlx-bits", mlx.BITS)
+        return mlx.MLX(bits, _choice(mlx_group_size, "--mlx-group-size", mlx.GROUP_SIZES))
     return Safetensors.of(quant_options(quant, group_size, quant_embeddings, quant_audio))
+
+
+def _choice(token, what: str, choices) -> int | None:
+    if token is None:
+        return None
+    value = parse_int(token, what)
+    if value not in choices:
+        raise SpecError(f"{what}: {value} is not supported (choose {', '.join(map(str, choices))})")
+    return value
 
 
 def quant_options(quant, group_size, quant_embeddings, quant_audio) -> QuantOptions | None:
@@ -201,8 +228,12 @@ def quant_rows(q: dict) -> list[tuple[str, str]]:
     if n == 0:
         return [("quantization", f"{q['scheme']}, groups of {q['group_size']}: no weight was quantized")]
     before, after = q["quantized_bytes_before"], q["quantized_bytes_after"]
+    if q["format"] == "mlx":
+        label = f"{q['bits']}-bit MLX affine, groups of {q['group_size']}, BF16 scales and biases (as mlx_lm.convert -q)"
+    else:
+        label = f"{q['scheme']}, groups of {q['group_size']}, BF16 scales ({q['format']}, compressed-tensors)"
     rows = [
-        ("quantization", f"{q['scheme']}, groups of {q['group_size']}, BF16 scales ({q['format']}, compressed-tensors)"),
+        ("quantization", label),
         ("quantized", f"{n:,} weights: {fmt_bytes(before)} -> {fmt_bytes(after)} (x{before / max(after, 1):.2f}); "
                       f"output {fmt_bytes(q['output_bytes_unquantized'])} -> {fmt_bytes(q['output_bytes'])}"),
         ("quant error", f"RMS error / weight RMS: mean {q['rel_rms_error_mean']:.4f}, worst {q['rel_rms_error_max']:.4f} "
@@ -243,6 +274,8 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
         rows += quant_rows(r.quantization)
     if r.format and r.format["name"] == "gguf":
         rows += gguf_rows(r.format)
+    if r.format and r.format["name"] == "mlx":
+        rows += mlx_rows(r.format)
     failing = runtime_lines(r.size["runtimes"], failing_only=True) if r.size else []
     return "\n".join([table(rows + list(extra_rows))] + failing)
 
@@ -255,6 +288,16 @@ def gguf_rows(f: dict) -> list[tuple[str, str]]:
         rows.append(("imatrix", f"{m['file']} ({m['entries']} entries): {m['tensors_with']} tensors quantized with it"
                                 + (f", {len(without)} without an entry ({', '.join(without[:3])}{', ...' if len(without) > 3 else ''})"
                                    if without else "")))
+    return rows + [("note", f["note"])]
+
+
+def mlx_rows(f: dict) -> list[tuple[str, str]]:
+    weights = f"{f['dtype']} weights" if f["bits"] is None else f"{f['bits']}-bit affine, groups of {f['group_size']}"
+    rows = [("MLX", f"{weights}; {f['tensors']} tensors, {fmt_params(f['params'])} parameters; "
+                    f"run with: mlx_lm.generate --model <output> --prompt ...")]
+    if f["kv_copied_from_producer"]:
+        rows.append(("KV-sharing k/v", f"layers {compact_ranges(f['kv_copied_from_producer'])}: copies of their KV "
+                                        "producer's (the source has none; mlx-lm never reads them with its cache)"))
     return rows + [("note", f["note"])]
 
 

@@ -33,6 +33,7 @@ from ..errors import InternalError, SourceError, SpecError
 from . import gguf_gemma3n as g3n
 from . import gguf_imatrix, gguf_tokenizer
 from . import gguf_types as gt
+from .base import guard_runtime
 
 if TYPE_CHECKING:
     from ..slicing import SlicePlan
@@ -141,16 +142,8 @@ IMATRIX_GGML = ("q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K")
 
 
 def guard(plan: "SlicePlan") -> None:
-    """Refuses, in one line naming the rule and the offending layer or width, a slice that
-    llama.cpp would refuse or compute wrong (:mod:`gslice.runtimes`)."""
-    from .. import runtimes
-
-    verdict = runtimes.compatibility(plan.arch, plan.resolved)["llama.cpp"]
-    if verdict.ok:
-        return
-    p = verdict.problems[0]
-    more = f" (and {len(verdict.problems) - 1} more)" if len(verdict.problems) > 1 else ""
-    raise SpecError(f"--format gguf: llama.cpp {runtimes.EFFECTS[p.effect]} ({p.rule}): {p.message}{more}")
+    """Refuses a slice that llama.cpp would refuse or compute wrong (:func:`.base.guard_runtime`)."""
+    guard_runtime(plan, "llama.cpp", "--format gguf")
 
 
 def source_dtype(plan: "SlicePlan") -> str:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterable, Sequence
 from .. import engine, gemma3n
 from ..engine import Quantization, TensorPlan
 from ..errors import SpecError
-from .base import Role, SlicedTensor
+from .base import Role, SlicedTensor, quantization_report
 
 if TYPE_CHECKING:
     from ..slicing import SlicePlan
@@ -290,37 +290,5 @@ class SafetensorsOutput:
         }
 
     def report(self, plan: "SlicePlan", figures: dict | None, result: engine.EngineReport) -> dict | None:
-        """Per quantized tensor: sizes and errors (``q * scale`` against the sliced source; the
-        ``rel_`` figures are relative to the weight's RMS). Totals over the whole output; the
-        error figures are None when nothing was quantized (a dry run). Cannot fail."""
-        if figures is None:
-            return None
-        weight_of = figures.pop("weight_of")
-        tensors = [
-            {
-                "name": weight_of.get(q.name, q.name),
-                "source": q.source,
-                "shape": list(q.shape),
-                "bytes_before": q.bytes_before,
-                "bytes_after": q.bytes_after,
-                "weight_rms": q.weight_rms,
-                "rms_error": q.rms_error,
-                "max_abs_error": q.max_abs_error,
-                "rel_rms_error": q.rel_rms_error,
-                "rel_max_abs_error": q.rel_max_abs_error,
-            }
-            for q in result.quantized
-        ]
-        rel = [t["rel_rms_error"] for t in tensors]
-        worst = max(tensors, key=lambda t: t["rel_rms_error"], default=None)
-        return {
-            **figures,
-            "tensors": tensors,
-            "quantized_bytes_before": sum(t["bytes_before"] for t in tensors),
-            "quantized_bytes_after": sum(t["bytes_after"] for t in tensors),
-            "output_bytes": result.outputs[0].tensor_bytes,
-            "rel_rms_error_mean": sum(rel) / len(rel) if rel else None,
-            "rel_rms_error_max": worst["rel_rms_error"] if worst else None,
-            "rel_rms_error_worst": worst["name"] if worst else None,
-            "rel_max_abs_error_max": max((t["rel_max_abs_error"] for t in tensors), default=None),
-        }
+        """Per quantized tensor: sizes and errors (:func:`.base.quantization_report`)."""
+        return None if figures is None else quantization_report(figures, result)

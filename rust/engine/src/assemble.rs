@@ -35,11 +35,13 @@ fn shard_reports(ol: &OutputLayout, layout: &Layout) -> Vec<ShardReport> {
         .collect()
 }
 
-fn index_text(ol: &OutputLayout) -> Result<Option<String>> {
-    if ol.shards.len() < 2 {
+fn index_text(spec: &OutputSpec, ol: &OutputLayout) -> Result<Option<String>> {
+    if ol.shards.len() < 2 && !spec.index.always {
         return Ok(None);
     }
-    let index = json!({"metadata": {"total_size": ol.total_size}, "weight_map": ol.weight_map});
+    let mut metadata = spec.index.metadata.clone();
+    metadata.insert("total_size".into(), json!(ol.total_size));
+    let index = json!({"metadata": metadata, "weight_map": ol.weight_map});
     Ok(Some(serde_json::to_string_pretty(&index).map_err(|e| Error::Internal(e.to_string()))? + "\n"))
 }
 
@@ -76,7 +78,7 @@ pub(crate) fn describe_output(spec: &OutputSpec, ol: &OutputLayout, layout: &Lay
         return Ok(finish_report(spec, ol, shards, files));
     }
     let mut files: Vec<FileReport> = shards.iter().map(|s| FileReport { name: s.name.clone(), bytes: s.bytes, sha256: None }).collect();
-    if let Some(text) = index_text(ol)? {
+    if let Some(text) = index_text(spec, ol)? {
         files.push(FileReport { name: INDEX_NAME.into(), bytes: text.len() as u64, sha256: None });
     }
     for f in &spec.files {
@@ -126,7 +128,7 @@ pub(crate) fn assemble_output(
         files.push(FileReport { name: name.into(), bytes: bytes.len() as u64, sha256 });
         Ok(())
     };
-    if let Some(text) = index_text(ol)? {
+    if let Some(text) = index_text(spec, ol)? {
         put(&mut files, INDEX_NAME, text.as_bytes())?;
     }
     for f in &spec.files {

@@ -185,10 +185,16 @@ fn check_file_names(spec: &OutputSpec, ol: &OutputLayout) -> Result<()> {
         if !spec.files.is_empty() {
             return Err(Error::Plan(format!("{} is a single file: it cannot hold extra files", spec.dir.display())));
         }
+        if spec.index.always || !spec.index.metadata.is_empty() {
+            return Err(Error::Plan(format!("{} is a single file: it has no index", spec.dir.display())));
+        }
         return Ok(());
     }
     if spec.container == Container::Safetensors && (!spec.metadata.is_empty() || spec.alignment.is_some()) {
         return Err(Error::Plan("metadata and alignment apply to GGUF outputs only".into()));
+    }
+    if spec.index.metadata.contains_key("total_size") {
+        return Err(Error::Plan("index metadata must not contain \"total_size\": the engine writes it".into()));
     }
     let mut names: std::collections::HashSet<&str> = ol.shards.iter().map(|s| s.0.as_str()).collect();
     names.insert(INDEX_NAME);

@@ -78,6 +78,21 @@ pub struct OutputSpec {
     /// GGUF only: where tensor data starts (default 32, GGUF's own default).
     #[serde(default)]
     pub alignment: Option<u64>,
+    /// A folder's `model.safetensors.index.json`.
+    #[serde(default)]
+    pub index: IndexSpec,
+}
+
+/// How a folder's index is written. By default only when there are several shards, with
+/// `total_size` as its metadata; `always` writes it for a single shard too (the layout mlx-lm
+/// writes), and `metadata` adds entries beside `total_size`.
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSpec {
+    #[serde(default)]
+    pub always: bool,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How an output is stored: a folder of safetensors shards (with an index when there are

@@ -328,6 +328,37 @@ fn a_dry_run_reports_the_files_and_creates_nothing() {
 }
 
 #[test]
+fn an_index_can_be_asked_for_a_single_shard_with_more_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sharded_source(tmp.path());
+    let plan = |dir: PathBuf, index: serde_json::Value, dry: bool| json!({
+        "source": src, "dry_run": dry, "metadata": {"format": "mlx"},
+        "outputs": [{"dir": dir, "tensors": [{"name": "w", "source": "w"}, {"name": "e", "source": "e"}], "index": index}]
+    });
+    let index = json!({"always": true, "metadata": {"total_parameters": 64}});
+    let out = tmp.path().join("one");
+    let dry = run(plan(out.clone(), index.clone(), true)).unwrap();
+    let report = run(plan(out.clone(), index, false)).unwrap();
+    assert_eq!(report.outputs[0].shards.len(), 1);
+    let files = |r: &gslice_engine::Report| r.outputs[0].files.iter().map(|f| (f.name.clone(), f.bytes)).collect::<Vec<_>>();
+    assert_eq!(files(&dry), files(&report));
+    let text = fs::read(out.join("model.safetensors.index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(index, json!({"metadata": {"total_size": 24 + 40, "total_parameters": 64},
+                             "weight_map": {"e": "model.safetensors", "w": "model.safetensors"}}));
+    let ck = Checkpoint::open(&out).unwrap();
+    assert_eq!(ck.shards[0].header.metadata["format"], "mlx");
+
+    // By default one shard has no index; total_size is the engine's to write.
+    let plain = tmp.path().join("plain");
+    run(plan(plain.clone(), json!({}), false)).unwrap();
+    assert!(!plain.join("model.safetensors.index.json").exists());
+    let err = run(plan(tmp.path().join("bad"), json!({"metadata": {"total_size": 1}}), false)).unwrap_err();
+    assert!(err.to_string().contains("must not contain \"total_size\""), "{err}");
+    assert!(!tmp.path().join("bad").exists());
+}
+
+#[test]
 fn outputs_report_which_pieces_they_share() {
     let tmp = tempfile::tempdir().unwrap();
     let src = sharded_source(tmp.path());
