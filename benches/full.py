@@ -5,7 +5,10 @@ method, gslice and the notebook inside hard memory caps, and gslice on its porta
 same bytes as the Linux fast path; and E4B -> E2B text-only as a GGUF Q8_0 file for llama.cpp,
 next to the path a user has today: the notebook's method, then llama.cpp's own
 ``convert_hf_to_gguf.py`` to Q8_0 (``--llama-cpp-source``, the folder ``.ci/llama-cpp-source``
-prints; run with ``--torch-python``); E4B -> E2B as an MLX 4-bit folder for mlx-lm, against
+prints; run with ``--torch-python``); as a GGUF Q4_K_M file, gslice in one pass against
+gslice's bf16 GGUF then llama.cpp's quantizer (``llama_model_quantize`` of llama-cpp-python,
+run with ``--llama-python``), 2 threads each, with the K-quant kernels' throughput side by side
+(benches/kquant_speed.py); and E4B -> E2B as an MLX 4-bit folder for mlx-lm, against
 ``cp`` of that folder and inside gslice's memory cap, next to the two-pass path (gslice's BF16
 MLX folder, then ``mlx_lm.convert -q``, run with ``--mlx-python``), whose tensors must be gslice's;
 and the cost of ``gslice eval`` on a laptop: the source written as a GGUF Q8_0 file by gslice
@@ -19,8 +22,8 @@ full size llama.cpp cannot run the scaled checkpoint (its per-layer input width 
 
     python benches/full.py --scratch /work/bench-scratch --out bench-results.json \
         [--size full|mid|small] [--torch-python ~/.cache/gslice/interop-venv/bin/python] \
-        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--mlx-python PYTHON-WITH-MLX-LM] \
-        [--markdown bench.md] [--readme README.md]
+        [--llama-cpp-source "$(.ci/llama-cpp-source)"] [--llama-python PYTHON-WITH-LLAMA-CPP] \
+        [--mlx-python PYTHON-WITH-MLX-LM] [--markdown bench.md] [--readme README.md]
 
 Everything is measured as a child process (wall, user and sys CPU, peak RSS from wait4) on
 a synthetic checkpoint with the published E4B layout (benches/synth.py), written into
@@ -80,13 +83,24 @@ TARGETS = {
     "bulk_time_vs_bf16": 2.5,
     "gguf_vs_cp": 1.3,  # gslice GGUF Q8_0 wall <= 1.3 x cp (with sync) of the file
     "gguf_rss": 300e6,
+    "kquant_vs_two_steps": 1.0,  # gslice Q4_K_M in one pass < bf16 GGUF + llama.cpp's quantizer
+    "kquant_rss": 300e6,
     "mlx4_vs_cp": 1.3,  # gslice MLX 4-bit wall <= 1.3 x cp (with sync) of its output
     "mlx4_rss": 300e6,
     "mlx4_vs_bf16": 1.5,  # quantizing in the pass costs at most half again the bf16 MLX slice
 }
+# Runs that --recycle puts in a page-cache-recycling cgroup. Not llama.cpp's quantizer: it
+# converts up to 8 GiB of a tensor's rows to f32 at once (LLAMA_QUANT_MAX_BUF_SIZE; the
+# per-layer embedding table is 4.7 GB of bf16), and a 1 GiB cgroup would kill it.
+RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync", "mlx4", "mlx4_cp_sync", "mlx_bf16",
+            "kquant", "kquant_bf16"}
+# The llama.cpp quantizer step: llama-quantize's work through llama-cpp-python (the helper the
+# interop tier checks gslice's files against).
+LLAMA_QUANTIZE = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+                  "from tests.interop.llama_quantize import quantize; "
+                  "quantize(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], threads=int(sys.argv[5]))")
+KQUANT_THREADS = 2
 EVAL_CONTEXT = 512  # gslice eval's default window
-# Runs that --recycle puts in a page-cache-recycling cgroup.
-RECYCLED = {"bf16", "cp", "cp_sync", "int4", "bulk", "bf16_portable", "gguf", "gguf_cp_sync", "mlx4", "mlx4_cp_sync", "mlx_bf16"}
 README_START, README_END = "<!-- bench-full:start -->", "<!-- bench-full:end -->"
 
 
@@ -135,12 +149,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cap-notebook", type=int, default=None, help="MiB (default: 4096 at full size)")
     ap.add_argument("--verify", choices=("full", "sampled"), default=None,
                     help="compare the notebook's output with gslice's on every byte or on samples (default: full below full size)")
-    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf,mlx,eval")
+    ap.add_argument("--skip", default="", help="comma-separated steps to leave out: notebook,cgroup,portable,int4,bulk,cp,gguf,kquant,mlx,eval")
     ap.add_argument("--eval-threads", type=int, default=2, help="llama.cpp threads of the gslice eval step (default 2)")
     ap.add_argument("--eval-tokens", type=int, default=1024, help="tokens the gslice eval step scores (--max-tokens; default 1024)")
     ap.add_argument("--llama-cpp-source", default=os.environ.get("GSLICE_LLAMA_CPP_SOURCE"),
                     help="the folder holding llama.cpp's convert_hf_to_gguf.py (.ci/llama-cpp-source prints it), "
                          "for the user's path to a GGUF: the notebook's method, then the converter")
+    ap.add_argument("--llama-python", default=None,
+                    help="a Python with llama-cpp-python, for llama.cpp's quantizer (default: --torch-python)")
     ap.add_argument("--mlx-python", default=None,
                     help="a Python with mlx and mlx-lm, for mlx_lm.convert -q (default: --torch-python)")
     ap.add_argument("--repeat", type=int, default=None,
@@ -163,6 +179,7 @@ class Bench:
         self.notes: dict[str, str] = {}
         self.checks: dict[str, dict] = {}
         self.synth: dict | None = None
+        self.kernels: dict | None = None
         self.machine = measure.machine_info(Path(args.scratch))
         self.first_touch: dict = {}
         self.python = sys.executable
@@ -200,6 +217,8 @@ class Bench:
         if self.args.profile:
             self.profile_bf16(Path(self.args.profile))
         measure.remove(out_g)
+        if "kquant" not in self.skip:  # after the bf16 output is gone: it holds three files at once
+            self.kquant()
         if "int4" not in self.skip:
             self.slice_int4()
         if "bulk" not in self.skip:
@@ -226,13 +245,13 @@ class Bench:
         log(f"  {r.file_bytes / 1e9:.2f} GB in {r.seconds_total:.1f} s ({r.mb_per_s:.0f} MB/s)")
         return Path(r.path)
 
-    def gslice_cmd(self, out: Path, *extra: str) -> list[str]:
+    def gslice_cmd(self, out: Path, *extra: str, threads: int | None = None) -> list[str]:
         spec = synth.e2b_spec(self.args.size)
         cmd = [self.python, "-m", "gslice", "slice", str(self.src), "-o", str(out),
                "--layers-to-skip", "20-24", "--ffn-dims", str(spec["ffn_dims"]), "--json", "-q",
                "--max-shard-size", str(synth.max_shard_size(self.args.size)), *extra]
-        if self.args.threads:
-            cmd += ["--threads", str(self.args.threads)]
+        if threads or self.args.threads:
+            cmd += ["--threads", str(threads or self.args.threads)]
         return cmd
 
     def slice_bf16(self, out: Path) -> None:
@@ -271,8 +290,8 @@ class Bench:
                 self.convert_to_gguf(out)
         measure.remove(out)
 
-    def gguf_cmd(self, out: Path) -> list[str]:
-        cmd = self.gslice_cmd(out, "--text-only", "--format", "gguf", "--gguf-type", "q8_0")
+    def gguf_cmd(self, out: Path, gguf_type: str = "q8_0", threads: int | None = None) -> list[str]:
+        cmd = self.gslice_cmd(out, "--text-only", "--format", "gguf", "--gguf-type", gguf_type, threads=threads)
         if self.args.size == "full":
             return cmd
         # Below full size the dimensions are scaled (per-layer input 64, not the 256 llama.cpp
@@ -306,6 +325,39 @@ class Bench:
                 self.checks["gguf_capped_equals_uncapped"] = gguf_compare(out, capped, self.profile["sample"])
             measure.remove(capped)
         measure.remove(out)
+
+    def kquant(self) -> None:
+        """E4B -> E2B text-only as one GGUF Q4_K_M file, two ways on 2 threads each: gslice in
+        one pass, and gslice's bf16 GGUF then llama.cpp's quantizer (the path without gslice's
+        quantization); the two files compared tensor by tensor; the kernels side by side."""
+        out = self.work / "e2b-q4_k_m.gguf"
+        label = f"gslice slice E4B->E2B text-only GGUF Q4_K_M, {KQUANT_THREADS} threads"
+        r = self.measure("kquant", label, self.gguf_cmd(out, "q4_k_m", KQUANT_THREADS), out, prepare=(self.src,))
+        bf16 = self.work / "e2b-bf16.gguf"
+        rb = self.measure("kquant_bf16", f"gslice slice E4B->E2B text-only GGUF bf16, {KQUANT_THREADS} threads",
+                          self.gguf_cmd(bf16, "bf16", KQUANT_THREADS), bf16, prepare=(self.src,))
+        python = self.args.llama_python or self.args.torch_python
+        if not self.python_has(python, "llama_cpp"):
+            self.notes["kquant_llama"] = f"not run: {python} cannot import llama_cpp (give --llama-python)"
+        elif rb.ok:
+            ref = self.work / "e2b-q4_k_m-llama.gguf"
+            cmd = [python, "-c", LLAMA_QUANTIZE, str(HERE.parent), str(bf16), str(ref), "q4_k_m", str(KQUANT_THREADS)]
+            rl = self.measure("kquant_llama", f"then llama.cpp's quantizer to Q4_K_M (llama_model_quantize, {KQUANT_THREADS} threads)",
+                              cmd, ref, prepare=(bf16,))
+            rl.extra["bf16_input_bytes"] = bf16.stat().st_size
+            if r.ok and rl.ok:
+                self.checks["kquant_equals_llama_cpp"] = gguf_compare(out, ref, self.profile["sample"])
+            measure.remove(ref)
+        measure.remove(bf16)
+        measure.remove(out)
+        p = subprocess.run([self.python, str(HERE / "kquant_speed.py"), "--threads", str(KQUANT_THREADS)], capture_output=True, text=True)
+        if p.returncode:
+            self.notes["kquant_kernels"] = f"failed: {p.stderr.strip().splitlines()[-1:]}"
+        else:
+            self.kernels = json.loads(p.stdout)
+            log("  kernels, GB/s of bf16: " + ", ".join(f"{n} gslice {f['gslice_gb_s']:.3f}"
+                                                         + (f" llama.cpp {f['llama_cpp_gb_s']:.3f}" if "llama_cpp_gb_s" in f else "")
+                                                         for n, f in self.kernels["types"].items()))
 
     def mlx(self) -> None:
         """E4B -> E2B as an MLX 4-bit folder in one pass; cp + sync of it as the floor; the same
@@ -551,7 +603,10 @@ class Bench:
     def python_has(self, python: str, modules: str) -> bool:
         key = (python, modules)
         if key not in self._imports:
-            self._imports[key] = subprocess.run([python, "-c", f"import {modules}"], capture_output=True).returncode == 0
+            try:
+                self._imports[key] = subprocess.run([python, "-c", f"import {modules}"], capture_output=True).returncode == 0
+            except OSError:  # no such interpreter
+                self._imports[key] = False
         return self._imports[key]
 
     def cli_help(self, command: str) -> str:
@@ -575,6 +630,7 @@ class Bench:
             "profile": self.profile,
             "runs": {k: r.to_dict() for k, r in self.runs.items()},
             "checks": self.checks,
+            "kquant_kernels": self.kernels,
             "notes": self.notes,
             "targets": evaluate({k: r.to_dict() for k, r in self.runs.items()}, self.checks, self.source_bytes),
         }
@@ -690,12 +746,18 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
            1, lambda x: x == 1)
     target("MLX 4-bit tensors equal mlx_lm.convert -q of the bf16 output", equal("mlx_convert", "mlx4_equals_convert"),
            1, lambda x: x == 1)
+    two_steps = wall("kquant_bf16") + wall("kquant_llama") if wall("kquant_bf16") and wall("kquant_llama") else None
+    target("GGUF Q4_K_M: gslice one pass / (bf16 GGUF + llama.cpp's quantizer)", ratio(wall("kquant"), two_steps),
+           TARGETS["kquant_vs_two_steps"], lambda x: x < TARGETS["kquant_vs_two_steps"], "x")
+    target("GGUF Q4_K_M peak RSS", peak("kquant"), TARGETS["kquant_rss"], lambda x: x <= TARGETS["kquant_rss"], "B")
+    target("GGUF Q4_K_M: every tensor equals llama.cpp's quantizer's", equal("kquant_llama", "kquant_equals_llama_cpp"),
+           1, lambda x: x == 1)
     return out
 
 
 ROW_ORDER = ["bf16", "int4", "bulk", "cp", "cp_sync", "notebook", "bf16_capped", "notebook_capped", "bf16_portable",
-             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert", "mlx4", "mlx4_cp_sync", "mlx4_capped",
-             "mlx_bf16", "mlx_convert", "eval_source_gguf", "eval_slice_gguf", "eval"]
+             "bf16_portable_capped", "gguf", "gguf_cp_sync", "gguf_capped", "convert", "kquant", "kquant_bf16", "kquant_llama",
+             "mlx4", "mlx4_cp_sync", "mlx4_capped", "mlx_bf16", "mlx_convert", "eval_source_gguf", "eval_slice_gguf", "eval"]
 
 
 def markdown(res: dict) -> str:
@@ -764,6 +826,7 @@ def markdown(res: dict) -> str:
                       f"{cv['wall']:.1f} s (peak RSS {cv['peak_rss'] / 1e6:.0f} MB) = {nb['wall'] + cv['wall']:.1f} s and writes "
                       f"the full checkpoint in between; gslice writes the file in one pass in {gg['wall']:.1f} s "
                       f"(peak RSS {gg['peak_rss'] / 1e6:.0f} MB)."]
+    lines += kquant_lines(res)
     if all(k in runs and runs[k]["exit_code"] == 0 for k in ("mlx4", "mlx_bf16", "mlx_convert")):
         m4, mb, mc = runs["mlx4"], runs["mlx_bf16"], runs["mlx_convert"]
         lines += ["", f"E4B -> E2B as an MLX 4-bit folder: gslice's bf16 MLX folder then mlx_lm.convert -q takes "
@@ -794,6 +857,30 @@ def eval_sentence(r: dict, size: str) -> str:
             f"process of its own; of its peak, at most {r['peak_anon'] / 1e6:.0f} MB is anonymous memory, the rest pages "
             f"of the memory-mapped file, which llama.cpp reads in whole when it loads it and the kernel can drop); "
             f"{r['wall']:.1f} s for the whole command; {quiet}.")
+
+
+def kquant_lines(res: dict) -> list[str]:
+    """The Q4_K_M paragraph: one pass against two steps, and the kernels side by side."""
+    runs, lines = res["runs"], []
+    if all(k in runs and runs[k]["exit_code"] == 0 for k in ("kquant", "kquant_bf16", "kquant_llama")):
+        g, b, q = runs["kquant"], runs["kquant_bf16"], runs["kquant_llama"]
+        quantizer = q["extra"]["bf16_input_bytes"] / 1e9 / q["wall"]
+        lines += ["", f"E4B -> E2B text-only as a GGUF Q4_K_M file, {KQUANT_THREADS} threads each: gslice in one pass "
+                      f"{g['wall']:.1f} s (peak RSS {g['peak_rss'] / 1e6:.0f} MB); gslice's bf16 GGUF {b['wall']:.1f} s "
+                      f"(peak RSS {b['peak_rss'] / 1e6:.0f} MB) then llama.cpp's quantizer {q['wall']:.1f} s "
+                      f"(peak RSS {q['peak_rss'] / 1e6:.0f} MB, {quantizer:.3f} GB/s of its bf16 input) = "
+                      f"{b['wall'] + q['wall']:.1f} s, and a bf16 file on disk in between."]
+    kernels = res.get("kquant_kernels")
+    if kernels:
+        parts = []
+        for name, f in kernels["types"].items():
+            part = f"{name} gslice {f['gslice_gb_s']:.3f}"
+            if "llama_cpp_gb_s" in f:
+                part += f", llama.cpp {f['llama_cpp_gb_s']:.3f} ({'same bytes' if f['bytes_equal'] else '**bytes differ**'})"
+            parts.append(part)
+        lines += ["", f"K-quant kernels, GB/s of bf16 input on {kernels['threads']} threads ([{kernels['rows']}, "
+                      f"{kernels['cols']}] bf16 in memory, benches/kquant_speed.py): " + "; ".join(parts) + "."]
+    return lines
 
 
 def update_readme(path: Path, md: str) -> None:

@@ -17,7 +17,6 @@ once without and once with one (random, as llama.cpp's imatrix tool writes them)
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from gslice import _core
 from gslice.testing import random_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.interop.llama_ggml import quantize_bf16_into, row_size  # noqa: E402
+from tests.interop.llama_ggml import quantize_bf16_threads, row_size  # noqa: E402
 
 pytest.importorskip("llama_cpp", reason="compares with llama.cpp: needs llama-cpp-python (the interop extra)")
 
@@ -48,22 +47,6 @@ def weights():
     return bf16, bf16.tobytes(), imatrix
 
 
-def run_llama_cpp(name, bf16, imatrix, f32, out):
-    per = ROWS // THREADS
-    rb = row_size(name, COLS)
-    threads = [
-        threading.Thread(
-            target=quantize_bf16_into,
-            args=(name, bf16[t * per:(t + 1) * per], f32[t * per:(t + 1) * per], out[t * per * rb:(t + 1) * per * rb], imatrix),
-        )
-        for t in range(THREADS)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
 @pytest.mark.parametrize("who", ["gslice", "llama.cpp"])
 @pytest.mark.parametrize("name,with_imatrix", CASES, ids=[f"{n}{'-imatrix' if i else ''}" for n, i in CASES])
 def test_ggml_quantize_throughput(benchmark, weights, name, with_imatrix, who):
@@ -75,7 +58,7 @@ def test_ggml_quantize_throughput(benchmark, weights, name, with_imatrix, who):
     else:
         f32 = np.empty((ROWS, COLS), np.float32)
         out = np.empty(ROWS * row_size(name, COLS), np.uint8)
-        benchmark.pedantic(lambda: run_llama_cpp(name, bf16, qw, f32, out), rounds=3, iterations=1)
+        benchmark.pedantic(lambda: quantize_bf16_threads(name, bf16, f32, out, qw, THREADS), rounds=3, iterations=1)
         result = out.tobytes()
     speeds = _SPEED.setdefault((name, with_imatrix), {})
     speeds[f"{who} bytes"] = result

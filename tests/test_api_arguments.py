@@ -84,3 +84,18 @@ def test_other_functions_name_the_wrong_argument(fn, kwargs, message):
 def test_numpy_integers_are_integers(e4b, tmp_path):
     report = gslice.slice_model(e4b, tmp_path / "out", layers_to_skip=np.arange(20, 25), ffn_dims=np.int64(32), threads=np.int32(2))
     assert report.layers == 30 and report.ffn_dims == [32] * 30
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(type="q4_k_m", imatrix=b"m.gguf"), gslice.ArgumentError, "imatrix must be a path (str or os.PathLike), not bytes b'm.gguf'"),
+    (dict(type="q4_k_m", imatrix=3), gslice.ArgumentError, "imatrix must be a path (str or os.PathLike), not int 3"),
+    (dict(type="bf16", imatrix="m.gguf"), gslice.SpecError,
+     "--imatrix: a bf16 file is written as llama.cpp's converter writes it, which reads no importance matrix "
+     "(give one of q6_k, q5_k_m, q5_k, q4_k_m, q4_k, q4_0)"),
+    (dict(type="Q4_K_M"), gslice.SpecError,
+     "gguf type: 'Q4_K_M' is not supported (choose f32, bf16, f16, q8_0, q6_k, q5_k_m, q5_k, q4_k_m, q4_k, q4_0)"),
+])
+def test_the_gguf_format_names_the_wrong_argument(kwargs, error, message):
+    with pytest.raises(error) as e:
+        gslice.GGUF(**kwargs)
+    assert str(e.value) == message

@@ -158,50 +158,21 @@ def test_bulk_gguf_eval_plans_the_source_unsliced_as_its_reference(tmp_path, cli
 
 def test_the_reference_of_each_output_format():
     """bulk --eval's reference (evaluation/outputs.py): the source checkpoint for Hugging Face
-    folders; for GGUF the outputs' type when it is a float type, q8_0 for every quantized type;
-    for MLX (whose format object lands with --format mlx: stood in for here) 8 bits, same group."""
-    from dataclasses import dataclass
-    from typing import ClassVar
-
+    folders; for GGUF the outputs' type when it is a float type, q8_0 for every quantized type
+    (the K-quants included); for MLX 8 bits, the same group size."""
     from gslice.evaluation import outputs
 
     assert outputs.reference_format(gslice.Safetensors()) is None
     assert outputs.runtime(gslice.Safetensors()) == "transformers"
-    for given, reference in (("q4_0", "q8_0"), ("q8_0", "q8_0"), ("q6_K", "q8_0"), ("bf16", "bf16"), ("f16", "f16"), ("f32", "f32"), (None, None)):
-        got = outputs.reference_format(gslice.GGUF(given) if given in (None, *gguf_format.TYPES) else _gguf_of(given))
+    for given, reference in (("q4_0", "q8_0"), ("q8_0", "q8_0"), ("q4_k_m", "q8_0"), ("q5_k_m", "q8_0"), ("q6_k", "q8_0"),
+                             ("q4_k", "q8_0"), ("bf16", "bf16"), ("f16", "f16"), ("f32", "f32"), (None, None)):
+        got = outputs.reference_format(gslice.GGUF(given))
         assert (got.name, got.type) == ("gguf", reference), given
+    assert {t for t in gguf_format.TYPES if outputs.reference_format(gslice.GGUF(t)).type == t} == {"f32", "f16", "bf16", "q8_0"}
     assert outputs.runtime(gslice.GGUF("q4_0")) == "llama.cpp"
 
-    @dataclass(frozen=True)
-    class MLX:
-        bits: int | None = 4
-        group_size: int = 64
-        name: ClassVar[str] = "mlx"
+    assert outputs.reference_format(gslice.MLX(4, 32)) == gslice.MLX(8, 32)
+    assert outputs.reference_format(gslice.MLX(8)) == gslice.MLX(8)
+    assert outputs.reference_format(gslice.MLX()) == gslice.MLX()
+    assert outputs.runtime(gslice.MLX()) == "mlx-lm"
 
-    assert outputs.reference_format(MLX(4, 32)) == MLX(8, 32)
-    assert outputs.reference_format(MLX(None, 64)) == MLX(None, 64)
-    assert outputs.runtime(MLX()) == "mlx-lm"
-
-
-def _gguf_of(file_type: str):
-    """A GGUF format object of a type this build may not write yet (the K-quants land separately)."""
-    fmt = object.__new__(gslice.GGUF)
-    object.__setattr__(fmt, "type", file_type)
-    return fmt
-
-
-def test_bulk_mlx_eval_plans_the_source_at_8_bits_as_its_reference(e4b, tmp_path, cli, installed):
-    src = tmp_path / "src"
-    shutil.copytree(e4b, src)
-    write_sentencepiece(src, 300)  # mlx-lm needs a tokenizer
-    installed("mlx", "mlx_lm")
-    base = ("bulk", src, "--presets", "google-main,google-e2b", "-o", tmp_path / "out", "--format", "mlx", "--dry-run", "--json")
-    for bits, reference in ((["--mlx-bits", "4"], "source-8bit"), (["--mlx-bits", "8", "--mlx-group-size", "32"], "source-8bit"),
-                            ([], "source-bf16")):
-        r = cli(*base, *bits, "--eval", "sample")
-        assert r.code == 0, r.err
-        rows = json.loads(r.out)["rows"]
-        assert [row["slug"] for row in rows] == [reference, "google-main", "google-e2b"]
-    installed()
-    r = cli(*base[:-2], "--mlx-bits", "4", "--eval", "sample")
-    assert (r.code, r.err) == (2, "error: each output runs in mlx-lm, which is not installed (mlx, mlx_lm missing): pip install 'gslice[mlx]'\n")

@@ -1,6 +1,6 @@
-"""GGML Q8_0 and Q4_0 blocks from gslice's engine equal the `gguf` package's numpy reference
-quantizer (gguf.quants, written to match llama.cpp's quantize_row_q8_0_ref / _q4_0_ref) bit for
-bit. The K-quants and the importance-matrix variants are checked against llama.cpp itself in
+"""GGML's 32-element blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) from gslice's engine equal the `gguf`
+package's numpy reference quantizer (gguf.quants, written to match llama.cpp's
+quantize_row_<type>_ref) bit for bit. The K-quants and the importance-matrix variants are checked against llama.cpp itself in
 the interop tier (tests/interop/test_ggml_llama_cpp.py)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from gslice.testing import f32_to_bf16_bits
 
 from ggml_cases import CASES, rows
 
-TYPES = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
+TYPES = {name: GGMLQuantizationType[name.upper()] for name in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")}
 WIDTHS = [32, 256, 4096, 16384]
 
 

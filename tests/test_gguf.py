@@ -105,19 +105,41 @@ def expected_arrays(src: Path, layers_to_skip=(), widths=None) -> dict[str, np.n
     return out
 
 
+# The quantizer's types: (base type, its fallback for rows that are not whole 256-blocks, pure).
+MIXES = {"q4_0": ("Q4_0", "Q4_0", False), "q4_k_m": ("Q4_K", "Q5_0", False), "q5_k_m": ("Q5_K", "Q5_1", False),
+         "q6_k": ("Q6_K", "Q8_0", False), "q4_k": ("Q4_K", "Q5_0", True), "q5_k": ("Q5_K", "Q5_1", True)}
+# Layers of the 23-layer slice whose attn_v and ffn_down get Q6_K in the _M mixes (llama.cpp's
+# use_more_bits: i < 23/8 = 2, i >= 7*23/8 = 20, or (i - 2) % 3 == 2).
+MORE_BITS_23 = {0, 1, 4, 7, 10, 13, 16, 19, 20, 21, 22}
+
+
 def type_for(name: str, a: np.ndarray, file_type: str) -> str:
     """The converter's and quantizer's choice, written out: vectors, norms and AltUp's
-    coefficients f32; for Q4_0 (from the converter's bf16 default) AltUp, LAuReL and the PLE
-    projection stay bf16 and the embedding tables are Q6_K (Q8_0 when rows are not whole 256 blocks)."""
+    coefficients f32. For the quantizer's types (from the converter's bf16 file) AltUp, LAuReL
+    and the PLE projection stay bf16; the embedding tables are Q6_K (Q8_0 when rows are not
+    whole blocks of the base type), or the base type in a pure file; in the _M mixes attn_v
+    and ffn_down of MORE_BITS_23 are Q6_K; a row that is not whole blocks falls back (Q6_K to
+    Q8_0, Q4_K to Q5_0, Q5_K to Q5_1)."""
     if a.ndim == 1 or name.endswith("_norm.weight") or name.endswith(("altup_correct_coef.weight", "altup_predict_coef.weight")):
         return "F32"
-    if file_type != "q4_0":
+    if file_type not in MIXES:
         return file_type.upper()
     if any(k in name for k in ("altup", "laurel", "per_layer_model_proj")):
         return "BF16"
-    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
-        return "Q6_K" if a.shape[-1] % 256 == 0 else "Q8_0"
-    return "Q4_0"
+    base, fallback, pure = MIXES[file_type]
+    block = 32 if base == "Q4_0" else 256
+    cols = a.shape[-1]
+    if pure:
+        chosen = base
+    elif name in ("token_embd.weight", "per_layer_token_embd.weight"):
+        chosen = "Q8_0" if cols % block else "Q6_K"
+    elif file_type.endswith("_m") and re.fullmatch(r"blk\.(\d+)\.(attn_v|ffn_down)\.weight", name) and int(name.split(".")[1]) in MORE_BITS_23:
+        chosen = "Q6_K"
+    else:
+        chosen = base
+    if chosen in ("Q4_K", "Q5_K", "Q6_K") and cols % 256:
+        return {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}[chosen]
+    return chosen
 
 
 def encode(a: np.ndarray, ggml: str) -> bytes:
@@ -181,14 +203,18 @@ def expected_keys(file_type: int, kept: list[int], shared: int) -> dict:
     }
 
 
-@pytest.mark.parametrize("file_type", ["q8_0", "q4_0", "f32", "f16", "bf16"])
+FILE_TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32, "q4_k_m": 15, "q4_k": 15, "q5_k_m": 17, "q5_k": 17,
+                 "q6_k": 18}
+
+
+@pytest.mark.parametrize("file_type", ["q8_0", "q4_0", "f32", "f16", "bf16", "q4_k_m", "q5_k_m", "q6_k", "q4_k", "q5_k"])
 def test_every_key_and_tensor_reads_back_as_llama_cpp_writes_it(llama_src, tmp_path, file_type):
     out = tmp_path / "slice.gguf"
     report = gslice.slice_model(llama_src, out, layers_to_skip=SKIP, format=gslice.GGUF(file_type))
     reader = gguf.GGUFReader(out)
     got = fields(reader)
     kept = [i for i in range(25) if i not in SKIP]
-    want = expected_keys({"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}[file_type], kept, 3)
+    want = expected_keys(FILE_TYPE_IDS[file_type], kept, 3)
     assert sorted(got) == sorted(want)
     for key, value in want.items():
         if value is None:
@@ -213,13 +239,18 @@ def test_every_key_and_tensor_reads_back_as_llama_cpp_writes_it(llama_src, tmp_p
         ggml = type_for(name, a, file_type)
         assert (t.tensor_type.name, [int(d) for d in reversed(t.shape)]) == (ggml, list(a.shape)), name
         data = t.data.tobytes()
-        if ggml == "Q6_K":  # gguf has no Q6_K quantizer: the interop tier compares with llama.cpp's
-            back = gguf.quants.dequantize(t.data, gguf.GGMLQuantizationType.Q6_K).reshape(a.shape)
-            assert np.abs(back - a).max() <= np.abs(a).max() / 30, name
+        if ggml in K_ERROR:  # gguf has no K-quant quantizer: the interop tier compares with llama.cpp's
+            back = gguf.quants.dequantize(t.data, gguf.GGMLQuantizationType[ggml]).reshape(a.shape)
+            assert np.abs(back - a).max() <= np.abs(a).max() * K_ERROR[ggml], name
         else:
             assert data == encode(a, ggml), name
     types = Counter(type_for(n, a, file_type).lower() for n, a in want_arrays.items())
-    assert report.format["tensor_types"] == {t.replace("q6_k", "q6_K"): n for t, n in sorted(types.items())}
+    assert report.format["tensor_types"] == {re.sub(r"_k$", "_K", t): n for t, n in sorted(types.items())}
+
+
+# The largest error of a K-quant block relative to its largest magnitude: about half a step of
+# 15, 31 or 63 levels, with the scales' own 6-bit (8-bit for Q6_K) rounding on top.
+K_ERROR = {"Q4_K": 1 / 12, "Q5_K": 1 / 24, "Q6_K": 1 / 30}
 
 
 def test_the_ownership_marker_and_verify(llama_src, tmp_path, cli):
@@ -267,10 +298,20 @@ def test_the_guard_refuses_what_llama_cpp_computes_wrong(llama_src, tmp_path, cl
     assert cli("slice", llama_src, "-o", tmp_path / "st", "--layers-to-skip", "12", "-q").code == 0
 
 
+ALL_TYPES = "f32, bf16, f16, q8_0, q6_k, q5_k_m, q5_k, q4_k_m, q4_k, q4_0"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--gguf-type", "q8_0"], "--gguf-type needs --format gguf"),
-    (["--format", "gguf", "--quant", "int4"], "--quant applies to --format safetensors; a GGUF file's type is --gguf-type (f32, bf16, f16, q8_0, q4_0)"),
-    (["--format", "gguf", "--gguf-type", "q4_k"], "gguf type: 'q4_k' is not supported (choose f32, bf16, f16, q8_0, q4_0)"),
+    (["--imatrix", "m.gguf"], "--imatrix needs --format gguf"),
+    (["--format", "gguf", "--quant", "int4"], f"--quant applies to --format safetensors; a GGUF file's type is --gguf-type ({ALL_TYPES})"),
+    (["--format", "gguf", "--gguf-type", "q4_k_s"], f"gguf type: 'q4_k_s' is not supported (choose {ALL_TYPES})"),
+    (["--format", "gguf", "--gguf-type", "q8_0", "--imatrix", "m.gguf"],
+     "--imatrix: a q8_0 file is written as llama.cpp's converter writes it, which reads no importance matrix "
+     "(give one of q6_k, q5_k_m, q5_k, q4_k_m, q4_k, q4_0)"),
+    (["--format", "gguf", "--imatrix", "m.gguf"],
+     "--imatrix: a source-dtype file is written as llama.cpp's converter writes it, which reads no importance matrix "
+     "(give one of q6_k, q5_k_m, q5_k, q4_k_m, q4_k, q4_0)"),
 ])
 def test_format_options_are_checked(llama_src, tmp_path, cli, args, message):
     out = tmp_path / "m.gguf"
@@ -292,7 +333,7 @@ def test_sharing_layers_without_k_v_are_refused(tmp_path, cli):
 
 
 def test_the_size_from_shapes_is_the_data_section(llama_src, tmp_path):
-    for file_type in ("q8_0", "q4_0", "bf16"):
+    for file_type in ("q8_0", "q4_0", "bf16", "q4_k_m", "q5_k"):
         out = tmp_path / f"{file_type}.gguf"
         gslice.slice_model(llama_src, out, layers_to_skip=SKIP, format=gslice.GGUF(file_type))
         reader = gguf.GGUFReader(out)

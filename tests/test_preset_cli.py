@@ -35,16 +35,16 @@ def test_presets_table(cli):
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0].split() == ["preset", "layers", "effective", "published", "MMLU", "total", "bf16", "int4", "GGUF", "q8_0",
-                                "GGUF", "q4_0", "RAM", "bf16", "RAM", "int4", "quality", "runtimes"]
+                                "GGUF", "q4_k_m", "GGUF", "q4_0", "RAM", "bf16", "RAM", "int4", "quality", "runtimes"]
     row = next(line for line in lines if line.startswith("google-e2b "))
     assert row.split()[:6] == ["google-e2b", "30", "1.91B", "1.91B", "50.9%", "4.46B"]
     cells = re.split(r"\s{2,}", row)
     assert cells[-2:] == ["published", "all"]
-    assert cells[8:10] == ["4.74 GB", "3.24 GB"]  # GGUF files: llama.cpp computes the slice
+    assert cells[8:11] == ["4.74 GB", "3.30 GB", "3.24 GB"]  # GGUF files: llama.cpp computes the slice
     row = next(line for line in lines if line.startswith("google-e1.96b-layer "))
     cells = re.split(r"\s{2,}", row)
     assert cells[-2:] == ["published", "all but llama.cpp, mlx-vlm"]
-    assert cells[8:10] == ["-", "-"]  # --format gguf refuses it
+    assert cells[8:11] == ["-", "-", "-"]  # --format gguf refuses it
     assert "towers kept: text" in result.out and "KV cache for 1024 tokens" in result.out
     assert "proposal-custom-0.9b-26-layer  (Custom 0.9B (26-layer)): claims 0.95B; computed 1.47B effective, 4.74B total" in result.out
 

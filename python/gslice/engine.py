@@ -43,7 +43,8 @@ PORTABLE_IO_ENV = "GSLICE_PORTABLE_IO"
 # GGML types the engine writes: (elements per block, bytes per block), as ggml's type traits.
 GGML_BLOCKS = {
     "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2),
-    "q8_0": (32, 34), "q4_0": (32, 18), "q4_K": (256, 144), "q5_K": (256, 176), "q6_K": (256, 210),
+    "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),
+    "q4_K": (256, 144), "q5_K": (256, 176), "q6_K": (256, 210),
 }
 
 
@@ -205,7 +206,8 @@ class AffineQuantization:
 class TensorPlan:
     """One output tensor. GGUF outputs only: ``stack`` (more sources whose ``op`` output is
     stacked after the source's along a new leading dimension), ``pad_rows`` (zero rows added
-    up to this many) and ``ggml`` (the GGML type it is stored as, required there)."""
+    up to this many), ``ggml`` (the GGML type it is stored as, required there) and ``imatrix``
+    (an importance matrix for that type's quantizer: one weight per column)."""
 
     name: str
     source: str
@@ -214,6 +216,7 @@ class TensorPlan:
     stack: tuple[str, ...] = ()
     pad_rows: int | None = None
     ggml: str | None = None
+    imatrix: tuple[float, ...] | None = field(default=None, repr=False)
 
     @property
     def weight_name(self) -> str:
@@ -230,6 +233,8 @@ class TensorPlan:
             out["pad_rows"] = self.pad_rows
         if self.ggml is not None:
             out["ggml"] = self.ggml
+        if self.imatrix is not None:
+            out["imatrix"] = list(self.imatrix)
         return out
 
     def shape(self, source_shape: Sequence[int]) -> tuple[int, ...]:

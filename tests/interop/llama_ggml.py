@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 # enum ggml_type
-TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "q4_K": 12, "q5_K": 13, "q6_K": 14, "bf16": 30}
+TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_K": 12, "q5_K": 13, "q6_K": 14, "bf16": 30}
+# the types whose quantizer reads an importance matrix
+IMATRIX_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K")
 
 
 @cache
@@ -51,6 +53,26 @@ def quantize(name: str, rows: np.ndarray, imatrix: np.ndarray | None = None) -> 
     written = libggml().ggml_quantize_chunk(TYPE_IDS[name], _f32p(rows), out.ctypes.data, 0, n, width, _f32p(imatrix))
     assert written == out.size
     return out.tobytes()
+
+
+def quantize_bf16_threads(name: str, bf16: np.ndarray, f32: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None = None,
+                          threads: int = 2) -> None:
+    """:func:`quantize_bf16_into` on ``threads`` threads, each on its share of the rows, into
+    ``out`` (``f32`` and ``out`` preallocated, so that timing measures the work alone)."""
+    import threading
+
+    rows, width = bf16.shape
+    per = -(-rows // threads)
+    rb = row_size(name, width)
+    workers = [
+        threading.Thread(target=quantize_bf16_into, args=(name, bf16[t * per:(t + 1) * per], f32[t * per:(t + 1) * per],
+                                                          out[t * per * rb:(t + 1) * per * rb], imatrix))
+        for t in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
 
 
 def quantize_bf16_into(name: str, bf16: np.ndarray, f32: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None = None) -> None:
@@ -132,7 +154,7 @@ def known_answers(width: int = 1024, rows: int = 8, seed: int = 0x2545F4914F6CDD
     hashes = {}
     for name in TYPE_IDS:
         hashes[name] = hashlib.sha256(quantize(name, x)).hexdigest()
-        if name in ("q4_0", "q4_K", "q5_K", "q6_K"):
+        if name in IMATRIX_TYPES:
             hashes[f"{name}+imatrix"] = hashlib.sha256(quantize(name, x, qw)).hexdigest()
     return {"width": width, "rows": rows, "seed": seed, "sha256": dict(sorted(hashes.items()))}
 

@@ -15,13 +15,14 @@ from gslice.testing import f32_to_bf16_bits
 
 from ggml_cases import CASES, imatrix, rows  # tests/, on the path as this package's root
 
-from .llama_ggml import KNOWN_ANSWERS, TYPE_IDS, known_answers, quantize
+from .llama_ggml import IMATRIX_TYPES, KNOWN_ANSWERS, TYPE_IDS, known_answers, quantize
 
 K_WIDTHS = [256, 512, 2048, 4096, 16384]
 WIDTHS = {name: [1, 7, *K_WIDTHS] for name in ("f32", "f16", "bf16")}
-WIDTHS |= {"q8_0": [32, 96, *K_WIDTHS], "q4_0": [32, 96, *K_WIDTHS]}
+WIDTHS |= {name: [32, 96, *K_WIDTHS] for name in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")}
 WIDTHS |= {name: K_WIDTHS for name in ("q4_K", "q5_K", "q6_K")}
-BLOCK_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34, "q4_0": 18, "q4_K": 144, "q5_K": 176, "q6_K": 210}
+BLOCK_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q4_K": 144,
+               "q5_K": 176, "q6_K": 210}
 ROWS = 4
 IMATRIX = [None, "spread", "with_zeros"]
 
@@ -49,7 +50,7 @@ def test_blocks_equal_llama_cpp(name, case, weights):
         assert from_bf16 == expected, f"{name} {case} width {width} imatrix {weights}, from bf16"
 
 
-@pytest.mark.parametrize("name", ["q4_0", "q4_K", "q5_K", "q6_K"])
+@pytest.mark.parametrize("name", IMATRIX_TYPES)
 def test_the_importance_matrix_changes_the_blocks(name):
     # Control: the imatrix variants are really exercised (llama.cpp's and gslice's both change).
     x = rows("normal", ROWS, 2048)

@@ -49,7 +49,7 @@ from .eval import eval_settings
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
-def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, fmt, gguf_type, mlx_bits,
+def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedupe, max_shard_size, fmt, gguf_type, imatrix, mlx_bits,
              mlx_group_size, quant, group_size, quant_embeddings, quant_audio, push_template, private, eval_text, eval_context, eval_max_tokens,
              dry_run, hash_source, full_download, as_json, quiet):
     """Write every chosen preset of SRC (a folder or a Hub repo id) into OUT/<preset-slug>/
@@ -57,7 +57,8 @@ def bulk_cmd(src, preset_names, out, revision, jobs, resume, overwrite, no_dedup
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     presets = select_presets(preset_names)
-    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, mlx_bits, mlx_group_size)
+    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, mlx_bits, mlx_group_size,
+                                imatrix)
     if push_template and out_format.name == "gguf":
         raise click.UsageError("--push-to-hub uploads checkpoint folders; upload GGUF files with huggingface_hub's upload_file")
     shard_size = parse_size(max_shard_size, "--max-shard-size")

@@ -24,7 +24,7 @@ Cell = Callable[[Preset, SizePlan], str]
 SIZE_COLUMNS: list[tuple[str, Cell]] = [
     ("bf16", lambda p, s: fmt_bytes(s.footprint("bf16").disk_bytes)),
     ("int4", lambda p, s: fmt_bytes(s.footprint("int4").disk_bytes)),
-    *((f"GGUF {t}", lambda p, s, t=t: fmt_bytes(s.gguf_bytes[t]) if s.gguf_bytes else "-") for t in ("q8_0", "q4_0")),
+    *((f"GGUF {t}", lambda p, s, t=t: fmt_bytes(s.gguf_bytes[t]) if s.gguf_bytes else "-") for t in ("q8_0", "q4_k_m", "q4_0")),
 ]
 
 
@@ -106,7 +106,8 @@ def footnote(modalities: str, context: int) -> str:
     return (
         f"Sizes for the E4B source with towers kept: {modalities}. effective/total: computed from shapes; "
         f"published: Google's table (differs by up to 0.02B). bf16/int4: tensor bytes on disk (int4: text-decoder "
-        f"linear weights pack-quantized, groups of 128). GGUF q8_0/q4_0: tensor data of the `--format gguf` file, "
+        f"linear weights pack-quantized, groups of 128). GGUF q8_0/q4_k_m/q4_0: tensor data of the `--format gguf` file "
+        "(q4_k_m: the mix Ollama and LM Studio default to), "
         "the text decoder only, each tensor at the type llama.cpp's own tools give it (- where llama.cpp would not "
         f"compute the slice correctly, so gslice refuses it). RAM: weights + KV cache for {context} tokens, PLE table "
         "resident (`gslice plan` also shows it memory-mapped). runtimes: which of "

@@ -46,7 +46,7 @@ def spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip=
 
 
 def format_option_decorators(fn):
-    """--format, --gguf-type, --mlx-bits, --mlx-group-size, --quant, --group-size,
+    """--format, --gguf-type, --imatrix, --mlx-bits, --mlx-group-size, --quant, --group-size,
     --quant-embeddings and --quant-audio (shared with `gslice bulk`)."""
     for option in reversed(_FORMAT_OPTIONS):
         fn = option(fn)
@@ -59,8 +59,13 @@ _FORMAT_OPTIONS = [
                       "(the text decoder only, -o names the file); mlx: a folder for mlx-lm (the text decoder "
                       "only, as mlx_lm.convert writes it)."),
     click.option("--gguf-type", default=None, metavar="|".join(gguf.TYPES),
-                 help="With --format gguf: the file type (default: the source's dtype); norms stay f32 and "
-                      "the rest follows llama.cpp's own tools."),
+                 help="With --format gguf: the file type (default: the source's dtype). f32/bf16/f16/q8_0 as "
+                      "llama.cpp's converter writes them; q6_k, q5_k_m, q4_k_m (Ollama's and LM Studio's "
+                      "default), q4_0 and the pure q5_k, q4_k as its quantizer (llama-quantize) makes them, "
+                      "each tensor at the type llama.cpp chooses for it."),
+    click.option("--imatrix", default=None, metavar="FILE",
+                 help="With a quantizer --gguf-type: an importance matrix of llama.cpp's imatrix tool (GGUF or "
+                      "legacy .dat) computed on the source model, used as llama-quantize --imatrix uses it."),
     click.option("--mlx-bits", default=None, metavar="|".join(map(str, mlx.BITS)),
                  help="With --format mlx: quantize as mlx_lm.convert -q does (MLX affine; default: the source's dtype)."),
     click.option("--mlx-group-size", default=None, metavar="|".join(map(str, mlx.GROUP_SIZES)),
@@ -102,14 +107,15 @@ _FORMAT_OPTIONS = [
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 @friendly_errors
 def slice_cmd(src, out, revision, preset, layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, audio_ffn_dim, drop_vision, drop_audio,
-              text_only, fmt, gguf_type, mlx_bits, mlx_group_size, quant, group_size, quant_embeddings, quant_audio, overwrite,
-              max_shard_size, threads,
+              text_only, fmt, gguf_type, imatrix, mlx_bits, mlx_group_size, quant, group_size, quant_embeddings, quant_audio,
+              overwrite, max_shard_size, threads,
               push_repo, private, dry_run, hash_source, full_download, as_json, quiet):
     """Slice SRC (a checkpoint folder or a Hub repo id) into OUT, by --preset or by layers and widths."""
     if audio_ffn_dim is not None:
         raise gemma3n.audio_ffn_refusal(audio_ffn_dim)
     spec = spec_from_options(layers_to_skip, ffn_dims, spec_file, audio_layers_to_skip, drop_vision, drop_audio, text_only, preset)
-    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, mlx_bits, mlx_group_size)
+    out_format = format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, mlx_bits, mlx_group_size,
+                                imatrix)
     shard_size = parse_size(max_shard_size, "--max-shard-size")
     if push_repo:
         if out_format.name == "gguf":
@@ -171,18 +177,20 @@ def render_dry_run(r: SliceReport, repo: str | None, private: bool) -> str:
     return listing + (f"\n{r.download['line']}" if r.download else "")
 
 
-def format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, mlx_bits=None, mlx_group_size=None) -> Format:
+def format_options(fmt, gguf_type, quant, group_size, quant_embeddings, quant_audio, mlx_bits=None, mlx_group_size=None,
+                   imatrix=None) -> Format:
     """The output format the command-line options describe."""
     safetensors_only = [f for f, v in (("--quant", quant), ("--group-size", group_size), ("--quant-embeddings", quant_embeddings),
                                        ("--quant-audio", quant_audio)) if v]
-    if fmt != "gguf" and gguf_type is not None:
-        raise SpecError("--gguf-type needs --format gguf")
+    for flag, value in (("--gguf-type", gguf_type), ("--imatrix", imatrix)):
+        if fmt != "gguf" and value is not None:
+            raise SpecError(f"{flag} needs --format gguf")
     if fmt != "mlx" and (mlx_bits, mlx_group_size) != (None, None):
         raise SpecError(f"{'--mlx-bits' if mlx_bits is not None else '--mlx-group-size'} needs --format mlx")
     if fmt == "gguf":
         if safetensors_only:
             raise SpecError(f"{safetensors_only[0]} applies to --format safetensors; a GGUF file's type is --gguf-type ({', '.join(gguf.TYPES)})")
-        return gguf.GGUF(gguf_type)
+        return gguf.GGUF(gguf_type, imatrix)
     if fmt == "mlx":
         if safetensors_only:
             raise SpecError(f"{safetensors_only[0]} applies to --format safetensors; an MLX folder is quantized with "
@@ -274,10 +282,13 @@ def render_report(r: SliceReport, extra_rows=()) -> str:
 
 def gguf_rows(f: dict) -> list[tuple[str, str]]:
     types = ", ".join(f"{t} x {n}" for t, n in f["tensor_types"].items())
-    return [
-        ("GGUF", f"file type {f['type']} (general.file_type {f['file_type']}); {f['tensors']} tensors: {types}"),
-        ("note", f["note"]),
-    ]
+    rows = [("GGUF", f"file type {f['type']} (general.file_type {f['file_type']}); {f['tensors']} tensors: {types}")]
+    if m := f.get("imatrix"):
+        without = m["tensors_without"]
+        rows.append(("imatrix", f"{m['file']} ({m['entries']} entries): {m['tensors_with']} tensors quantized with it"
+                                + (f", {len(without)} without an entry ({', '.join(without[:3])}{', ...' if len(without) > 3 else ''})"
+                                   if without else "")))
+    return rows + [("note", f["note"])]
 
 
 def mlx_rows(f: dict) -> list[tuple[str, str]]:

@@ -2,10 +2,11 @@
 the same streaming pass as any slice. Gemma 3n's names, transforms and metadata are in
 :mod:`.gguf_gemma3n`; this module holds the format itself:
 
-* the file types (``--gguf-type``) and the GGML type of every tensor, chosen as llama.cpp's own
-  tools choose them for the same file type: its converter (``convert_hf_to_gguf.py``) for f32,
-  f16, bf16 and q8_0, its quantizer (``llama-quantize``, run on the converter's default
-  output) for q4_0;
+* the file types (``--gguf-type``); the GGML type of every tensor, chosen as llama.cpp's own
+  tools choose it for the same file type, is in :mod:`.gguf_types` (its converter for f32,
+  f16, bf16 and q8_0, its quantizer for q4_0 and the K-quant types);
+* an optional importance matrix for the quantizer types (``--imatrix``, :mod:`.gguf_imatrix`),
+  used as llama-quantize uses it;
 * the tokenizer (:mod:`.gguf_tokenizer`);
 * ``general.*`` (name, size label, base model = the source repo, file type, quantization
   version) through the ``gguf`` package's writer, used here as a key-value builder;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,21 +28,21 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from .. import engine, gemma3n, ownership
 from ..engine import MetaKv, TensorPlan
+from ..arguments import path_arg
 from ..errors import InternalError, SourceError, SpecError
 from . import gguf_gemma3n as g3n
-from . import gguf_tokenizer
+from . import gguf_imatrix, gguf_tokenizer
+from . import gguf_types as gt
 from .base import guard_runtime
 
 if TYPE_CHECKING:
     from ..slicing import SlicePlan
 
-TYPES = ("f32", "bf16", "f16", "q8_0", "q4_0")
-# llama.cpp's LlamaFileType of each file type (general.file_type).
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}
-# The converter's type for a source dtype when told nothing ("--outtype auto"): what
-# llama-quantize starts from, and so what it leaves unquantized tensors in.
-AUTO_TYPE = {"BF16": "bf16", "F16": "f16", "F32": "f16"}
-SOURCE_TYPE = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
+# The file types, from the largest to the smallest: the converter's, then the quantizer's
+# (q4_k_m: what Ollama and LM Studio offer by default).
+TYPES = ("f32", "bf16", "f16", "q8_0", "q6_k", "q5_k_m", "q5_k", "q4_k_m", "q4_k", "q4_0")
+QUANTIZER_TYPES = tuple(t for t in TYPES if t in gt.MIXES)
+SOURCE_TYPE = gt.LOSSLESS_TYPE
 MANIFEST_KEY = "gslice.manifest"
 DIGEST_FIELD = "file_sha256"
 ALIGNMENT = 32
@@ -49,36 +51,94 @@ TEXT_ONLY_NOTE = "text decoder only: llama.cpp's Gemma 3n is text-only, the audi
 
 @dataclass(frozen=True)
 class GGUF:
-    """One GGUF file for llama.cpp. ``type``: "f32", "bf16", "f16", "q8_0" or "q4_0" (the file
-    type; None: the source's dtype). Each tensor's own type follows llama.cpp's tools for that
-    file type (norms stay f32, ...). Only the text decoder is written."""
+    """One GGUF file for llama.cpp. ``type``: the file type (:data:`TYPES`; None: the source's
+    dtype): "f32", "bf16", "f16", "q8_0" as llama.cpp's converter writes them; "q4_k_m",
+    "q5_k_m", "q6_k", "q4_0" and the pure "q4_k", "q5_k" as its quantizer writes them from
+    the lossless file. Each tensor's own type follows llama.cpp's tools for that file type
+    (norms stay f32, ...). ``imatrix``: an importance matrix file of llama.cpp's imatrix tool
+    for the source model, for the quantizer types. Only the text decoder is written."""
 
     type: str | None = None
+    imatrix: str | os.PathLike | None = None
 
     name: ClassVar[str] = "gguf"
 
     def __post_init__(self) -> None:
         if self.type is not None and self.type not in TYPES:
             raise SpecError(f"gguf type: {self.type!r} is not supported (choose {', '.join(TYPES)})")
+        if self.imatrix is None:
+            return
+        path_arg(self.imatrix, "imatrix")
+        if self.type not in QUANTIZER_TYPES:
+            raise SpecError(
+                f"--imatrix: a {self.type or 'source-dtype'} file is written as llama.cpp's converter writes it, which "
+                f"reads no importance matrix (give one of {', '.join(QUANTIZER_TYPES)})"
+            )
 
     def to_json(self) -> dict:
-        return {"name": self.name, "type": self.type}
+        out: dict = {"name": self.name, "type": self.type}
+        if self.imatrix is not None:
+            path = Path(self.imatrix).expanduser().absolute()
+            out["imatrix"] = {"file": str(path), "sha256": gguf_imatrix.digest(path)}
+        return out
 
     @classmethod
     def from_json(cls, data: dict, where: str) -> "GGUF":
-        return cls(data.get("type"))
+        recorded = data.get("imatrix")
+        if not recorded:
+            return cls(data.get("type"))
+        path = Path(recorded["file"])
+        if not path.is_file():
+            raise SourceError(f"{where}: the importance matrix {path} it was made with is gone")
+        if gguf_imatrix.digest(path) != recorded.get("sha256"):
+            raise SourceError(f"{where}: the importance matrix {path} changed since the file was written (its sha256 differs)")
+        return cls(data.get("type"), path)
 
     def prepare(self, plan: "SlicePlan") -> "GGUFOutput":
         guard(plan)
         dtype = source_dtype(plan)
         file_type = self.type or SOURCE_TYPE[dtype]
-        tensors = []
+        imatrix = gguf_imatrix.read(self.imatrix) if self.imatrix is not None else None
+        src = plan.checkpoint.tensors
+        tensors, shapes = [], []
         for t in g3n.tensors(plan):
             first = t.sources[0]
             tp = TensorPlan(t.name, first.source, first.op, stack=tuple(s.source for s in t.sources[1:]), pad_rows=t.pad_rows)
-            shape = tp.shape(plan.checkpoint.tensors[first.source].shape)
-            tensors.append(replace(tp, ggml=tensor_type(t.name, shape, file_type, dtype)))
-        return GGUFOutput(tuple(tensors), file_type, dtype)
+            tensors.append(tp)
+            shapes.append((t.name, tp.shape(src[first.source].shape)))
+        types = gt.tensor_types(shapes, file_type, dtype, len(plan.resolved.kept), imatrix is not None)
+        tensors = [replace(tp, ggml=types[tp.name]) for tp in tensors]
+        if imatrix is None:
+            return GGUFOutput(tuple(tensors), file_type, dtype)
+        tensors, unweighted = with_imatrix(tensors, dict(shapes), imatrix, plan, dtype)
+        return GGUFOutput(tuple(tensors), file_type, dtype, imatrix, tuple(unweighted))
+
+
+def with_imatrix(tensors: list[TensorPlan], shapes: dict, imatrix: "gguf_imatrix.ImportanceMatrix", plan: "SlicePlan",
+                 dtype: str) -> tuple[list[TensorPlan], list[str]]:
+    """Every tensor the quantizer changes (its type differs from the lossless file's) looks its
+    entry up, which must fit the source tensor; the types whose quantizer reads one get it.
+    Also returns the tensors of such types that the file has no entry for."""
+    src = plan.checkpoint.tensors
+    out, unweighted = [], []
+    for tp in tensors:
+        if tp.ggml == gt.converter_type(tp.name, shapes[tp.name], SOURCE_TYPE[dtype]):
+            out.append(tp)
+            continue
+        if tp.stack:
+            raise InternalError(f"{tp.name}: a stacked tensor is quantized, which llama.cpp's quantizer never does")  # pragma: no cover
+        weights = imatrix.for_tensor(tp.name, plan.resolved.kept, tp.source, src[tp.source].shape[-1], tp.op)
+        if tp.ggml in IMATRIX_GGML:
+            if weights is None:
+                unweighted.append(tp.name)
+            else:
+                tp = replace(tp, imatrix=tuple(weights.tolist()))
+        out.append(tp)
+    return out, unweighted
+
+
+# The GGML types whose llama.cpp quantizer reads an importance matrix (ggml_quantize_chunk).
+IMATRIX_GGML = ("q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K")
 
 
 def guard(plan: "SlicePlan") -> None:
@@ -95,49 +155,7 @@ def source_dtype(plan: "SlicePlan") -> str:
     return found.pop()
 
 
-# -- tensor types -------------------------------------------------------------------------
-
-
-def tensor_type(name: str, shape: Sequence[int], file_type: str, source_dtype: str) -> str:
-    """The GGML type llama.cpp's tools give this tensor in a file of ``file_type``."""
-    if file_type == "q4_0":
-        return quantizer_type(name, shape, converter_type(name, shape, AUTO_TYPE[source_dtype]))
-    return converter_type(name, shape, file_type)
-
-
-def converter_type(name: str, shape: Sequence[int], file_type: str) -> str:
-    """``convert_hf_to_gguf.py`` (``ModelBase.prepare_tensors``): vectors, norms, non-weights
-    and AltUp's coefficient matrices in f32; the rest in the file type, a q8_0 row that is not
-    whole blocks of 32 in f16 (its QuantError fallback)."""
-    base = name.rsplit(".", 1)[0]
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
-        return "f32"
-    if base.endswith((".altup_correct_coef", ".altup_predict_coef")):
-        return "f32"
-    if file_type == "q8_0" and shape[-1] % 32:
-        return "f16"
-    return file_type
-
-
-def quantizer_type(name: str, shape: Sequence[int], current: str) -> str:
-    """``llama-quantize`` to Q4_0 without an importance matrix (``src/llama-quant.cpp``):
-    tensors it may not quantize keep their type; the token embeddings (tied to the output, as
-    in Gemma 3n: both tables count) get the output's type, Q6_K, or Q8_0 for rows that are not
-    whole blocks of 256; the rest Q4_0, or F16 for rows that are not whole blocks of 32."""
-    if not quantizer_allows(name, shape):
-        return current
-    cols = shape[-1]
-    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
-        return "q6_K" if cols % 256 == 0 else "q8_0"
-    return "q4_0" if cols % 32 == 0 else "f16"
-
-
-def quantizer_allows(name: str, shape: Sequence[int]) -> bool:
-    """``tensor_allows_quantization``: 2-D and up, a weight, not a norm, not AltUp's or LAuReL's
-    small matrices, not the per-layer model projection."""
-    if len(shape) < 2 or not name.endswith("weight") or "_norm.weight" in name:
-        return False
-    return not any(part in name for part in ("altup", "laurel", "per_layer_model_proj"))
+# -- sizes ------------------------------------------------------------------------------
 
 
 def ggml_bytes(shape: Sequence[int], ggml: str) -> int:
@@ -157,6 +175,8 @@ class GGUFOutput:
     tensors: tuple[TensorPlan, ...]
     file_type: str
     source_dtype: str
+    imatrix: "gguf_imatrix.ImportanceMatrix | None" = None
+    unweighted: tuple[str, ...] = ()  # quantized with a type that reads one, but without an entry
 
     def config_text(self) -> str:
         raise InternalError("a GGUF output has no config.json")  # pragma: no cover
@@ -172,16 +192,20 @@ class GGUFOutput:
         )
 
     def metadata(self, plan: "SlicePlan", name: str, title: str | None = None) -> list[MetaKv]:
-        """Every key-value pair but the manifest, in the converter's order."""
+        """Every key-value pair but the manifest, in the converter's order; with an importance
+        matrix, the keys llama-quantize adds for it last."""
         import gguf
 
         w = gguf.GGUFWriter(path=None, arch=g3n.ARCH)
         w.add_type(gguf.GGUFType.MODEL)
         general_metadata(plan, title or name, self.total_params(plan)).set_gguf_meta_model(w)
-        g3n.add_metadata(w, plan, gguf.LlamaFileType(FILE_TYPES[self.file_type]))
+        g3n.add_metadata(w, plan, gguf.LlamaFileType(gt.file_type_id(self.file_type)))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         gguf_tokenizer.add_tokenizer(w, plan.source.files, g3n.vocab_size(plan))
-        return [_kv(key, v) for key, v in w.kv_data[0].items()]
+        kvs = [_kv(key, v) for key, v in w.kv_data[0].items()]
+        if self.imatrix is not None:
+            kvs += [MetaKv(key, kind, value) for key, kind, value in self.imatrix.metadata()]
+        return kvs
 
     def total_params(self, plan: "SlicePlan") -> int:
         """Elements of every tensor written (the padded embeddings included), as the
@@ -195,13 +219,20 @@ class GGUFOutput:
         return {
             "name": "gguf",
             "type": self.file_type,
-            "file_type": FILE_TYPES[self.file_type],
+            "file_type": gt.file_type_id(self.file_type),
             "tensor_types": dict(sorted(types.items())),
             "tensors": len(self.tensors),
             "params": self.total_params(plan),
             "tensor_bytes": sum(t.nbytes(src[t.source].shape, src[t.source].dtype) for t in self.tensors),
+            **({"imatrix": self.imatrix_use()} if self.imatrix is not None else {}),
             "note": TEXT_ONLY_NOTE,
         }
+
+    def imatrix_use(self) -> dict:
+        """The importance matrix's file, its entry count, and the quantized tensors with and
+        without an entry (llama-quantize says "did not find weights" for the latter)."""
+        return {"file": self.imatrix.path.name, "entries": len(self.imatrix.entries),
+                "tensors_with": sum(t.imatrix is not None for t in self.tensors), "tensors_without": list(self.unweighted)}
 
     def figures(self, plan: "SlicePlan") -> dict | None:
         return None
@@ -369,28 +400,32 @@ def _same_value(kv: MetaKv, value, np) -> bool:
 def file_tensor_bytes(arch: "gemma3n.Architecture", res: "gemma3n.Resolved", shapes: dict[str, Sequence[int]],
                       new_config: dict, file_type: str, source_dtype: str = "BF16") -> int:
     """The data section of the GGUF file a slice becomes, from output shapes alone (no
-    weights): every text-decoder tensor under llama.cpp's name, stacked and padded, at its
-    GGML type, aligned as written. The metadata (mostly the tokenizer: about 6 MB for Gemma
-    3n's 262,400 tokens) comes on top."""
+    weights): every text-decoder tensor at its GGML type for ``file_type``, aligned as written.
+    The metadata (mostly the tokenizer: about 6 MB for Gemma 3n's 262,400 tokens) comes on top."""
+    tensors = file_tensors(arch, res, shapes, new_config)
+    types = gt.tensor_types(list(tensors.items()), file_type, source_dtype, len(res.kept))
+    return data_bytes([(shape, types[name]) for name, shape in tensors.items()])
+
+
+def file_tensors(arch: "gemma3n.Architecture", res: "gemma3n.Resolved", shapes: dict[str, Sequence[int]],
+                 new_config: dict) -> dict[str, tuple[int, ...]]:
+    """llama.cpp's name -> shape of every tensor of the GGUF file of a slice whose output
+    shapes are ``shapes``: the text decoder renamed, stacked, and padded to the vocabulary."""
     prefix = gemma3n.output_prefix(arch, res.spec)
     vocab = int(gemma3n.text_config(new_config).get("vocab_size", 262_400))
-    out: list[tuple[tuple[int, ...], str]] = []
+    out: dict[str, tuple[int, ...]] = {}
     stacked: dict[str, list[tuple[int, ...]]] = {}
     for name, shape in shapes.items():
         role = gemma3n.tensor_role(name, len(shape), prefix)
         if role.part != "text":
             continue
         if role.layer is not None:
-            gname, shape = f"blk.{role.layer}.{g3n.LAYER_NAMES[role.kind]}", tuple(shape)
+            out[f"blk.{role.layer}.{g3n.LAYER_NAMES[role.kind]}"] = tuple(shape)
         elif role.kind in g3n.STACKED_NAMES:
             stacked.setdefault(g3n.STACKED_NAMES[role.kind], []).append(tuple(shape))
-            continue
         else:
             gname = g3n.MODEL_NAMES[role.kind]
-            shape = (vocab, *shape[1:]) if gname in g3n.PADDED_TO_VOCAB else tuple(shape)
-        out.append((shape, tensor_type(gname, shape, file_type, source_dtype)))
+            out[gname] = (vocab, *shape[1:]) if gname in g3n.PADDED_TO_VOCAB else tuple(shape)
     for gname, members in stacked.items():
-        shape = (len(members), *members[0])
-        out.append((shape, tensor_type(gname, shape, file_type, source_dtype)))
-    return data_bytes(out)
-
+        out[gname] = (len(members), *members[0])
+    return out

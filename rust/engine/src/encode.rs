@@ -2,7 +2,8 @@
 //! read through the tensor's operation from the source it stacks (or is a row of zeros, for
 //! padding), then stored as the tensor's GGML type: raw bytes when the type is the source's
 //! own, else converted to f32 and passed to the GGML kernel (`ggml::quantize_row`), which
-//! converts to F32/F16/BF16 or quantizes into blocks exactly as llama.cpp does.
+//! converts to F32/F16/BF16 or quantizes into blocks exactly as llama.cpp does (with the
+//! tensor's importance matrix, if the plan gives one).
 
 use std::cell::RefCell;
 
@@ -60,7 +61,7 @@ pub fn encode_band<T>(
             let Some((shard, src, local)) = source_of(r, row) else {
                 if !raw {
                     xs.fill(0.0);
-                    crate::ggml::quantize_row(g.ggml, xs, dst, None).expect("the row size was checked when resolving");
+                    crate::ggml::quantize_row(g.ggml, xs, dst, g.imatrix.as_deref()).expect("sizes were checked when resolving");
                 }
                 continue; // padding: zeros, in the source dtype or encoded
             };
@@ -73,7 +74,7 @@ pub fn encode_band<T>(
             if g.ggml.block_size() > 1 && !xs.iter().all(|x| x.is_finite()) {
                 return Err(EncodeFailure::NonFinite(row));
             }
-            crate::ggml::quantize_row(g.ggml, xs, dst, None).expect("the row size was checked when resolving");
+            crate::ggml::quantize_row(g.ggml, xs, dst, g.imatrix.as_deref()).expect("sizes were checked when resolving");
         }
         let t = sink(out).map_err(EncodeFailure::Io)?;
         release_rows(r, ck, (r0, r1));

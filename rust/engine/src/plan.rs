@@ -135,6 +135,10 @@ pub struct TensorSpec {
     /// "q8_0", ...): converted or block-quantized from the source, row by row.
     #[serde(default)]
     pub ggml: Option<String>,
+    /// GGUF only: an importance matrix, one weight per column (of the stored tensor, for every
+    /// row), for the GGML types whose llama.cpp quantizer reads one (ignored by the others).
+    #[serde(default)]
+    pub imatrix: Option<Vec<f32>>,
 }
 
 /// How the (sliced) 2-D tensor is quantized, tagged by `scheme`. A plan without `scheme` means
@@ -257,10 +261,11 @@ pub struct Part {
 
 /// How a GGUF tensor is made: its rows, seen as a matrix of `cols` columns (the last
 /// dimension), are `seg_rows` rows of `op` applied to each source in turn, then zero rows; each
-/// row is stored as GGML type `ggml`.
+/// row is stored as GGML type `ggml`, quantized with the importance matrix `imatrix` if any.
 #[derive(Debug, Clone)]
 pub struct GgufTensor {
     pub ggml: GgmlType,
+    pub imatrix: Option<std::sync::Arc<[f32]>>,
     /// (shard, tensor) of every source after the first.
     pub more: Vec<(usize, TensorInfo)>,
     pub seg_rows: u64,
@@ -288,8 +293,8 @@ pub fn resolve(ck: &Checkpoint, spec: &TensorSpec, container: Container) -> Resu
     if container == Container::Gguf {
         return resolve_gguf(ck, spec, shard, src, shape);
     }
-    if spec.ggml.is_some() || !spec.stack.is_empty() || spec.pad_rows.is_some() {
-        return Err(context("ggml, stack and pad_rows apply to GGUF outputs only".into()));
+    if spec.ggml.is_some() || !spec.stack.is_empty() || spec.pad_rows.is_some() || spec.imatrix.is_some() {
+        return Err(context("ggml, stack, pad_rows and imatrix apply to GGUF outputs only".into()));
     }
     let parts = match &spec.quant {
         None => {
@@ -356,7 +361,8 @@ fn resolve_gguf(ck: &Checkpoint, spec: &TensorSpec, shard: usize, src: &TensorIn
     let rows: u64 = shape[..shape.len() - 1].iter().product();
     let seg_rows: u64 = op_shape[..op_shape.len().saturating_sub(1)].iter().product();
     let row_bytes = ggml.row_bytes(cols).map_err(context)?;
-    let g = GgufTensor { ggml, more, seg_rows, rows, cols };
+    let imatrix = spec.imatrix.as_deref().map(|m| check_imatrix(m, cols)).transpose().map_err(context)?;
+    let g = GgufTensor { ggml, imatrix, more, seg_rows, rows, cols };
     let nbytes = rows * row_bytes;
     Ok(Resolved {
         name: spec.name.clone(),
@@ -370,6 +376,17 @@ fn resolve_gguf(ck: &Checkpoint, spec: &TensorSpec, shard: usize, src: &TensorIn
         gguf: Some(g),
         nbytes,
     })
+}
+
+/// An importance matrix holds one finite weight per column (llama.cpp refuses a non-finite one).
+fn check_imatrix(m: &[f32], cols: u64) -> std::result::Result<std::sync::Arc<[f32]>, String> {
+    if m.len() as u64 != cols {
+        return Err(format!("the importance matrix has {} weights for {cols} columns", m.len()));
+    }
+    if let Some(i) = m.iter().position(|v| !v.is_finite()) {
+        return Err(format!("weight {i} of the importance matrix is {}, not a finite number", m[i]));
+    }
+    Ok(m.into())
 }
 
 /// The entries of a quantized tensor: the kernel's row parts (the first under the tensor's own

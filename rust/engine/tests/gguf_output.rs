@@ -106,10 +106,14 @@ fn parse(b: &[u8]) -> Parsed {
 }
 
 fn encode(t: GgmlType, rows: &[Vec<f32>]) -> Vec<u8> {
+    encode_with(t, rows, None)
+}
+
+fn encode_with(t: GgmlType, rows: &[Vec<f32>], imatrix: Option<&[f32]>) -> Vec<u8> {
     let mut out = Vec::new();
     for row in rows {
         let mut o = vec![0u8; t.row_bytes(row.len() as u64).unwrap() as usize];
-        quantize_row(t, row, &mut o, None).unwrap();
+        quantize_row(t, row, &mut o, imatrix).unwrap();
         out.extend(o);
     }
     out
@@ -193,6 +197,43 @@ fn a_gguf_file_holds_the_metadata_and_every_encoded_tensor() {
 }
 
 #[test]
+fn an_importance_matrix_reaches_the_kernel_for_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.safetensors");
+    write_source(&src, &[("k", &[3, 256], 11)]);
+    let out = dir.path().join("m.gguf");
+    let m: Vec<f32> = (0..256).map(|i| if i % 7 == 3 { 0.0 } else { 0.25 + (i % 13) as f32 }).collect();
+    run(json!({
+        "source": src, "band_bytes": 512,
+        "outputs": [{"dir": out, "container": "gguf", "tensors": [
+            {"name": "plain", "source": "k", "ggml": "q4_K"},
+            {"name": "weighted", "source": "k", "pad_rows": 5, "ggml": "q4_K", "imatrix": m},
+            {"name": "cols", "source": "k", "op": {"kind": "cols", "ranges": [[32, 96]]}, "ggml": "q5_1", "imatrix": &m[..64]},
+            {"name": "raw", "source": "k", "ggml": "bf16", "imatrix": m},
+        ]}],
+    }))
+    .unwrap();
+    let bytes = fs::read(&out).unwrap();
+    let p = parse(&bytes);
+    let k: Vec<Vec<f32>> = (0..3).map(|r| (0..256).map(|c| value(11, r * 256 + c)).collect()).collect();
+    let mut padded = k.clone();
+    padded.extend(vec![vec![0.0; 256]; 2]);
+    let cols: Vec<Vec<f32>> = k.iter().map(|r| r[32..96].to_vec()).collect();
+    let want = [
+        encode(GgmlType::Q4_K, &k),
+        encode_with(GgmlType::Q4_K, &padded, Some(&m)),
+        encode_with(GgmlType::Q5_1, &cols, Some(&m[..64])),
+        encode(GgmlType::BF16, &k),
+    ];
+    let data: Vec<&[u8]> = p.tensors.iter().zip(&want).map(|(t, w)| &bytes[t.3 as usize..t.3 as usize + w.len()]).collect();
+    for (name, (d, w)) in ["plain", "weighted", "cols", "raw"].iter().zip(data.iter().zip(&want)) {
+        assert_eq!(d, &&w[..], "{name}");
+    }
+    // Control: the weights change the blocks.
+    assert_ne!(data[0], &data[1][..data[0].len()]);
+}
+
+#[test]
 fn gguf_plans_are_checked_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.safetensors");
@@ -215,9 +256,23 @@ fn gguf_plans_are_checked_before_anything_is_written() {
         err(json!({"name": "a", "source": "w", "pad_rows": 3, "ggml": "f32"})),
         "tensor w -> a: pad_rows 3 is fewer than the 4 rows the tensor has"
     );
+    assert_eq!(
+        err(json!({"name": "a", "source": "w", "ggml": "f32", "imatrix": vec![1.0f32; 47]})),
+        "tensor w -> a: the importance matrix has 47 weights for 48 columns"
+    );
+    let mut m = vec![1.0f32; 48];
+    m[5] = f32::INFINITY;
+    let plan = json!({"source": src, "outputs": [{"dir": out, "container": "gguf", "tensors": [
+        {"name": "a", "source": "w", "ggml": "f32", "imatrix": serde_json::Value::Null}]}]});
+    let mut plan: Plan = serde_json::from_value(plan).unwrap();
+    plan.outputs[0].tensors[0].imatrix = Some(m);
+    assert_eq!(
+        execute(&plan, &Progress::default(), &AtomicBool::new(false)).unwrap_err().to_string(),
+        "tensor w -> a: weight 5 of the importance matrix is inf, not a finite number"
+    );
     let safetensors = run(json!({"source": src, "outputs": [{"dir": dir.path().join("st"), "tensors": [
         {"name": "a", "source": "w", "ggml": "f32"}]}]}));
-    assert_eq!(safetensors.unwrap_err().to_string(), "tensor w -> a: ggml, stack and pad_rows apply to GGUF outputs only");
+    assert_eq!(safetensors.unwrap_err().to_string(), "tensor w -> a: ggml, stack, pad_rows and imatrix apply to GGUF outputs only");
     assert!(!out.exists());
     let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["src.safetensors"]);

@@ -9,7 +9,7 @@
 //! scales, `d` (f16); element = d * sc * (q - 32) per sub-block of 16.
 
 use super::half::{f16_to_f32, f32_to_f16};
-use super::search::{nearest_int, offset_scale, positive_scale, signed_scale, Steps, GROUP_MAX_EPS};
+use super::search::{nearest_int, offset_scale, positive_scale, signed_scale, Steps, GROUP_MAX_EPS, WEIGHTED_STEPS};
 
 pub const QK_K: usize = 256;
 pub const Q4_K_BYTES: usize = 144;
@@ -19,11 +19,10 @@ pub const Q6_K_BYTES: usize = 210;
 /// Super-blocks searched side by side: their sub-blocks are the lanes of the searches.
 const GROUP: usize = 4;
 
-/// The candidate scales of the sub-block searches: Q4_K and Q5_K without an importance matrix,
-/// and both with one.
+/// The candidate scales of the sub-block searches of Q4_K and Q5_K without an importance matrix
+/// (with one: `WEIGHTED_STEPS`).
 const Q4_K_STEPS: Steps = Steps { rmin: -1.0, rdelta: 0.1, nstep: 20 };
 const Q5_K_STEPS: Steps = Steps { rmin: -0.5, rdelta: 0.1, nstep: 15 };
-const WEIGHTED_STEPS: Steps = Steps { rmin: -0.9, rdelta: 0.05, nstep: 36 };
 
 /// Q4_K (`bits` 4) or Q5_K (`bits` 5) of whole super-blocks.
 #[inline(always)]

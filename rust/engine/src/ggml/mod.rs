@@ -6,7 +6,7 @@
 //! - F32, F16, BF16: plain conversion (`ggml_fp32_to_fp16_row`, `ggml_fp32_to_bf16_row_ref`);
 //!   no importance matrix.
 //! - Q8_0: `quantize_row_q8_0_ref` in both cases (it ignores the matrix).
-//! - Q4_0: `quantize_row_q4_0_ref` / `quantize_row_q4_0_impl`.
+//! - Q4_0, Q4_1, Q5_0, Q5_1: `quantize_row_<type>_ref` / `quantize_row_<type>_impl`.
 //! - Q4_K, Q5_K, Q6_K: `quantize_row_q{4,5,6}_K_ref` / `quantize_row_q{4,5,6}_K_impl`.
 //!
 //! Identity holds for finite rows (what is proven: tests/interop/test_ggml_llama_cpp.py, and
@@ -28,6 +28,9 @@ pub enum GgmlType {
     F32 = 0,
     F16 = 1,
     Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
     Q8_0 = 8,
     Q4_K = 12,
     Q5_K = 13,
@@ -35,8 +38,10 @@ pub enum GgmlType {
     BF16 = 30,
 }
 
-pub const ALL: [GgmlType; 8] =
-    [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+pub const ALL: [GgmlType; 11] = {
+    use GgmlType::*;
+    [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K]
+};
 
 impl GgmlType {
     pub fn id(self) -> u32 {
@@ -56,6 +61,9 @@ impl GgmlType {
             BF16 => "bf16",
             Q8_0 => "q8_0",
             Q4_0 => "q4_0",
+            Q4_1 => "q4_1",
+            Q5_0 => "q5_0",
+            Q5_1 => "q5_1",
             Q4_K => "q4_K",
             Q5_K => "q5_K",
             Q6_K => "q6_K",
@@ -72,7 +80,7 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 => 1,
-            Q8_0 | Q4_0 => legacy::QK,
+            Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 => legacy::QK,
             Q4_K | Q5_K | Q6_K => kquants::QK_K,
         }
     }
@@ -84,7 +92,7 @@ impl GgmlType {
             F32 => 4,
             F16 | BF16 => 2,
             Q8_0 => legacy::Q8_0_BYTES,
-            Q4_0 => legacy::Q4_0_BYTES,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 => self.legacy().expect("a 4- or 5-bit type").bytes(),
             Q4_K => kquants::Q4_K_BYTES,
             Q5_K => kquants::Q5_K_BYTES,
             Q6_K => kquants::Q6_K_BYTES,
@@ -105,7 +113,19 @@ impl GgmlType {
 
     /// Whether llama.cpp's quantizer for this type reads an importance matrix.
     pub fn uses_imatrix(self) -> bool {
-        matches!(self, GgmlType::Q4_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+        use GgmlType::*;
+        matches!(self, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K)
+    }
+
+    fn legacy(self) -> Option<legacy::Kind> {
+        use GgmlType::*;
+        match self {
+            Q4_0 => Some(legacy::Kind::Q4_0),
+            Q4_1 => Some(legacy::Kind::Q4_1),
+            Q5_0 => Some(legacy::Kind::Q5_0),
+            Q5_1 => Some(legacy::Kind::Q5_1),
+            _ => None,
+        }
     }
 }
 
@@ -161,8 +181,13 @@ fn kernels(t: GgmlType, row: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
             }
         }
         (Q8_0, _) => legacy::q8_0(row, out),
-        (Q4_0, None) => legacy::q4_0(row, out),
-        (Q4_0, Some(m)) => legacy::q4_0_weighted(row, out, m),
+        (Q4_0 | Q4_1 | Q5_0 | Q5_1, m) => {
+            let kind = t.legacy().expect("a 4- or 5-bit type");
+            match m {
+                None => legacy::plain(kind, row, out),
+                Some(m) => legacy::weighted(kind, row, out, m),
+            }
+        }
         (Q4_K, m) => kquants::q45_k(4, row, out, m),
         (Q5_K, m) => kquants::q45_k(5, row, out, m),
         (Q6_K, m) => kquants::q6_k(row, out, m),
@@ -184,6 +209,9 @@ mod tests {
                 (30, "bf16", 1, 2),
                 (8, "q8_0", 32, 34),
                 (2, "q4_0", 32, 18),
+                (3, "q4_1", 32, 20),
+                (6, "q5_0", 32, 22),
+                (7, "q5_1", 32, 24),
                 (12, "q4_K", 256, 144),
                 (13, "q5_K", 256, 176),
                 (14, "q6_K", 256, 210),
@@ -191,7 +219,7 @@ mod tests {
         );
         assert_eq!(GgmlType::parse("Q4_k"), Some(GgmlType::Q4_K));
         assert_eq!(GgmlType::from_id(14), Some(GgmlType::Q6_K));
-        assert_eq!(GgmlType::from_id(3), None);
+        assert_eq!(GgmlType::from_id(4), None);
     }
 
     #[cfg(target_arch = "x86_64")]

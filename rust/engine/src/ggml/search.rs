@@ -126,6 +126,10 @@ pub struct Steps {
     pub nstep: i32,
 }
 
+/// The candidates of every offset search with an importance matrix (`make_qkx3_quants` as
+/// Q4_K, Q5_K, Q4_1 and Q5_1 call it).
+pub const WEIGHTED_STEPS: Steps = Steps { rmin: -0.9, rdelta: 0.05, nstep: 36 };
+
 /// For each lane's block, levels `0..=nmax` with a scale and a non-positive offset `min`
 /// (x ~ scale * l + min) that minimise the weighted squared error: least squares on the levels
 /// of each candidate scale (`make_qkx2_quants` and `make_qkx3_quants`, which agree when
