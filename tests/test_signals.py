@@ -30,6 +30,13 @@ GSLICE = [sys.executable, "-m", "gslice"]
 BIG = TinyGemma3n(vocab_per_layer=1 << 18)
 
 
+def like_a_terminal_job(ignore_sigint: bool = False):
+    """The child's SIGINT as a shell sets it: default for a foreground job (Ctrl-C), ignored
+    for a job started with ``&`` or nohup. Children inherit an ignored SIGINT, so without
+    this the tests would depend on how pytest itself was started (CI in the background)."""
+    return lambda: signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     return write_sparse_checkpoint(tmp_path_factory.mktemp("big") / "src", BIG)
@@ -37,7 +44,8 @@ def big(tmp_path_factory) -> Path:
 
 def stopped_when(args: list, ready, timeout: float = 60) -> subprocess.Popen:
     """Starts gslice with ``args`` and freezes it (SIGSTOP) the moment ``ready()`` holds."""
-    proc = subprocess.Popen([*GSLICE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*GSLICE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=like_a_terminal_job())
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
@@ -168,7 +176,8 @@ main(sys.argv[1:], prog_name="gslice")
 @pytest.mark.parametrize("where,sig", [("engine", signal.SIGINT), ("report", signal.SIGTERM)])
 def test_a_signal_after_the_output_is_finished_says_it_is_complete(e4b, tmp_path, where, sig):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-c", AT_THE_END, where, "slice", e4b, "-o", out], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", AT_THE_END, where, "slice", e4b, "-o", out], capture_output=True, text=True,
+                            preexec_fn=like_a_terminal_job())
     name = signal.Signals(sig).name
     said = {
         "engine": f"{out} is complete: it was finished and put in place before the run stopped; no temporary files are left",
@@ -177,3 +186,13 @@ def test_a_signal_after_the_output_is_finished_says_it_is_complete(e4b, tmp_path
     assert (result.returncode, result.stdout, result.stderr) == (128 + sig, "", f"interrupted ({name}): {said}\n")
     assert subprocess.run([*GSLICE, "verify", out, "--against", e4b, "-q"]).returncode == 0
     assert hidden_leftovers(tmp_path) == []
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(e4b, tmp_path):
+    # `gslice slice ... &` from a script: the shell ignores SIGINT for the job, and gslice
+    # leaves that choice alone (it installs its handler only over the default one).
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-c", AT_THE_END, "engine", "slice", e4b, "-o", out, "-q"],
+                            capture_output=True, text=True, preexec_fn=like_a_terminal_job(ignore_sigint=True))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert subprocess.run([*GSLICE, "verify", out, "--against", e4b, "-q"]).returncode == 0
