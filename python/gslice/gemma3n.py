@@ -37,6 +37,7 @@ from .errors import InternalError, SourceError, SpecError
 from .formats.base import Role, SlicedTensor
 from .jsonfile import read_json
 from .spec import SliceSpec
+from .units import fmt_ranges
 
 MULTIMODAL_TYPE = "gemma3n"
 TEXT_TYPE = "gemma3n_text"
@@ -520,12 +521,12 @@ def _check_counts(arch: Architecture, ck: CheckpointInfo) -> None:
     layers = {int(m.group(1)) for n in ck.tensors if n.startswith(arch.prefix) and (m := _LAYER.match(n[len(arch.prefix):]))}
     if layers and max(layers) >= arch.num_layers:
         raise SourceError(
-            f"the checkpoint holds decoder layers {_ranges(layers)} but config.json says num_hidden_layers={arch.num_layers}"
+            f"the checkpoint holds decoder layers {fmt_ranges(layers, ', ')} but config.json says num_hidden_layers={arch.num_layers}"
         )
     blocks = {int(m.group(1)) for n in ck.tensors if (m := AUDIO_BLOCK.match(n))}
     if blocks and arch.has_audio and max(blocks) >= arch.audio_blocks:
         raise SourceError(
-            f"the checkpoint holds audio Conformer blocks {_ranges(blocks)} but config.json says "
+            f"the checkpoint holds audio Conformer blocks {fmt_ranges(blocks, ', ')} but config.json says "
             f"conf_num_hidden_layers={arch.audio_blocks}"
         )
 
@@ -558,18 +559,6 @@ def _tensors(names: Sequence[str]) -> str:
     names = sorted(names, key=_natural_key)
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return f"tensor{'s' if len(names) > 1 else ''} {shown}"
-
-
-def _ranges(xs: set[int]) -> str:
-    xs = sorted(xs)
-    parts, i = [], 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        parts.append(f"{xs[i]}-{xs[j]}" if j > i else str(xs[i]))
-        i = j + 1
-    return ", ".join(parts)
 
 
 # -- the plan -----------------------------------------------------------------------------

@@ -52,8 +52,8 @@ def fmt_params(n: int) -> str:
     return f"{n:,}"
 
 
-def fmt_ranges(xs) -> str:
-    """[20, 21, 22, 30] -> '20-22,30'."""
+def fmt_ranges(xs, sep: str = ",") -> str:
+    """[20, 21, 22, 30] -> '20-22,30' (``sep`` between the parts)."""
     xs = sorted(xs)
     parts, i = [], 0
     while i < len(xs):
@@ -62,4 +62,4 @@ def fmt_ranges(xs) -> str:
             j += 1
         parts.append(f"{xs[i]}-{xs[j]}" if j > i else str(xs[i]))
         i = j + 1
-    return ",".join(parts)
+    return sep.join(parts)
