@@ -40,6 +40,12 @@ def sparse_e4b(folder: Path) -> Path:
             size = 0
         groups[-1].append((name, t, n))
         size += n
+    return write_sparse_shards(folder, groups)
+
+
+def write_sparse_shards(folder: Path, groups: list[list[tuple[str, dict, int]]]) -> Path:
+    """One shard per group of (name, header entry, bytes): the real header, holes for data;
+    an index and the E4B config."""
     weight_map = {}
     for k, group in enumerate(groups):
         fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"

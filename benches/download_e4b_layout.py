@@ -39,6 +39,7 @@ from gslice.spec import SliceSpec
 from gslice.units import fmt_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bulk_e4b_layout import write_sparse_shards  # noqa: E402
 from synth import split_shards  # noqa: E402
 
 SHARDS = 4
@@ -52,22 +53,9 @@ def sparse_e4b(folder: Path) -> Path:
     items = sorted(ref.items())
     sizes = [math.prod(t["shape"]) * engine.DTYPE_SIZES[t["dtype"]] for _, t in items]
     starts = split_shards(sizes, SHARDS) + [len(items)]
-    weight_map = {}
-    for k in range(SHARDS):
-        fname = f"model-{k + 1:05d}-of-{SHARDS:05d}.safetensors"
-        header, off = {"__metadata__": {"format": "pt"}}, 0
-        for (name, t), n in zip(items[starts[k] : starts[k + 1]], sizes[starts[k] : starts[k + 1]]):
-            header[name] = {"dtype": t["dtype"], "shape": t["shape"], "data_offsets": [off, off + n]}
-            weight_map[name] = fname
-            off += n
-        text = json.dumps(header).encode()
-        text += b" " * (-(8 + len(text)) % 8)
-        with open(folder / fname, "wb") as f:
-            f.write(len(text).to_bytes(8, "little") + text)
-            f.truncate(8 + len(text) + off)
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps(gemma3n.e4b_config()))
-    return folder
+    groups = [[(name, t, n) for (name, t), n in zip(items[starts[k] : starts[k + 1]], sizes[starts[k] : starts[k + 1]])]
+              for k in range(SHARDS)]
+    return write_sparse_shards(folder, groups)
 
 
 @dataclass(frozen=True)
