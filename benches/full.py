@@ -715,43 +715,39 @@ def evaluate(runs: dict, checks: dict, source_bytes: int) -> list[dict]:
         r = runs.get(run)
         return None if r is None else int(r["exit_code"] == 0 and not checks.get(check, {}).get("problems", ["missing"]))
 
-    target("bf16 wall / cp+sync wall", ratio(wall("bf16"), wall("cp_sync")), TARGETS["bf16_vs_cp"], lambda x: x <= TARGETS["bf16_vs_cp"], "x")
+    def at_most(name, figure, key, unit=""):
+        target(name, figure, TARGETS[key], lambda x: x <= TARGETS[key], unit)
+
+    def holds(name, run, check):
+        target(name, equal(run, check), 1, lambda x: x == 1)
+
+    at_most("bf16 wall / cp+sync wall", ratio(wall("bf16"), wall("cp_sync")), "bf16_vs_cp", "x")
     target("notebook wall / bf16 wall", ratio(wall("notebook"), wall("bf16")), TARGETS["notebook_vs_bf16"], lambda x: x >= TARGETS["notebook_vs_bf16"], "x")
-    target("bf16 peak RSS", peak("bf16"), TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
-    target("bf16 completes under the cap (and equals the uncapped output)", equal("bf16_capped", "capped_equals_uncapped"),
-           1, lambda x: x == 1)
-    target("portable I/O path: output equals the fast path's", equal("bf16_portable", "portable_equals_fast"), 1, lambda x: x == 1)
-    target("portable I/O path: bf16 peak RSS", peak("bf16_portable"), TARGETS["bf16_rss"], lambda x: x <= TARGETS["bf16_rss"], "B")
-    target("portable I/O path: completes under the cap (and equals the fast path's output)",
-           equal("bf16_portable_capped", "portable_capped_equals_fast"), 1, lambda x: x == 1)
-    target("int4 wall / bf16 wall", ratio(wall("int4"), wall("bf16")), TARGETS["int4_vs_bf16"], lambda x: x <= TARGETS["int4_vs_bf16"], "x")
-    target("int4 peak RSS", peak("int4"), TARGETS["int4_rss"], lambda x: x <= TARGETS["int4_rss"], "B")
+    at_most("bf16 peak RSS", peak("bf16"), "bf16_rss", "B")
+    holds("bf16 completes under the cap (and equals the uncapped output)", "bf16_capped", "capped_equals_uncapped")
+    holds("portable I/O path: output equals the fast path's", "bf16_portable", "portable_equals_fast")
+    at_most("portable I/O path: bf16 peak RSS", peak("bf16_portable"), "bf16_rss", "B")
+    holds("portable I/O path: completes under the cap (and equals the fast path's output)",
+          "bf16_portable_capped", "portable_capped_equals_fast")
+    at_most("int4 wall / bf16 wall", ratio(wall("int4"), wall("bf16")), "int4_vs_bf16", "x")
+    at_most("int4 peak RSS", peak("int4"), "int4_rss", "B")
     b = runs.get("bulk")
     written = b["bytes_written"] if b and b["exit_code"] == 0 else None  # every file, each inode once
-    target("bulk bytes written / source bytes", ratio(written, source_bytes), TARGETS["bulk_bytes_vs_source"],
-           lambda x: x <= TARGETS["bulk_bytes_vs_source"], "x")
-    target("bulk wall / bf16 wall", ratio(wall("bulk"), wall("bf16")), TARGETS["bulk_time_vs_bf16"],
-           lambda x: x <= TARGETS["bulk_time_vs_bf16"], "x")
-    target("GGUF Q8_0 wall / cp+sync of the file", ratio(wall("gguf"), wall("gguf_cp_sync")), TARGETS["gguf_vs_cp"],
-           lambda x: x <= TARGETS["gguf_vs_cp"], "x")
-    target("GGUF Q8_0 peak RSS", peak("gguf"), TARGETS["gguf_rss"], lambda x: x <= TARGETS["gguf_rss"], "B")
-    target("GGUF Q8_0 completes under the cap (and equals the uncapped file)", equal("gguf_capped", "gguf_capped_equals_uncapped"),
-           1, lambda x: x == 1)
-    target("MLX 4-bit wall / cp+sync of its output", ratio(wall("mlx4"), wall("mlx4_cp_sync")), TARGETS["mlx4_vs_cp"],
-           lambda x: x <= TARGETS["mlx4_vs_cp"], "x")
-    target("MLX 4-bit wall / MLX bf16 wall", ratio(wall("mlx4"), wall("mlx_bf16")), TARGETS["mlx4_vs_bf16"],
-           lambda x: x <= TARGETS["mlx4_vs_bf16"], "x")
-    target("MLX 4-bit peak RSS", peak("mlx4"), TARGETS["mlx4_rss"], lambda x: x <= TARGETS["mlx4_rss"], "B")
-    target("MLX 4-bit completes under the cap (and equals the uncapped output)", equal("mlx4_capped", "mlx4_capped_equals_uncapped"),
-           1, lambda x: x == 1)
-    target("MLX 4-bit tensors equal mlx_lm.convert -q of the bf16 output", equal("mlx_convert", "mlx4_equals_convert"),
-           1, lambda x: x == 1)
+    at_most("bulk bytes written / source bytes", ratio(written, source_bytes), "bulk_bytes_vs_source", "x")
+    at_most("bulk wall / bf16 wall", ratio(wall("bulk"), wall("bf16")), "bulk_time_vs_bf16", "x")
+    at_most("GGUF Q8_0 wall / cp+sync of the file", ratio(wall("gguf"), wall("gguf_cp_sync")), "gguf_vs_cp", "x")
+    at_most("GGUF Q8_0 peak RSS", peak("gguf"), "gguf_rss", "B")
+    holds("GGUF Q8_0 completes under the cap (and equals the uncapped file)", "gguf_capped", "gguf_capped_equals_uncapped")
+    at_most("MLX 4-bit wall / cp+sync of its output", ratio(wall("mlx4"), wall("mlx4_cp_sync")), "mlx4_vs_cp", "x")
+    at_most("MLX 4-bit wall / MLX bf16 wall", ratio(wall("mlx4"), wall("mlx_bf16")), "mlx4_vs_bf16", "x")
+    at_most("MLX 4-bit peak RSS", peak("mlx4"), "mlx4_rss", "B")
+    holds("MLX 4-bit completes under the cap (and equals the uncapped output)", "mlx4_capped", "mlx4_capped_equals_uncapped")
+    holds("MLX 4-bit tensors equal mlx_lm.convert -q of the bf16 output", "mlx_convert", "mlx4_equals_convert")
     two_steps = wall("kquant_bf16") + wall("kquant_llama") if wall("kquant_bf16") and wall("kquant_llama") else None
     target("GGUF Q4_K_M: gslice one pass / (bf16 GGUF + llama.cpp's quantizer)", ratio(wall("kquant"), two_steps),
            TARGETS["kquant_vs_two_steps"], lambda x: x < TARGETS["kquant_vs_two_steps"], "x")
-    target("GGUF Q4_K_M peak RSS", peak("kquant"), TARGETS["kquant_rss"], lambda x: x <= TARGETS["kquant_rss"], "B")
-    target("GGUF Q4_K_M: every tensor equals llama.cpp's quantizer's", equal("kquant_llama", "kquant_equals_llama_cpp"),
-           1, lambda x: x == 1)
+    at_most("GGUF Q4_K_M peak RSS", peak("kquant"), "kquant_rss", "B")
+    holds("GGUF Q4_K_M: every tensor equals llama.cpp's quantizer's", "kquant_llama", "kquant_equals_llama_cpp")
     return out
 
 
