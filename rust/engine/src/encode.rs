@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::ggml::GgmlType;
 use crate::header::TensorInfo;
 use crate::io;
-use crate::plan::{Op, Resolved};
+use crate::plan::{source_row, Op, Resolved};
 use crate::quant;
 
 thread_local! {
@@ -137,17 +137,6 @@ fn read_row(r: &Resolved, map: &[u8], src: &TensorInfo, k: u64, out: &mut [u8]) 
             }
         }
     }
-}
-
-/// The source row that output row `k` of a rows operation reads.
-fn source_row(ranges: &[(u64, u64)], mut k: u64) -> u64 {
-    for &(b, e) in ranges {
-        if k < e - b {
-            return b + k;
-        }
-        k -= e - b;
-    }
-    unreachable!("output rows are within the ranges' total")
 }
 
 /// Unmaps the source rows a band read and drops them from the page cache, adjacent rows as

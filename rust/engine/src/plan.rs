@@ -212,6 +212,17 @@ pub enum Op {
     Cols { ranges: Vec<(u64, u64)> },
 }
 
+/// The source row that output row `k` of a rows operation reads.
+pub fn source_row(ranges: &[(u64, u64)], mut k: u64) -> u64 {
+    for &(b, e) in ranges {
+        if k < e - b {
+            return b + k;
+        }
+        k -= e - b;
+    }
+    unreachable!("output rows are within the ranges' total")
+}
+
 /// An extra file of an output folder: literal text (config.json, a model card) or a copy of a
 /// source file (tokenizer, chat template).
 #[derive(Deserialize, Debug, Clone)]

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use crate::checkpoint::{Checkpoint, Shard};
 use crate::error::Error;
 use crate::io;
-use crate::plan::{Op, Resolved};
+use crate::plan::{source_row, Op, Resolved};
 use crate::quant::{self, Kernel, RowBuf, Stats};
 
 thread_local! {
@@ -106,17 +106,6 @@ pub fn failure_error(r: &Resolved, ck: &Checkpoint, e: QuantFailure, action: &'s
             format!("tensor {}: row {row} of {} holds NaN or infinity, which cannot be quantized", r.src.name, r.name),
         ),
     }
-}
-
-/// The source row that output row `k` of a rows operation reads.
-fn source_row(ranges: &[(u64, u64)], mut k: u64) -> u64 {
-    for &(b, e) in ranges {
-        if k < e - b {
-            return b + k;
-        }
-        k -= e - b;
-    }
-    unreachable!("output rows are within the ranges' total")
 }
 
 /// Unmaps the source rows a band read and drops them from the page cache.
