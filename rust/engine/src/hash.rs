@@ -35,9 +35,7 @@ pub fn sha256_file(path: &Path, done: &AtomicU64, cancel: &AtomicBool) -> Result
             }
             let n = (len - at).min(CHUNK as u64);
             hasher.update(&map[at as usize..(at + n) as usize]);
-            // as in hash_cursor: faults map neighbours before `at` too
-            let back = at.saturating_sub(CHUNK as u64);
-            io::release(&map, back, at + n - back);
+            io::release_read(&map, at, at + n, CHUNK as u64);
             done.fetch_add(n, Ordering::Relaxed);
             at += n;
         }

@@ -82,10 +82,7 @@ impl HashCursor {
             drop(st);
             if let (Some(h), Some(map)) = (hasher.as_mut(), map) {
                 h.update(&map[from as usize..to as usize]);
-                // Faulting in a page maps its neighbours too (fault-around, large folios),
-                // some of them before `from`, where the previous step's release has passed.
-                let back = from.saturating_sub(STEP);
-                io::release(map, back, to - back);
+                io::release_read(map, from, to, STEP);
                 hashed.fetch_add(to - from, Ordering::Relaxed);
             }
             let new_dropped = if to >= dropped + 2 * DROP_LAG { to - DROP_LAG } else { dropped };

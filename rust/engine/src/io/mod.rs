@@ -208,6 +208,14 @@ pub fn release(map: &Mmap, off: u64, len: u64) {
     }
 }
 
+/// Releases [from, to) of a map read front to back, and `behind` bytes before it: faulting a
+/// page in maps its neighbours too (fault-around, large folios), some of them before `from`,
+/// where the previous release has already passed.
+pub fn release_read(map: &Mmap, from: u64, to: u64, behind: u64) {
+    let back = from.saturating_sub(behind);
+    release(map, back, to - back);
+}
+
 /// Tells the kernel a map will be read from start to end (read-ahead). Advisory.
 pub fn advise_sequential(map: &Mmap) {
     #[cfg(unix)]
