@@ -34,6 +34,7 @@ from gslice.testing import TinyGemma3n, write_sentencepiece, write_tiny_checkpoi
 from imatrix_files import entry_widths, for_slice, loaded, random_entries, write_gguf
 
 from . import llama_run
+from .gguf_fields import assert_same_values, metadata
 from .llama_quantize import quantize
 
 pytestmark = pytest.mark.interop
@@ -105,24 +106,14 @@ def models(tmp_path_factory) -> dict[str, Model]:
     return {name: Model(tmp_path_factory.mktemp(name), name) for name in MODELS}
 
 
-def fields(reader: gguf.GGUFReader) -> dict:
-    skip = ("general.name", "gslice.manifest")
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.") and k not in skip}
-
-
 @pytest.mark.parametrize("name,file_type,imatrix", CASES, ids=[f"{m}-{t}{'-imatrix' if i else ''}" for m, t, i in CASES])
 def test_every_tensor_and_value_is_llama_cpps_and_so_are_the_logits(models, name, file_type, imatrix):
     model = models[name]
     ours_path, theirs_path = model.ours(file_type, imatrix), model.theirs(file_type, imatrix)
     ours, theirs = gguf.GGUFReader(ours_path), gguf.GGUFReader(theirs_path)
-    a, b = fields(ours), fields(theirs)
+    a, b = (metadata(r, skip=("general.name", "gslice.manifest")) for r in (ours, theirs))
     assert sorted(a) == sorted(b)
-    for key in b:
-        va, vb = a[key], b[key]
-        if isinstance(vb, list) and vb and isinstance(vb[0], float):
-            assert np.array_equal(np.array(va, np.float32), np.array(vb, np.float32)), key
-        else:
-            assert va == vb, key
+    assert_same_values(a, b)
     assert b["general.file_type"] == {"q4_k_m": 15, "q4_k": 15, "q5_k_m": 17, "q5_k": 17, "q6_k": 18, "q4_0": 2}[file_type]
     theirs_by_name = {t.name: t for t in theirs.tensors}
     assert sorted(theirs_by_name) == sorted(t.name for t in ours.tensors)

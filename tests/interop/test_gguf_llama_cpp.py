@@ -25,7 +25,6 @@ the tolerance.
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ import gslice
 from gslice.formats import gguf as gguf_format
 
 from . import llama_run
+from .gguf_fields import assert_same_values, metadata
 from .gguf_in_transformers import llama_numerics, load_gguf_weights
 from .tiny_gemma3n import module_slice
 from .tiny_text_models import TEXT, build, greedy, llama_cpp_source, logits, prompt_ids, save
@@ -177,10 +177,6 @@ def convert(case: Case, file_type: str, tmp: Path) -> Path:
     return out
 
 
-def values(reader: gguf.GGUFReader) -> dict:
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-
-
 @pytest.mark.parametrize("file_type", ("f32", "bf16", "f16", "q8_0", "q4_0"))
 @pytest.mark.parametrize("name", ["skip-21-23", "width-64"])
 def test_the_file_is_what_llama_cpp_writes_for_the_module_slice(cases, tmp_path_factory, name, file_type):
@@ -190,17 +186,11 @@ def test_the_file_is_what_llama_cpp_writes_for_the_module_slice(cases, tmp_path_
     # The converter derives a name, basename, version and finetune from the folder's name
     # ("module-slice-width-64"); gslice names the file by its own name (and adds no others).
     named = {"general.name", "general.basename", "general.version", "general.finetune"}
-    a = {k: v for k, v in values(ours).items() if k not in named}
-    b = {k: v for k, v in values(theirs).items() if k not in named}
+    a, b = metadata(ours, skip=named), metadata(theirs, skip=named)
     # what gslice adds: its manifest, the license and tags
     assert sorted(set(a) - set(b)) == ["general.license", "general.tags", "gslice.manifest"]
     assert sorted(set(b) - set(a)) == []
-    for key in b:
-        va, vb = a[key], b[key]
-        if isinstance(vb, list) and vb and isinstance(vb[0], float):
-            assert np.array_equal(np.array(va, np.float32), np.array(vb, np.float32)), key
-        else:
-            assert va == vb, key
+    assert_same_values(a, b)
     assert [t.name for t in sorted(ours.tensors, key=lambda t: t.name)] == [t.name for t in sorted(theirs.tensors, key=lambda t: t.name)]
     by_name = {t.name: t for t in theirs.tensors}
     for t in ours.tensors:
